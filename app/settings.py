@@ -1,0 +1,67 @@
+"""The gateway's settings: one pydantic-settings class, read from `GATEWAY_*` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from platformdirs import user_data_dir
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+def default_database_url() -> str:
+    """A SQLite file in the per-user data directory, so `serve` needs nothing installed."""
+    data_dir = Path(user_data_dir("ollama-gateway", appauthor=False))
+    return f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}"
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads from its environment.
+
+    Tests and embedding applications build their own `Settings(...)` and pass it to
+    `create_app`; nothing reads the environment after start-up.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    backends: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:11434"],
+        description="Comma-separated Ollama base URLs.",
+    )
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `serve` listens on.")
+    log_level: LogLevel = Field(default="info", description="Log level of the service.")
+    request_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds a backend request may take in all."
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to open a connection to a backend."
+    )
+    health_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds a readiness probe waits for a backend."
+    )
+    auto_migrate: bool = Field(
+        default=False,
+        description="Upgrade the database schema at start instead of refusing to start.",
+    )
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _split_backends(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [str(part).strip().rstrip("/") for part in value if str(part).strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

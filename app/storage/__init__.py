@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy engine, tables and repositories."""

@@ -1,0 +1,89 @@
+"""Start real servers (the emulator, the gateway) as subprocesses on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 20.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=0.5).status_code < 500:
+                return
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"server at {url} did not come up within {deadline_s}s")
+
+
+@contextlib.contextmanager
+def running_process(
+    args: Sequence[str], probe_url: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(
+        list(args), cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_until_up(probe_url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def running_emulator(
+    models: Sequence[str] = ("llama3.1:8b",),
+    token_delay_ms: float = 0,
+    first_token_delay_ms: float = 0,
+    extra_args: Sequence[str] = (),
+) -> Iterator[str]:
+    """Start `ollama-gateway emulator` on a free port; yields its base URL."""
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "emulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models",
+        ",".join(models),
+        "--token-delay-ms",
+        str(token_delay_ms),
+        "--first-token-delay-ms",
+        str(first_token_delay_ms),
+        *extra_args,
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with running_process(args, url + "/"):
+        yield url
