@@ -1,0 +1,136 @@
+"""One error shape for the whole gateway API: RFC 9457 problem details.
+
+Every error the `/gateway` API returns is `application/problem+json` with `type`, `title`,
+`status`, `detail`, and for validation errors an `errors` list naming each bad field.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where the bad value is, e.g. ['body', 'model'].")
+    msg: str = Field(description="What is wrong with it.")
+    type: str = Field(description="A machine-readable error kind.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(default="about:blank", description="A URI naming the kind of problem.")
+    title: str = Field(description="A short summary of the kind of problem.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str | None = Field(default=None, description="What went wrong this time.")
+    errors: list[FieldError] | None = Field(
+        default=None, description="For validation errors: each bad field."
+    )
+
+
+class ApiError(Exception):
+    """An error a route raises on purpose; rendered as problem details."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        type_: str = "about:blank",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type_
+        self.headers = headers
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    type_: str = "about:blank",
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=type_,
+        title=title,
+        status=status,
+        detail=detail,
+        errors=[FieldError(**e) for e in errors] if errors else None,
+    ).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _status_title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return problem_response(exc.status, exc.title, exc.detail, type_=exc.type, headers=exc.headers)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return problem_response(
+        exc.status_code,
+        _status_title(exc.status_code),
+        detail,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": [str(p) if not isinstance(p, int) else p for p in err.get("loc", ())],
+            "msg": str(err.get("msg", "invalid value")),
+            "type": str(err.get("type", "value_error")),
+        }
+        for err in exc.errors()
+    ]
+    first = errors[0] if errors else None
+    detail = (
+        f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else "invalid request"
+    )
+    return problem_response(422, "Validation error", detail, errors=errors)
+
+
+async def _value_error(_: Request, exc: Exception) -> JSONResponse:
+    return problem_response(422, "Invalid request", str(exc))
+
+
+async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return problem_response(500, "Internal error", "the gateway failed; the error was logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ValueError, _value_error)
+    app.add_exception_handler(Exception, _unhandled)
