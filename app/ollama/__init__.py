@@ -1,5 +1,41 @@
-"""The seed's Python API: the one place the gateway's logic lives."""
+"""The seed's Python API: the one place the gateway's logic lives.
 
+`OllamaManager` manages models and runs single generations; `ModelRunner` adds options,
+streaming, batches, chats, context documents, benchmarks and comparisons. Both have sync
+methods (the seed's) and async counterparts for code already on an event loop.
+"""
+
+from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
+from app.ollama.manager import OllamaManager, model_from_tag
+from app.ollama.names import model_key, normalize_model_name, same_model
+from app.ollama.options import (
+    OLLAMA_OPTION_TYPES,
+    RequestPlan,
+    plan_from_dict,
+    plan_from_execution_options,
+)
+from app.ollama.runner import CONTEXT_TEMPLATE, ModelRunner, build_context_prompt
 from app.ollama.types import ExecutionOptions, ModelExecutionResult, OllamaModel, StreamingChunk
 
-__all__ = ["ExecutionOptions", "ModelExecutionResult", "OllamaModel", "StreamingChunk"]
+__all__ = [
+    "CONTEXT_TEMPLATE",
+    "OLLAMA_OPTION_TYPES",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "ExecutionOptions",
+    "ModelExecutionResult",
+    "ModelRunner",
+    "OllamaManager",
+    "OllamaModel",
+    "RequestPlan",
+    "StreamInterrupted",
+    "StreamingChunk",
+    "build_context_prompt",
+    "model_from_tag",
+    "model_key",
+    "normalize_model_name",
+    "plan_from_dict",
+    "plan_from_execution_options",
+    "same_model",
+]

@@ -28,6 +28,15 @@ class LoopThread:
         self._lock = threading.Lock()
 
     @property
+    def started(self) -> bool:
+        """True once the loop runs (so closing it has something to do)."""
+        return self._loop is not None and not self._loop.is_closed()
+
+    def in_loop_thread(self) -> bool:
+        """True when called from the loop's own thread (where blocking on it deadlocks)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._loop.is_closed():

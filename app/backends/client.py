@@ -1,0 +1,291 @@
+"""`OllamaClient`: typed async calls to one Ollama server.
+
+Why a client per backend and per event loop: an `httpx.AsyncClient` keeps a pool of
+keep-alive connections, and those connections belong to the event loop that opened them.
+The gateway calls the core from uvicorn's loop while the seed's sync methods run on a
+private loop thread, so each loop gets its own pooled client, created on first use.
+"""
+
+# ruff: noqa: ASYNC109 - `timeout` here is httpx's per-operation timeout, not a deadline.
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+import httpx
+
+from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
+
+__all__ = ["OllamaClient"]
+
+JSONDict = dict[str, Any]
+
+
+class OllamaClient:
+    """One Ollama server: `/api/*` calls with errors mapped onto `app.backends.errors`.
+
+    Streaming calls are async generators of decoded NDJSON objects; an `{"error": ...}`
+    line mid-stream raises `BackendError` with Ollama's text, and a connection that drops
+    before the final `done` line raises `StreamInterrupted`. Consumers that stop early
+    should close the generator (`contextlib.aclosing`) so the HTTP response is released.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 300.0,
+        connect_timeout: float = 5.0,
+        max_connections: int = 100,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OllamaClient({self.base_url!r})"
+
+    # -- connection management -------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for stale in [lp for lp in self._clients if lp.is_closed()]:
+                # Its loop is gone, so its sockets can no longer be closed politely.
+                del self._clients[stale]
+            client = self._clients.get(loop)
+            if client is None:
+                client = httpx.AsyncClient(
+                    base_url=self.base_url,
+                    timeout=self._timeout(None),
+                    limits=self._limits,
+                    trust_env=False,
+                )
+                self._clients[loop] = client
+            return client
+
+    def _timeout(self, total: float | None) -> httpx.Timeout:
+        seconds = self.timeout if total is None else total
+        return httpx.Timeout(seconds, connect=min(self.connect_timeout, seconds))
+
+    async def aclose(self) -> None:
+        """Close the pooled connections of every loop this client was used on.
+
+        The current loop's client is closed here; a client bound to another loop that is
+        still running is closed on that loop; one whose loop has closed is dropped.
+        """
+        with self._lock:
+            clients = list(self._clients.items())
+            self._clients.clear()
+        current = asyncio.get_running_loop()
+        for loop, client in clients:
+            if loop is current:
+                await client.aclose()
+            elif loop.is_running() and not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+
+    # -- plain requests --------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        try:
+            response = await self._http().request(
+                method, path, json=json_body, timeout=self._timeout(timeout)
+            )
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc) from exc
+        if response.status_code >= 400:
+            raise self._status_error(response.status_code, response.text)
+        return response
+
+    async def ping(self, timeout: float | None = None) -> bool:
+        """True when the server answers `GET /` with a success status."""
+        try:
+            await self._request("GET", "/", timeout=timeout)
+        except BackendError:
+            return False
+        return True
+
+    async def version(self) -> str:
+        response = await self._request("GET", "/api/version")
+        return str(self._json(response).get("version", ""))
+
+    async def tags(self, timeout: float | None = None) -> list[JSONDict]:
+        """The installed models (`GET /api/tags`), newest first as Ollama sorts them."""
+        response = await self._request("GET", "/api/tags", timeout=timeout)
+        return list(self._json(response).get("models") or [])
+
+    async def ps(self) -> list[JSONDict]:
+        """The models loaded in memory (`GET /api/ps`)."""
+        response = await self._request("GET", "/api/ps")
+        return list(self._json(response).get("models") or [])
+
+    async def show(self, model: str, *, verbose: bool = False) -> JSONDict:
+        body: JSONDict = {"model": model}
+        if verbose:
+            body["verbose"] = True
+        return self._json(await self._request("POST", "/api/show", json_body=body))
+
+    async def delete(self, model: str) -> None:
+        await self._request("DELETE", "/api/delete", json_body={"model": model})
+
+    async def copy(self, source: str, destination: str) -> None:
+        await self._request(
+            "POST", "/api/copy", json_body={"source": source, "destination": destination}
+        )
+
+    async def embed(self, model: str, inputs: str | list[str], **extra: Any) -> JSONDict:
+        body: JSONDict = {"model": model, "input": inputs, **extra}
+        return self._json(await self._request("POST", "/api/embed", json_body=body))
+
+    async def generate(
+        self, payload: Mapping[str, Any], *, timeout: float | None = None
+    ) -> JSONDict:
+        """`POST /api/generate` with `stream: false`: one object holding the whole reply."""
+        body = {**payload, "stream": False}
+        return self._json(
+            await self._request("POST", "/api/generate", json_body=body, timeout=timeout)
+        )
+
+    async def chat(self, payload: Mapping[str, Any], *, timeout: float | None = None) -> JSONDict:
+        """`POST /api/chat` with `stream: false`."""
+        body = {**payload, "stream": False}
+        return self._json(await self._request("POST", "/api/chat", json_body=body, timeout=timeout))
+
+    # -- streams ---------------------------------------------------------------------
+
+    async def stream(
+        self,
+        path: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        require_done: bool = False,
+    ) -> AsyncGenerator[JSONDict, None]:
+        """POST `payload` (with `stream: true`) and yield each NDJSON object as it arrives.
+
+        `require_done` makes a stream that ends without a `"done": true` line an error:
+        generate and chat always finish with one, so its absence means a cut connection.
+        """
+        body = {**payload, "stream": True}
+        saw_done = False
+        received = 0
+        try:
+            async with self._http().stream(
+                "POST", path, json=body, timeout=self._timeout(timeout)
+            ) as response:
+                if response.status_code >= 400:
+                    text = (await response.aread()).decode(errors="replace")
+                    raise self._status_error(response.status_code, text)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise BackendError(
+                            f"backend sent a line that is not JSON: {line[:200]!r}",
+                            status=response.status_code,
+                            url=self.base_url,
+                        ) from exc
+                    if not isinstance(obj, dict):
+                        raise BackendError(
+                            f"backend sent a line that is not a JSON object: {line[:200]!r}",
+                            status=response.status_code,
+                            url=self.base_url,
+                        )
+                    if "error" in obj:
+                        raise BackendError(str(obj["error"]), status=200, url=self.base_url)
+                    received += 1
+                    if obj.get("done") is True:
+                        saw_done = True
+                    yield obj
+        except httpx.HTTPError as exc:
+            if received and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+                raise StreamInterrupted(
+                    f"connection to backend {self.base_url} broke mid-stream: {exc}",
+                    status=200,
+                    url=self.base_url,
+                ) from exc
+            raise self._map_transport_error(exc) from exc
+        if require_done and not saw_done:
+            raise StreamInterrupted(
+                f"stream from backend {self.base_url} ended before its final chunk",
+                status=200,
+                url=self.base_url,
+            )
+
+    def generate_stream(
+        self, payload: Mapping[str, Any], *, timeout: float | None = None
+    ) -> AsyncGenerator[JSONDict, None]:
+        """Streamed `POST /api/generate`: chunks, the last one `done` with the metrics."""
+        return self.stream("/api/generate", payload, timeout=timeout, require_done=True)
+
+    def chat_stream(
+        self, payload: Mapping[str, Any], *, timeout: float | None = None
+    ) -> AsyncGenerator[JSONDict, None]:
+        """Streamed `POST /api/chat`."""
+        return self.stream("/api/chat", payload, timeout=timeout, require_done=True)
+
+    def pull(self, model: str, *, timeout: float | None = None) -> AsyncGenerator[JSONDict, None]:
+        """Streamed `POST /api/pull`: progress objects up to `{"status": "success"}`."""
+        return self.stream("/api/pull", {"model": model}, timeout=timeout)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _json(self, response: httpx.Response) -> JSONDict:
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise BackendError(
+                f"backend sent a reply that is not JSON: {response.text[:200]!r}",
+                status=response.status_code,
+                url=self.base_url,
+            ) from exc
+        if not isinstance(data, dict):
+            raise BackendError(
+                "backend sent JSON that is not an object",
+                status=response.status_code,
+                url=self.base_url,
+            )
+        return data
+
+    def _status_error(self, status: int, text: str) -> BackendError:
+        message = text.strip()
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and "error" in data:
+            message = str(data["error"])
+        return BackendError(message or f"HTTP {status}", status=status, url=self.base_url)
+
+    def _map_transport_error(self, exc: httpx.HTTPError) -> BackendError:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return BackendUnavailable(
+                f"could not connect to backend {self.base_url}: {exc or type(exc).__name__}",
+                url=self.base_url,
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendTimeout(
+                f"backend {self.base_url} timed out ({type(exc).__name__})", url=self.base_url
+            )
+        return BackendError(
+            f"request to backend {self.base_url} failed: {exc or type(exc).__name__}",
+            url=self.base_url,
+        )

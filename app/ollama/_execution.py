@@ -1,0 +1,191 @@
+"""The pieces of one run shared by `OllamaManager` and `ModelRunner`.
+
+A run is described by a `RunSpec` (built and validated synchronously, so a caller's bug
+raises `ValueError` at the call site even for methods returning futures), executed by the
+manager, and observed through a `StreamAccumulator` that turns backend chunks into
+`StreamingChunk`s and remembers what a failed run had produced so far.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from app.ollama.options import RequestPlan
+from app.ollama.types import ModelExecutionResult, StreamingChunk
+
+Kind = Literal["generate", "chat"]
+ChunkCallback = Callable[[StreamingChunk], None]
+
+#: The metrics Ollama puts on a final chunk, copied into a result's metadata as they are.
+METRIC_KEYS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_MESSAGE_KEYS = frozenset(
+    {"role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"}
+)
+
+
+def require_model_name(model_name: Any) -> str:
+    if not isinstance(model_name, str) or not model_name.strip():
+        raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
+    return model_name.strip()
+
+
+def require_prompt(prompt: Any, what: str = "prompt") -> str:
+    if not isinstance(prompt, str):
+        raise ValueError(f"{what} must be a string, got {type(prompt).__name__}")
+    if not prompt:
+        # Ollama reads an empty prompt as "load the model", which is never what a run means.
+        raise ValueError(f"{what} must not be empty")
+    return prompt
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """Check a chat history: a non-empty list of `{"role", "content", ...}` dicts.
+
+    Roles are Ollama's (`system`, `user`, `assistant`, `tool`, case-insensitive); content is
+    a string, non-empty for system and user turns; other keys must be Ollama message keys.
+    """
+    if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
+        raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    if not messages:
+        raise ValueError("messages must not be empty")
+    checked: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"messages[{i}] must be a dict, got {type(message).__name__}")
+        unknown = set(message) - _MESSAGE_KEYS
+        if unknown:
+            raise ValueError(
+                f"messages[{i}] has unknown keys: {', '.join(sorted(map(str, unknown)))}"
+            )
+        role = message.get("role")
+        if not isinstance(role, str) or role.lower() not in MESSAGE_ROLES:
+            raise ValueError(
+                f"messages[{i}].role must be one of {', '.join(sorted(MESSAGE_ROLES))}, got {role!r}"
+            )
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be a string, got {content!r}")
+        role = role.lower()
+        if role in ("system", "user") and not content.strip():
+            raise ValueError(f"messages[{i}].content must not be empty for a {role} message")
+        checked.append({**message, "role": role})
+    return checked
+
+
+@dataclass
+class RunSpec:
+    """One validated run: what to send, and how to describe it in the result."""
+
+    kind: Kind
+    model: str
+    prompt: str
+    plan: RequestPlan
+    messages: list[dict[str, Any]] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """The `/api/generate` or `/api/chat` body (without `stream`, the client sets it)."""
+        body: dict[str, Any] = {"model": self.model}
+        if self.kind == "generate":
+            body["prompt"] = self.prompt
+            if self.plan.system:
+                body["system"] = self.plan.system
+        else:
+            messages = list(self.messages or [])
+            if self.plan.system and not any(m["role"] == "system" for m in messages):
+                messages.insert(0, {"role": "system", "content": self.plan.system})
+            body["messages"] = messages
+        body.update(self.plan.request_fields())
+        return body
+
+
+class StreamAccumulator:
+    """Collects a run's text as it streams and forwards each piece to a callback."""
+
+    def __init__(self, on_chunk: ChunkCallback | None = None) -> None:
+        self.on_chunk = on_chunk
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.pieces: list[str] = []
+        self.thinking: list[str] = []
+        self.tool_calls: list[Any] = []
+        self.final: dict[str, Any] | None = None
+        self.index = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        if self.first_token_at is None:
+            return None
+        return self.first_token_at - self.started
+
+    def feed(self, content: str, thinking: str | None = None) -> None:
+        if not content and not thinking:
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if content:
+            self.pieces.append(content)
+        if thinking:
+            self.thinking.append(thinking)
+        self._emit(StreamingChunk(content=content, index=self.index, thinking=thinking or None))
+
+    def feed_ollama_chunk(self, kind: Kind, chunk: Mapping[str, Any]) -> None:
+        """Take one NDJSON object of `/api/generate` or `/api/chat`."""
+        if kind == "generate":
+            content, thinking = chunk.get("response") or "", chunk.get("thinking")
+        else:
+            message = chunk.get("message") or {}
+            content, thinking = message.get("content") or "", message.get("thinking")
+            if message.get("tool_calls"):
+                self.tool_calls.extend(message["tool_calls"])
+        self.feed(str(content), str(thinking) if thinking else None)
+        if chunk.get("done") is True:
+            self.final = dict(chunk)
+
+    def finish(self, stats: dict[str, Any]) -> None:
+        """Send the closing `done` chunk (empty content) carrying the run's final stats."""
+        self._emit(StreamingChunk(content="", index=self.index, done=True, stats=stats))
+
+    def _emit(self, chunk: StreamingChunk) -> None:
+        self.index += 1
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
+
+
+def ollama_metrics(final: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Ollama's counters from a final chunk, plus decode speed in tokens/s."""
+    if not final:
+        return {}
+    metrics: dict[str, Any] = {key: final[key] for key in METRIC_KEYS if key in final}
+    if final.get("done_reason"):
+        metrics["done_reason"] = final["done_reason"]
+    eval_count, eval_duration = final.get("eval_count"), final.get("eval_duration")
+    if isinstance(eval_count, int) and isinstance(eval_duration, int) and eval_duration > 0:
+        metrics["tokens_per_second"] = eval_count / eval_duration * 1e9
+    return metrics
+
+
+def final_chunk_stats(result: ModelExecutionResult) -> dict[str, Any]:
+    """What the closing `StreamingChunk` carries: the outcome and the result's metadata."""
+    return {
+        "success": result.success,
+        "error_message": result.error_message,
+        "execution_time": result.execution_time,
+        "tokens_used": result.tokens_used,
+        **(result.metadata or {}),
+    }
