@@ -178,8 +178,10 @@ def plan_from_dict(options: Mapping[str, Any] | None) -> RequestPlan:
             raise ValueError(f"unknown option {raw_name!r}; known options: {', '.join(known)}")
         if value is None:
             continue
-        if name in plan.options and raw_name != name:
-            raise ValueError(f"option {raw_name!r} and {name!r} given together")
+        if name in plan.options:
+            raise ValueError(
+                f"option {raw_name!r} and {name!r} given together: they are one option"
+            )
         plan.options[name] = _check(raw_name, kind, value)
     return plan
 

@@ -1,0 +1,55 @@
+"""BackendPool routing: the backend that has the model, else the first healthy one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from app.backends import BackendPool, BackendUnavailable
+from app.ollama import same_model
+from tests.support.servers import running_emulator
+
+
+@pytest.fixture(scope="module")
+def second_emulator() -> Iterator[str]:
+    with running_emulator(models=["phi3:mini"]) as url:
+        yield url
+
+
+async def test_picks_the_backend_that_has_the_model(
+    emulator_url: str, second_emulator: str, down_url: str
+) -> None:
+    pool = BackendPool([down_url, emulator_url, second_emulator])
+    assert (await pool.pick("phi3:mini")).base_url == second_emulator
+    assert (await pool.pick("phi3", has_model=same_model)).base_url == second_emulator
+    assert (await pool.pick("llama3.1:8b")).base_url == emulator_url
+    await pool.aclose()
+
+
+async def test_an_unknown_model_goes_to_the_first_healthy_backend(
+    emulator_url: str, second_emulator: str, down_url: str
+) -> None:
+    pool = BackendPool([down_url, second_emulator, emulator_url])
+    assert (await pool.pick("nonexistent")).base_url == second_emulator
+    await pool.aclose()
+
+
+async def test_no_reachable_backend_raises(down_url: str) -> None:
+    from tests.support.servers import free_port
+
+    pool = BackendPool([down_url, f"http://127.0.0.1:{free_port()}"], health_timeout=0.5)
+    with pytest.raises(BackendUnavailable, match="no backend is reachable"):
+        await pool.pick("x")
+    await pool.aclose()
+
+
+async def test_a_single_backend_is_chosen_without_probing(down_url: str) -> None:
+    pool = BackendPool([down_url])
+    assert (await pool.pick("anything")).base_url == down_url
+    await pool.aclose()
+
+
+def test_a_pool_needs_a_backend() -> None:
+    with pytest.raises(ValueError):
+        BackendPool([])
