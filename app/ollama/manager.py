@@ -154,6 +154,9 @@ class OllamaManager:
             await self.pool.aclose()
 
     def _stop_server(self) -> None:
+        with self._lock:
+            # A manager used again after cleanup() checks (and may start) the server anew.
+            self._server_checked = None
         server, self._server = self._server, None
         if server is not None:
             server.stop()
