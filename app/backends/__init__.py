@@ -1,6 +1,6 @@
 """Talking to Ollama servers: one client per backend, and the pool that routes between them."""
 
-from app.backends.client import OllamaClient
+from app.backends.client import OllamaClient, RelayResponse
 from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
 from app.backends.pool import BackendPool
 
@@ -10,5 +10,6 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "OllamaClient",
+    "RelayResponse",
     "StreamInterrupted",
 ]

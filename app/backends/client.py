@@ -13,16 +13,33 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
 
-__all__ = ["OllamaClient"]
+__all__ = ["OllamaClient", "RelayResponse"]
 
 JSONDict = dict[str, Any]
+
+
+@dataclass
+class RelayResponse:
+    """A backend reply passed through unparsed: status, headers and the body's bytes.
+
+    `body` must be consumed or `aclose()` called, so the connection returns to the pool.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+    _response: httpx.Response
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
 
 
 class OllamaClient:
@@ -245,6 +262,54 @@ class OllamaClient:
     def pull(self, model: str, *, timeout: float | None = None) -> AsyncGenerator[JSONDict, None]:
         """Streamed `POST /api/pull`: progress objects up to `{"status": "success"}`."""
         return self.stream("/api/pull", {"model": model}, timeout=timeout)
+
+    async def relay(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RelayResponse:
+        """Send a request as given and return the reply unparsed, streaming its body.
+
+        For the `/api` passthrough: error statuses are returned, not raised, because the
+        caller forwards them to its own client; only transport failures raise.
+        """
+        http = self._http()
+        request = http.build_request(
+            method,
+            path,
+            content=content,
+            headers=dict(headers or {}),
+            timeout=self._timeout(timeout),
+        )
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc) from exc
+
+        async def body() -> AsyncGenerator[bytes, None]:
+            try:
+                async for piece in response.aiter_raw():
+                    yield piece
+            except httpx.HTTPError as exc:
+                raise StreamInterrupted(
+                    f"connection to backend {self.base_url} broke mid-reply: {exc}",
+                    status=response.status_code,
+                    url=self.base_url,
+                ) from exc
+            finally:
+                await response.aclose()
+
+        hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+        return RelayResponse(
+            status=response.status_code,
+            headers={k: v for k, v in response.headers.items() if k.lower() not in hop_by_hop},
+            body=body(),
+            _response=response,
+        )
 
     # -- helpers ---------------------------------------------------------------------
 

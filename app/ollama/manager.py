@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from app.backends.client import OllamaClient
+from app.backends.client import OllamaClient, RelayResponse
 from app.backends.errors import BackendError
 from app.backends.pool import BackendPool
 from app.ollama._execution import (
@@ -642,6 +642,25 @@ class OllamaManager:
             return None
         result.metadata["result_id"] = result_id
         return result_id
+
+    async def arelay(
+        self,
+        method: str,
+        path: str,
+        *,
+        model: str | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> RelayResponse:
+        """Forward one raw request to the backend that should serve `model`.
+
+        The narrow door for the Ollama-compatible `/api` passthrough: the reply comes back
+        unparsed (status, headers, streamed body) so the wire format stays Ollama's own.
+        Transport failures raise `BackendError`; error statuses are returned as they are.
+        """
+        await self._ensure_server()
+        client = await self._pick(model)
+        return await client.relay(method, path, content=content, headers=headers)
 
     @staticmethod
     def normalize_model_name(model_name: str) -> str:

@@ -161,3 +161,23 @@ async def test_leaving_a_stream_early_releases_the_connection(emulator_url: str)
     # With one connection allowed, this would wait forever had a stream leaked it.
     assert await asyncio.wait_for(client.version(), timeout=5)
     await client.aclose()
+
+
+async def test_relay_passes_replies_through_unparsed(emulator_url: str) -> None:
+    client = OllamaClient(emulator_url)
+    reply = await client.relay(
+        "POST",
+        "/api/generate",
+        content=b'{"model":"llama3.1:8b","prompt":"hi"}',
+        headers={"content-type": "application/json"},
+    )
+    body = b"".join([piece async for piece in reply.body])
+    assert reply.status == 200
+    assert reply.headers["content-type"].startswith("application/x-ndjson")
+    lines = body.decode().splitlines()
+    assert len(lines) > 1 and '"done":true' in lines[-1]
+
+    missing = await client.relay("POST", "/api/show", content=b'{"model":"nonexistent"}')
+    assert missing.status == 404
+    assert b"not found" in b"".join([piece async for piece in missing.body])
+    await client.aclose()
