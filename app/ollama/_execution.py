@@ -157,9 +157,18 @@ class StreamAccumulator:
         if chunk.get("done") is True:
             self.final = dict(chunk)
 
-    def finish(self, stats: dict[str, Any]) -> None:
-        """Send the closing `done` chunk (empty content) carrying the run's final stats."""
-        self._emit(StreamingChunk(content="", index=self.index, done=True, stats=stats))
+    def finish(self, result: ModelExecutionResult) -> None:
+        """Send the closing `done` chunk (empty content): the outcome in `stats` and the
+        finished, stored result itself in `result`."""
+        self._emit(
+            StreamingChunk(
+                content="",
+                index=self.index,
+                done=True,
+                stats=final_chunk_stats(result),
+                result=result,
+            )
+        )
 
     def _emit(self, chunk: StreamingChunk) -> None:
         self.index += 1

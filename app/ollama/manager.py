@@ -26,7 +26,6 @@ from app.ollama._execution import (
     ChunkCallback,
     RunSpec,
     StreamAccumulator,
-    final_chunk_stats,
     ollama_metrics,
     require_model_name,
     require_prompt,
@@ -509,7 +508,7 @@ class OllamaManager:
             await self.store_result(
                 result, kind=store_kind, output_dir=output_dir, links=store_links
             )
-        acc.finish(final_chunk_stats(result))
+        acc.finish(result)
         return result
 
     async def _execute_http(

@@ -681,4 +681,6 @@ class ModelRunner:
             return None
         for result in results:
             await self.manager.store_result(result, kind=kind, links={link: group_id})
+            if result.metadata is not None:
+                result.metadata[link] = group_id
         return group_id

@@ -44,6 +44,7 @@ def test_run_streaming_delivers_chunks_that_add_up_to_the_response(runner: Model
     assert [c.done for c in chunks] == [False] * (len(chunks) - 1) + [True]
     stats = chunks[-1].stats or {}
     assert stats["success"] is True and stats["eval_count"] == result.tokens_used
+    assert chunks[-1].result is result
     assert all(a.timestamp <= b.timestamp for a, b in itertools.pairwise(chunks))
 
 
