@@ -70,6 +70,8 @@ class StreamingChunk:
     timestamp: float = field(default_factory=time.time)
     thinking: str | None = None
     stats: dict[str, Any] | None = None
+    result: ModelExecutionResult | None = None
+    """On the closing chunk: the finished (and stored) result."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
