@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from app import __version__
-from app.api.routes import health
+from app.api.deps import Services
+from app.api.errors import install_error_handlers
+from app.api.pull_jobs import PullJobs
+from app.api.routes import batches, chat, generate, health, models, pulls
+from app.ollama import ModelRunner, OllamaManager
 from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+A gateway in front of one or more Ollama servers.
+
+`/gateway/*` is the gateway's own API (this document). Errors are RFC 9457 problem
+details (`application/problem+json`). Streamed runs are server-sent events: `chunk`
+events, then exactly one `result` or `error` event.
+"""
+
+
+def build_services(settings: Settings) -> Services:
+    """The core objects for one app instance (nothing touches the network here)."""
+    manager = OllamaManager(
+        auto_start_server=False,
+        base_url=settings.backends[0],
+        backends=settings.backends,
+        settings=settings,
+    )
+    return Services(
+        settings=settings,
+        manager=manager,
+        runner=ModelRunner(manager),
+        outputs=None,
+        config=None,
+        pulls=PullJobs(manager),
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -17,14 +50,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings
-        yield
+        services = build_services(settings)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.pulls.aclose()
+            await services.manager.aclose()
 
     app = FastAPI(
         title="ollama-gateway",
         version=__version__,
-        description="A gateway in front of one or more Ollama servers.",
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.include_router(health.router)
+    install_error_handlers(app)
+    for module in (health, models, pulls, generate, chat, batches):
+        app.include_router(module.router)
     return app

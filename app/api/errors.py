@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.ollama import BackendError, BackendTimeout, BackendUnavailable, ModelExecutionResult
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -36,6 +38,9 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = Field(
         default=None, description="For validation errors: each bad field."
     )
+    result_id: str | None = Field(
+        default=None, description="For a failed run: the id its failed result is stored under."
+    )
 
 
 class ApiError(Exception):
@@ -49,6 +54,7 @@ class ApiError(Exception):
         *,
         type_: str = "about:blank",
         headers: dict[str, str] | None = None,
+        result_id: str | None = None,
     ) -> None:
         super().__init__(detail or title)
         self.status = status
@@ -56,6 +62,7 @@ class ApiError(Exception):
         self.detail = detail
         self.type = type_
         self.headers = headers
+        self.result_id = result_id
 
 
 def problem_response(
@@ -66,6 +73,7 @@ def problem_response(
     type_: str = "about:blank",
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    result_id: str | None = None,
 ) -> JSONResponse:
     body = Problem(
         type=type_,
@@ -73,6 +81,7 @@ def problem_response(
         status=status,
         detail=detail,
         errors=[FieldError(**e) for e in errors] if errors else None,
+        result_id=result_id,
     ).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
@@ -128,9 +137,67 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(500, "Internal error", "the gateway failed; the error was logged")
 
 
+RETRY_AFTER_SECONDS = "5"
+
+
+def backend_problem(
+    error_type: str | None, status: int | None, message: str, result_id: str | None = None
+) -> ApiError:
+    """The problem a backend failure becomes: one mapping for errors and failed runs."""
+    if error_type == "BackendUnavailable":
+        return ApiError(
+            503,
+            "Backend unavailable",
+            message,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+            result_id=result_id,
+        )
+    if error_type in ("BackendTimeout", "Timeout"):
+        return ApiError(504, "Backend timed out", message, result_id=result_id)
+    if error_type == "Cancelled":
+        return ApiError(499, "Cancelled", message, result_id=result_id)
+    if status == 404:
+        return ApiError(404, "Not found", message, result_id=result_id)
+    if status in (400, 422):
+        return ApiError(422, "Rejected by the backend", message, result_id=result_id)
+    if status == 503:
+        return ApiError(
+            503,
+            "Backend busy",
+            message,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+            result_id=result_id,
+        )
+    return ApiError(502, "Backend error", message, result_id=result_id)
+
+
+def failed_run_problem(result: ModelExecutionResult) -> ApiError:
+    meta = result.metadata or {}
+    status = meta.get("error_status")
+    return backend_problem(
+        meta.get("error_type"),
+        status if isinstance(status, int) else None,
+        result.error_message or "the run failed",
+        meta.get("result_id"),
+    )
+
+
+async def _backend_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BackendError)
+    kind = (
+        "BackendUnavailable"
+        if isinstance(exc, BackendUnavailable)
+        else "BackendTimeout"
+        if isinstance(exc, BackendTimeout)
+        else type(exc).__name__
+    )
+    return await _api_error(_, backend_problem(kind, exc.status, str(exc)))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ValueError, _value_error)
+    app.add_exception_handler(BackendError, _backend_error)
     app.add_exception_handler(Exception, _unhandled)

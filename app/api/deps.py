@@ -1,0 +1,51 @@
+"""What routes receive through `Depends`: the core's objects, built once in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+
+from app.ollama import ModelRunner, OllamaManager
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.api.pull_jobs import PullJobs
+
+
+@dataclass
+class Services:
+    """The core objects one app instance uses; created and closed by the lifespan."""
+
+    settings: Settings
+    manager: OllamaManager
+    runner: ModelRunner
+    outputs: Any
+    config: Any
+    pulls: PullJobs
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+def get_manager(services: ServicesDep) -> OllamaManager:
+    return services.manager
+
+
+def get_runner(services: ServicesDep) -> ModelRunner:
+    return services.runner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[OllamaManager, Depends(get_manager)]
+RunnerDep = Annotated[ModelRunner, Depends(get_runner)]

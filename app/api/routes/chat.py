@@ -1,0 +1,40 @@
+"""Chats: a message history in, the assistant's reply out, plain or streamed over SSE."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sse_starlette import EventSourceResponse
+
+from app.api.deps import RunnerDep
+from app.api.errors import failed_run_problem
+from app.api.routes.generate import RUN_ERRORS
+from app.api.schemas.common import ResultOut
+from app.api.schemas.runs import ChatRequest
+from app.api.streaming import SSE_RESPONSES, stream_response
+
+router = APIRouter(prefix="/gateway/chat", tags=["chat"])
+
+
+@router.post("", operation_id="chat", response_model=ResultOut, responses=RUN_ERRORS)
+async def chat(body: ChatRequest, runner: RunnerDep) -> ResultOut:
+    """Continue a conversation; the stored result's `prompt` is the last user message."""
+    options = body.options.to_execution_options() if body.options else None
+    messages = [m.model_dump() for m in body.messages]
+    result = await runner.async_chat(body.model, messages, options, save_output=body.save)
+    if not result.success:
+        raise failed_run_problem(result)
+    return ResultOut.from_result(result, (result.metadata or {}).get("result_id"))
+
+
+@router.post(
+    "/stream",
+    operation_id="chat_stream",
+    response_class=EventSourceResponse,
+    responses={**SSE_RESPONSES, 422: RUN_ERRORS[422]},
+)
+async def chat_stream(body: ChatRequest, runner: RunnerDep) -> EventSourceResponse:
+    """Stream a chat reply as server-sent events (`chunk`..., then `result` or `error`)."""
+    options = body.options.to_execution_options() if body.options else None
+    messages = [m.model_dump() for m in body.messages]
+    chunks = runner.async_chat_stream(body.model, messages, options, save_output=body.save)
+    return stream_response(chunks)

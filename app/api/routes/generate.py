@@ -1,0 +1,57 @@
+"""Generations: plain, with context documents, and streamed over SSE."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sse_starlette import EventSourceResponse
+
+from app.api.deps import RunnerDep
+from app.api.errors import Problem, failed_run_problem
+from app.api.schemas.common import ResultOut
+from app.api.schemas.runs import GenerateRequest
+from app.api.streaming import SSE_RESPONSES, stream_response
+
+router = APIRouter(prefix="/gateway/generate", tags=["generate"])
+
+RUN_ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": Problem, "description": "The model is not installed."},
+    422: {"model": Problem, "description": "The request is invalid."},
+    502: {"model": Problem, "description": "The backend failed."},
+    503: {"model": Problem, "description": "No backend is available; retry later."},
+    504: {"model": Problem, "description": "The run timed out."},
+}
+
+
+@router.post("", operation_id="generate", response_model=ResultOut, responses=RUN_ERRORS)
+async def generate(body: GenerateRequest, runner: RunnerDep) -> ResultOut:
+    """Run one generation and store it; with `context_docs`, the documents go in the prompt.
+
+    A failed run is stored too: the error's `result_id` names it.
+    """
+    options = body.options.to_execution_options() if body.options else None
+    if body.context_docs is not None:
+        result = await runner.arun_with_context(
+            body.model, body.prompt, body.context_docs, options, save_output=body.save
+        )
+    else:
+        result = await runner.async_generate(
+            body.model, body.prompt, options, save_output=body.save
+        )
+    if not result.success:
+        raise failed_run_problem(result)
+    return ResultOut.from_result(result, (result.metadata or {}).get("result_id"))
+
+
+@router.post(
+    "/stream",
+    operation_id="generate_stream",
+    response_class=EventSourceResponse,
+    responses={**SSE_RESPONSES, 422: RUN_ERRORS[422]},
+)
+async def generate_stream(body: GenerateRequest, runner: RunnerDep) -> EventSourceResponse:
+    """Stream a generation as server-sent events (`chunk`..., then `result` or `error`)."""
+    if body.context_docs:
+        raise ValueError("context_docs is not supported on the streamed endpoint")
+    options = body.options.to_execution_options() if body.options else None
+    chunks = runner.async_generate_stream(body.model, body.prompt, options, save_output=body.save)
+    return stream_response(chunks)

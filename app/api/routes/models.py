@@ -1,0 +1,54 @@
+"""Installed models: list, inspect, delete, stats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.api.deps import ManagerDep
+from app.api.errors import ApiError, Problem
+from app.api.schemas.models import ModelOut, ModelStats
+
+router = APIRouter(prefix="/gateway/models", tags=["models"])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such model on any backend."}
+}
+
+
+@router.get("", operation_id="list_models", response_model=list[ModelOut])
+async def list_models(
+    manager: ManagerDep,
+    refresh: bool = Query(default=False, description="Ask the backends again, skipping the cache."),
+) -> list[ModelOut]:
+    """The models installed on the backends (cached for a few seconds)."""
+    return [ModelOut.from_model(m) for m in await manager.alist_models(force_refresh=refresh)]
+
+
+@router.get("/stats", operation_id="get_model_stats", response_model=ModelStats)
+async def get_model_stats(manager: ManagerDep) -> ModelStats:
+    """Counts and sizes of the installed models, by family."""
+    return ModelStats.from_stats(await manager.aget_model_stats())
+
+
+@router.get("/{name:path}", operation_id="get_model", response_model=ModelOut, responses=NOT_FOUND)
+async def get_model(name: str, manager: ManagerDep) -> ModelOut:
+    """One installed model; `llama3.1` finds `llama3.1:latest`."""
+    model = await manager.aget_model_by_name(name)
+    if model is None:
+        raise ApiError(404, "Model not found", f"model '{name}' is not installed on any backend")
+    return ModelOut.from_model(model)
+
+
+@router.delete(
+    "/{name:path}",
+    operation_id="delete_model",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
+)
+async def delete_model(name: str, manager: ManagerDep) -> Response:
+    """Remove a model from the backend that has it."""
+    if not await manager.adelete_model(name):
+        raise ApiError(404, "Model not found", f"model '{name}' is not installed on any backend")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

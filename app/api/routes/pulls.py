@@ -1,0 +1,108 @@
+"""Pulls: start a model download as a job, follow its progress over SSE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.deps import ServicesDep
+from app.api.errors import ApiError, Problem
+from app.api.pull_jobs import PullJob, PullJobs, PullStatus
+from app.api.schemas.common import MODEL_NAME, Schema
+from app.api.streaming import PING_SECONDS
+from app.ollama import normalize_model_name
+
+router = APIRouter(prefix="/gateway/pulls", tags=["pulls"])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such pull job."}
+}
+
+
+class PullRequest(Schema):
+    model: str = MODEL_NAME
+
+
+class PullOut(BaseModel):
+    id: str
+    model: str
+    status: PullStatus = Field(description="running, succeeded or failed.")
+    error: str | None = None
+    progress: dict[str, Any] | None = Field(
+        default=None, description="The latest progress object Ollama sent."
+    )
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_job(cls, job: PullJob) -> PullOut:
+        return cls(
+            id=job.id,
+            model=job.model,
+            status=job.status,
+            error=job.error,
+            progress=job.latest,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+        )
+
+
+def _job(jobs: PullJobs, pull_id: str) -> PullJob:
+    job = jobs.get(pull_id)
+    if job is None:
+        raise ApiError(404, "Pull not found", f"no pull job with id '{pull_id}'")
+    return job
+
+
+@router.post(
+    "",
+    operation_id="start_pull",
+    response_model=PullOut,
+    status_code=status.HTTP_202_ACCEPTED,
+)
+async def start_pull(body: PullRequest, services: ServicesDep) -> PullOut:
+    """Start pulling a model in the background; follow it at `/gateway/pulls/{id}/events`."""
+    model = normalize_model_name(body.model)
+    return PullOut.from_job(services.pulls.start(model))
+
+
+@router.get("/{pull_id}", operation_id="get_pull", response_model=PullOut, responses=NOT_FOUND)
+async def get_pull(pull_id: str, services: ServicesDep) -> PullOut:
+    """A pull job's state and latest progress."""
+    return PullOut.from_job(_job(services.pulls, pull_id))
+
+
+@router.get(
+    "/{pull_id}/events",
+    operation_id="follow_pull",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": (
+                "A `text/event-stream`: `progress` events (Ollama's progress objects), then "
+                "one `done` event (the job, as `get_pull` returns it)."
+            ),
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **NOT_FOUND,
+    },
+)
+async def follow_pull(pull_id: str, services: ServicesDep) -> EventSourceResponse:
+    """Progress of a pull as server-sent events, from its start; ends with a `done` event."""
+    jobs = services.pulls
+    job = _job(jobs, pull_id)
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        async for line in jobs.follow(job):
+            if "error" not in line:
+                yield ServerSentEvent(data=json.dumps(line), event="progress")
+        final = PullOut.from_job(job).model_dump(mode="json")
+        yield ServerSentEvent(data=json.dumps(final), event="done")
+
+    return EventSourceResponse(events(), ping=PING_SECONDS)
