@@ -1,0 +1,17 @@
+"""How one emulator instance is set up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VERSION = "0.33.0"
+
+
+@dataclass
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 11434
+    models: list[str] = field(default_factory=list)
+    token_delay_ms: float = 0.0
+    first_token_delay_ms: float = 0.0
+    version: str = VERSION
