@@ -22,7 +22,8 @@ async def test_picks_the_backend_that_has_the_model(
 ) -> None:
     pool = BackendPool([down_url, emulator_url, second_emulator])
     assert (await pool.pick("phi3:mini")).base_url == second_emulator
-    assert (await pool.pick("phi3", has_model=same_model)).base_url == second_emulator
+    # Ollama's rules: the name compares case-insensitively with defaults applied.
+    assert (await pool.pick("library/PHI3:mini", has_model=same_model)).base_url == second_emulator
     assert (await pool.pick("llama3.1:8b")).base_url == emulator_url
     await pool.aclose()
 
