@@ -12,7 +12,7 @@ from app import __version__
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.pull_jobs import PullJobs
-from app.api.routes import batches, chat, generate, health, models, pulls
+from app.api.routes import backends, batches, chat, generate, health, models, pulls
 from app.ollama import ModelRunner, OllamaManager
 from app.settings import Settings
 
@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, models, pulls, generate, chat, batches):
+    for module in (health, models, pulls, generate, chat, batches, backends):
         app.include_router(module.router)
     return app

@@ -234,6 +234,29 @@ class OllamaManager:
         )
         await asyncio.to_thread(server.stop)
 
+    # -- backends --------------------------------------------------------------------
+
+    async def abackend_status(self) -> list[dict[str, Any]]:
+        """Each backend's health: `url`, `healthy`, `version`, `models`, `error`.
+
+        All backends are asked at once, each within `Settings.health_timeout`.
+        """
+
+        async def one(client: OllamaClient) -> dict[str, Any]:
+            status: dict[str, Any] = {"url": client.base_url, "healthy": False}
+            try:
+                async with asyncio.timeout(self.settings.health_timeout):
+                    status["version"] = await client.version()
+                    tags = await client.tags(timeout=self.settings.health_timeout)
+            except (BackendError, TimeoutError) as exc:
+                status["error"] = str(exc) or "timed out"
+                return status
+            status["healthy"] = True
+            status["models"] = [str(t.get("name", "")) for t in tags]
+            return status
+
+        return list(await asyncio.gather(*(one(c) for c in self.pool.clients)))
+
     # -- models ----------------------------------------------------------------------
 
     def list_models(self, force_refresh: bool = False) -> list[OllamaModel]:
@@ -324,7 +347,9 @@ class OllamaManager:
 
         Each progress object Ollama streams (`{"status", "digest", "total", "completed"}`)
         goes to `progress_callback` as it arrives (on the manager's loop thread). Failures
-        (unknown model, registry or backend down) return False and log the reason.
+        (unknown model, registry or backend down) return False and log the reason; the
+        callback then receives one last `{"error": "<reason>"}` object, as Ollama's own
+        stream ends with one.
         """
         return self._loop_thread.run(self.adownload_model(model_name, progress_callback))
 
@@ -340,6 +365,8 @@ class OllamaManager:
                 await self._pull_http(model_name, progress_callback)
         except BackendError as exc:
             logger.warning("pull of %s failed: %s", model_name, exc)
+            if progress_callback is not None:
+                progress_callback({"error": str(exc)})
             return False
         self._models_cache = None
         return True

@@ -1,0 +1,69 @@
+"""The gateway app in-process (httpx ASGI transport, lifespan run) against the emulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.settings import Settings
+
+
+def gateway_settings(backends: list[str], tmp_path: Path, **extra: Any) -> Settings:
+    return Settings(
+        backends=backends,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
+        request_timeout=30,
+        connect_timeout=2,
+        health_timeout=1,
+        _env_file=None,
+        **extra,
+    )
+
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def client(emulator_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a gateway whose only backend is the shared emulator."""
+    app = create_app(gateway_settings([emulator_url], tmp_path))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            yield c
+
+
+@pytest.fixture
+async def down_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a gateway whose only backend does not answer."""
+    from tests.support.servers import free_port
+
+    app = create_app(gateway_settings([f"http://127.0.0.1:{free_port()}"], tmp_path))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            yield c
+
+
+def sse_events(text: str) -> list[tuple[str, str]]:
+    """(event, data) pairs of an SSE body; comments (pings) skipped."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+        if data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+def set_faults(emulator_url: str, **faults: Any) -> None:
+    httpx.post(f"{emulator_url}/_emulator/faults", json=faults, timeout=5).raise_for_status()
