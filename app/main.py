@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.deps import Services
-from app.api.errors import install_error_handlers
+from app.api.errors import Problem, install_error_handlers
 from app.api.pull_jobs import PullJobs
 from app.api.routes import backends, batches, chat, generate, health, models, pulls
 from app.ollama import ModelRunner, OllamaManager
@@ -25,6 +25,12 @@ A gateway in front of one or more Ollama servers.
 details (`application/problem+json`). Streamed runs are server-sent events: `chunk`
 events, then exactly one `result` or `error` event.
 """
+
+
+COMMON_ERRORS: dict[int | str, dict[str, object]] = {
+    422: {"model": Problem, "description": "The request is invalid; `errors` names each field."},
+    500: {"model": Problem, "description": "The gateway failed; the error was logged."},
+}
 
 
 def build_services(settings: Settings) -> Services:
@@ -66,5 +72,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     for module in (health, models, pulls, generate, chat, batches, backends):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=COMMON_ERRORS)
     return app

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.servers import free_port, running_process
 
 
 def gateway_settings(backends: list[str], tmp_path: Path, **extra: Any) -> Settings:
@@ -41,8 +43,6 @@ async def client(emulator_url: str, tmp_path: Path) -> AsyncIterator[httpx.Async
 @pytest.fixture
 async def down_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a gateway whose only backend does not answer."""
-    from tests.support.servers import free_port
-
     app = create_app(gateway_settings([f"http://127.0.0.1:{free_port()}"], tmp_path))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -67,3 +67,19 @@ def sse_events(text: str) -> list[tuple[str, str]]:
 
 def set_faults(emulator_url: str, **faults: Any) -> None:
     httpx.post(f"{emulator_url}/_emulator/faults", json=faults, timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def gateway_server(emulator_url: str, tmp_path: Path) -> Iterator[str]:
+    """`ollama-gateway serve` under uvicorn on a free port, in front of the shared emulator."""
+    port = free_port()
+    env = {
+        "GATEWAY_BACKENDS": emulator_url,
+        "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/served.db",
+        "GATEWAY_REQUEST_TIMEOUT": "30",
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
+    args = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with running_process(args, url + "/healthz", env=env):
+        yield url
