@@ -11,8 +11,12 @@ from fastapi import FastAPI
 from app import __version__
 from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
+from app.api.openapi import install_openapi
 from app.api.pull_jobs import PullJobs
 from app.api.routes import backends, batches, chat, generate, health, models, pulls
+from app.api.routes.pulls import PullOut, PullProgress
+from app.api.schemas.common import ResultOut
+from app.api.schemas.runs import ChunkEvent, ErrorEvent
 from app.ollama import ModelRunner, OllamaManager
 from app.settings import Settings
 
@@ -28,6 +32,7 @@ events, then exactly one `result` or `error` event.
 
 
 COMMON_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": Problem, "description": "The body could not be read (not UTF-8 JSON)."},
     422: {"model": Problem, "description": "The request is invalid; `errors` names each field."},
     500: {"model": Problem, "description": "The gateway failed; the error was logged."},
 }
@@ -71,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app, [ChunkEvent, ErrorEvent, ResultOut, PullProgress, PullOut])
     for module in (health, models, pulls, generate, chat, batches, backends):
         app.include_router(module.router, responses=COMMON_ERRORS)
     return app

@@ -4,10 +4,16 @@ The contract: `event: chunk` (`{content, index}`) as text arrives, then exactly 
 `event: result` (the stored result with its id) or `event: error` (`{code, message,
 result_id}`), then the stream ends. Comment pings keep idle connections open while a model
 loads. A client that goes away cancels the run; the core stores the partial result.
+
+A run that fails at once (unknown model, no backend) is answered like any other request,
+with a problem-details error status rather than a stream holding one `error` event: the
+first chunk is awaited for up to `EARLY_ERROR_SECONDS` before the stream starts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,20 +21,20 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.errors import failed_run_problem
+from app.api.openapi import sse_response
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import ChunkEvent, ErrorEvent
 from app.ollama import ModelExecutionResult, StreamingChunk
 
 PING_SECONDS = 10
+EARLY_ERROR_SECONDS = 1.0
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": (
-            "A `text/event-stream`: `chunk` events (ChunkEvent), then one `result` "
-            "(ResultOut) or `error` (ErrorEvent) event."
-        ),
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
+    200: sse_response(
+        "Server-sent events: `chunk` events (ChunkEvent), then one `result` (ResultOut) "
+        "or `error` (ErrorEvent) event.",
+        {"chunk": ChunkEvent, "result": ResultOut, "error": ErrorEvent},
+    )
 }
 
 _ERROR_CODES = {
@@ -58,18 +64,39 @@ def closing_event(result: ModelExecutionResult) -> ServerSentEvent:
     return _event("error", error.model_dump())
 
 
-async def _events(chunks: AsyncIterator[StreamingChunk]) -> AsyncIterator[ServerSentEvent]:
-    async for chunk in chunks:
-        if chunk.done:
-            if chunk.result is not None:
-                yield closing_event(chunk.result)
-            else:
-                yield _event("error", ErrorEvent(code="failed", message="no result").model_dump())
-            return
-        if chunk.content or chunk.thinking:
-            payload = ChunkEvent(content=chunk.content, index=chunk.index, thinking=chunk.thinking)
-            yield _event("chunk", payload.model_dump(exclude_none=True))
+async def _events(
+    first: asyncio.Future[StreamingChunk], rest: AsyncIterator[StreamingChunk]
+) -> AsyncIterator[ServerSentEvent]:
+    try:
+        chunk = await first
+        while True:
+            if chunk.done:
+                if chunk.result is not None:
+                    yield closing_event(chunk.result)
+                else:
+                    error = ErrorEvent(code="failed", message="the run ended without a result")
+                    yield _event("error", error.model_dump())
+                return
+            if chunk.content or chunk.thinking:
+                payload = ChunkEvent(
+                    content=chunk.content, index=chunk.index, thinking=chunk.thinking
+                )
+                yield _event("chunk", payload.model_dump(exclude_none=True))
+            chunk = await anext(rest)
+    finally:
+        first.cancel()
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
 
 
-def stream_response(chunks: AsyncIterator[StreamingChunk]) -> EventSourceResponse:
-    return EventSourceResponse(_events(chunks), ping=PING_SECONDS)
+async def stream_response(chunks: AsyncIterator[StreamingChunk]) -> EventSourceResponse:
+    """Start the SSE stream, unless the run fails within the early-error window."""
+    first: asyncio.Future[StreamingChunk] = asyncio.ensure_future(anext(chunks))
+    await asyncio.wait({first}, timeout=EARLY_ERROR_SECONDS)
+    if first.done() and not first.cancelled():
+        chunk = first.result()
+        if chunk.done and chunk.result is not None and not chunk.result.success:
+            raise failed_run_problem(chunk.result)
+    return EventSourceResponse(_events(first, chunks), ping=PING_SECONDS)

@@ -77,7 +77,7 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         if not isinstance(content, str):
             raise ValueError(f"messages[{i}].content must be a string, got {content!r}")
         role = role.lower()
-        if role in ("system", "user") and not content.strip():
+        if role in ("system", "user") and not content:
             raise ValueError(f"messages[{i}].content must not be empty for a {role} message")
         checked.append({**message, "role": role})
     return checked

@@ -382,6 +382,19 @@ class ModelRunner:
         spec = self._context_spec(model_name, prompt, context_docs, options)
         return await self.manager.execute(spec, save_output=save_output, store_kind="context")
 
+    def async_context_stream(
+        self,
+        model_name: str,
+        prompt: str,
+        context_docs: list[str],
+        options: ExecutionOptions | None = None,
+        *,
+        save_output: bool = True,
+    ) -> AsyncIterator[StreamingChunk]:
+        """`async_generate_stream` with documents laid in as `run_with_context` does."""
+        spec = self._context_spec(model_name, prompt, context_docs, options)
+        return self._stream(spec, save_output=save_output, store_kind="context")
+
     async def async_run_model(
         self,
         model_name: str,

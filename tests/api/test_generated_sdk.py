@@ -62,7 +62,9 @@ def test_generate_chat_and_stream_through_the_sdk(sdk: ModuleType, gateway_serve
             client=c,
             body=models.ChatRequest(
                 model="llama3.1:8b",
-                messages=[models.Message(role=models.MessageRole.USER, content="Hello")],
+                messages=[
+                    models.PromptMessage(role=models.PromptMessageRole.USER, content="Hello")
+                ],
             ),
         )
         assert isinstance(chat, models.ResultOut) and chat.prompt == "Hello"

@@ -36,14 +36,26 @@ async def test_chat_stream_follows_the_same_contract(client: httpx.AsyncClient) 
     assert result["response"] == chunks and result["prompt"] == "Hi"
 
 
-async def test_an_unknown_model_ends_the_stream_with_one_error_event(
+async def test_a_run_that_fails_at_once_is_a_problem_not_a_stream(
     client: httpx.AsyncClient,
 ) -> None:
     r = await client.post("/gateway/generate/stream", json={"model": "nope:1b", "prompt": "x"})
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "nope:1b" in r.json()["detail"]
+
+
+async def test_a_failure_after_the_stream_started_is_one_error_event(
+    client: httpx.AsyncClient, emulator_url: str
+) -> None:
+    # The first token comes after the early-error window, the deadline before it.
+    set_faults(emulator_url, first_token_delay_ms=2500)
+    body = {"model": "llama3.1:8b", "prompt": "x", "options": {"timeout": 2}}
+    r = await client.post("/gateway/generate/stream", json=body)
+    assert r.status_code == 200
     events = sse_events(r.text)
     assert [name for name, _ in events] == ["error"]
-    error = json.loads(events[0][1])
-    assert error["code"] == "model_not_found" and "nope:1b" in error["message"]
+    assert json.loads(events[0][1])["code"] == "timeout"
 
 
 async def test_a_stream_cut_by_the_backend_ends_with_an_error_after_its_chunks(

@@ -30,11 +30,11 @@ async def chat(body: ChatRequest, runner: RunnerDep) -> ResultOut:
     "/stream",
     operation_id="chat_stream",
     response_class=EventSourceResponse,
-    responses={**SSE_RESPONSES, 422: RUN_ERRORS[422]},
+    responses={**RUN_ERRORS, **SSE_RESPONSES},
 )
 async def chat_stream(body: ChatRequest, runner: RunnerDep) -> EventSourceResponse:
     """Stream a chat reply as server-sent events (`chunk`..., then `result` or `error`)."""
     options = body.options.to_execution_options() if body.options else None
     messages = [m.model_dump() for m in body.messages]
     chunks = runner.async_chat_stream(body.model, messages, options, save_output=body.save)
-    return stream_response(chunks)
+    return await stream_response(chunks)

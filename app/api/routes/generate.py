@@ -46,12 +46,17 @@ async def generate(body: GenerateRequest, runner: RunnerDep) -> ResultOut:
     "/stream",
     operation_id="generate_stream",
     response_class=EventSourceResponse,
-    responses={**SSE_RESPONSES, 422: RUN_ERRORS[422]},
+    responses={**RUN_ERRORS, **SSE_RESPONSES},
 )
 async def generate_stream(body: GenerateRequest, runner: RunnerDep) -> EventSourceResponse:
     """Stream a generation as server-sent events (`chunk`..., then `result` or `error`)."""
-    if body.context_docs:
-        raise ValueError("context_docs is not supported on the streamed endpoint")
     options = body.options.to_execution_options() if body.options else None
-    chunks = runner.async_generate_stream(body.model, body.prompt, options, save_output=body.save)
-    return stream_response(chunks)
+    if body.context_docs is not None:
+        chunks = runner.async_context_stream(
+            body.model, body.prompt, body.context_docs, options, save_output=body.save
+        )
+    else:
+        chunks = runner.async_generate_stream(
+            body.model, body.prompt, options, save_output=body.save
+        )
+    return await stream_response(chunks)

@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import ServicesDep
 from app.api.errors import ApiError, Problem
+from app.api.openapi import sse_response
 from app.api.pull_jobs import PullJob, PullJobs, PullStatus
 from app.api.schemas.common import MODEL_NAME, Schema
 from app.api.streaming import PING_SECONDS
@@ -27,6 +28,17 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 class PullRequest(Schema):
     model: str = MODEL_NAME
+
+
+class PullProgress(BaseModel):
+    """One progress object as Ollama streams it from `/api/pull`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(examples=["pulling manifest", "success"])
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
 
 
 class PullOut(BaseModel):
@@ -83,13 +95,11 @@ async def get_pull(pull_id: str, services: ServicesDep) -> PullOut:
     operation_id="follow_pull",
     response_class=EventSourceResponse,
     responses={
-        200: {
-            "description": (
-                "A `text/event-stream`: `progress` events (Ollama's progress objects), then "
-                "one `done` event (the job, as `get_pull` returns it)."
-            ),
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-        },
+        200: sse_response(
+            "Server-sent events: `progress` events (Ollama's progress objects), then one "
+            "`done` event (the job, as `get_pull` returns it).",
+            {"progress": PullProgress, "done": PullOut},
+        ),
         **NOT_FOUND,
     },
 )

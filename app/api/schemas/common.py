@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.ollama import ExecutionOptions, ModelExecutionResult
 
 T = TypeVar("T")
 
+
+def _json_number(value: Any) -> Any:
+    """JSON Schema numbers are never strings or booleans; pydantic's lax mode would coerce."""
+    if isinstance(value, str | bytes | bool):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_number)]
+"""An integer as JSON Schema means it: `3` and `3.0`, never `"3"` or `true`."""
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+
+
+NUMBER = BeforeValidator(_json_number)
+"""Put after the bounds: `Annotated[int, Field(ge=1), NUMBER]` keeps minimum in the schema."""
+
+# Ollama's name grammar: [host/][namespace/]model[:tag] (see shared/reference §2).
+MODEL_NAME_PATTERN = (
+    r"^(?:(?:[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}/)?[A-Za-z0-9_][A-Za-z0-9_-]{0,79}/)?"
+    r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?$"
+)
+
 MODEL_NAME = Field(
     min_length=1,
-    max_length=350,
+    max_length=512,
+    pattern=MODEL_NAME_PATTERN,
     description="An Ollama model name; `llama3.1` and `llama3.1:latest` are the same model.",
     examples=["llama3.1:8b"],
 )
@@ -28,22 +51,26 @@ class Schema(BaseModel):
 class OptionsIn(Schema):
     """Execution options; every field is optional and defaults as `ExecutionOptions` does."""
 
-    temperature: float | None = Field(default=None, ge=0, le=2, examples=[0.7])
-    top_p: float | None = Field(default=None, ge=0, le=1, examples=[0.9])
-    top_k: int | None = Field(default=None, ge=1, le=1000, examples=[40])
-    repeat_penalty: float | None = Field(default=None, ge=0, le=5, examples=[1.1])
-    max_tokens: int | None = Field(
-        default=None, ge=1, le=131072, description="Most tokens to generate (num_predict)."
+    temperature: Annotated[float, Field(ge=0, le=2), NUMBER] | None = Field(
+        default=None, examples=[0.7], description="Sampling temperature; 0 is greedy."
     )
-    timeout: int | None = Field(
-        default=None, ge=1, le=3600, description="Seconds the run may take in all."
+    top_p: Annotated[float, Field(ge=0, le=1), NUMBER] | None = Field(default=None, examples=[0.9])
+    top_k: Annotated[int, Field(ge=1, le=1000), NUMBER] | None = Field(default=None, examples=[40])
+    repeat_penalty: Annotated[float, Field(ge=0, le=5), NUMBER] | None = Field(
+        default=None, examples=[1.1]
     )
-    format: str | dict[str, Any] | None = Field(
+    max_tokens: Annotated[int, Field(ge=1, le=131072), NUMBER] | None = Field(
+        default=None, description="Most tokens to generate (num_predict)."
+    )
+    timeout: Annotated[int, Field(ge=1, le=3600), NUMBER] | None = Field(
+        default=None, description="Seconds the run may take in all."
+    )
+    format: Literal["json"] | dict[str, Any] | None = Field(
         default=None, description='"json" or a JSON schema object the output must match.'
     )
-    system_prompt: str | None = Field(default=None, max_length=100_000)
-    context_window: int | None = Field(
-        default=None, ge=256, le=1_048_576, description="Context length in tokens (num_ctx)."
+    system_prompt: Annotated[str, Field(max_length=100_000)] | None = None
+    context_window: Annotated[int, Field(ge=256, le=1_048_576), NUMBER] | None = Field(
+        default=None, description="Context length in tokens (num_ctx)."
     )
 
     def to_execution_options(self) -> ExecutionOptions:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
-from app.api.schemas.common import MODEL_NAME, OptionsIn, ResultOut, Schema
+from app.api.schemas.common import (
+    MODEL_NAME,
+    MODEL_NAME_PATTERN,
+    JsonInt,
+    OptionsIn,
+    ResultOut,
+    Schema,
+)
 
 PROMPT = Field(
     min_length=1,
@@ -20,24 +27,36 @@ class GenerateRequest(Schema):
     model: str = MODEL_NAME
     prompt: str = PROMPT
     options: OptionsIn | None = None
-    context_docs: list[str] | None = Field(
+    context_docs: list[Annotated[str, Field(max_length=200_000)]] | None = Field(
         default=None,
         max_length=100,
         description="Documents laid into the prompt before the question (run_with_context).",
     )
-    save: bool = Field(default=True, description="Store the result (it is, unless false).")
+    save: StrictBool = Field(default=True, description="Store the result (it is, unless false).")
 
 
-class Message(Schema):
-    role: Literal["system", "user", "assistant", "tool"]
+class PromptMessage(Schema):
+    """A system or user turn: its content must not be empty."""
+
+    role: Literal["system", "user"]
+    content: str = Field(min_length=1, max_length=200_000)
+
+
+class ReplyMessage(Schema):
+    """An assistant or tool turn: its content may be empty (e.g. a turn of tool calls)."""
+
+    role: Literal["assistant", "tool"]
     content: str = Field(max_length=200_000)
+
+
+Message = Annotated[PromptMessage | ReplyMessage, Field(discriminator="role")]
 
 
 class ChatRequest(Schema):
     model: str = MODEL_NAME
     messages: list[Message] = Field(min_length=1, max_length=500)
     options: OptionsIn | None = None
-    save: bool = Field(default=True, description="Store the result (it is, unless false).")
+    save: StrictBool = Field(default=True, description="Store the result (it is, unless false).")
 
 
 class ChunkEvent(BaseModel):
@@ -58,9 +77,11 @@ class ErrorEvent(BaseModel):
 
 class BatchRequest(Schema):
     model: str = MODEL_NAME
-    prompts: list[str] = Field(min_length=1, max_length=100)
+    prompts: list[Annotated[str, Field(min_length=1, max_length=200_000)]] = Field(
+        min_length=1, max_length=100
+    )
     options: OptionsIn | None = None
-    max_concurrent: int = Field(default=3, ge=1, le=16)
+    max_concurrent: JsonInt = Field(default=3, ge=1, le=16)
     name: str | None = Field(default=None, max_length=200, description="A name for the batch.")
 
 
@@ -74,12 +95,16 @@ class BatchOut(BaseModel):
 
 class BenchmarkRequest(Schema):
     model: str = MODEL_NAME
-    test_prompts: list[str] = Field(min_length=1, max_length=50)
+    test_prompts: list[Annotated[str, Field(min_length=1, max_length=200_000)]] = Field(
+        min_length=1, max_length=50
+    )
     options: OptionsIn | None = None
 
 
 class ComparisonRequest(Schema):
-    models: list[str] = Field(min_length=1, max_length=8)
+    models: list[Annotated[str, Field(max_length=512, pattern=MODEL_NAME_PATTERN)]] = Field(
+        min_length=1, max_length=8
+    )
     prompt: str = PROMPT
     options: OptionsIn | None = None
 
