@@ -14,6 +14,7 @@ from app.ollama.options import (
     plan_from_dict,
     plan_from_execution_options,
 )
+from app.ollama.outputs import OutputManager
 from app.ollama.runner import CONTEXT_TEMPLATE, ModelRunner, build_context_prompt
 from app.ollama.types import ExecutionOptions, ModelExecutionResult, OllamaModel, StreamingChunk
 
@@ -28,6 +29,7 @@ __all__ = [
     "ModelRunner",
     "OllamaManager",
     "OllamaModel",
+    "OutputManager",
     "RequestPlan",
     "StreamInterrupted",
     "StreamingChunk",

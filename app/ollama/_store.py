@@ -6,6 +6,7 @@ change behind it and a test can hand the manager any object that stores results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from app.ollama.types import ModelExecutionResult
@@ -28,17 +29,21 @@ class ResultStore(Protocol):
         comparison_id: str | None = None,
     ) -> str: ...
 
-    def save_batch_results(
+    async def asave_batch_results(
+        self, results: Sequence[ModelExecutionResult], batch_name: str
+    ) -> str: ...
+
+    async def asave_benchmark_report(
         self,
-        results: list[ModelExecutionResult],
-        batch_name: str,
-        output_dir: str | None = None,
+        benchmark_results: dict[str, Any],
+        model_name: str,
+        *,
+        results: Sequence[ModelExecutionResult] | None = None,
     ) -> str: ...
 
-    def save_benchmark_report(
-        self, benchmark_results: dict[str, Any], model_name: str, output_dir: str | None = None
-    ) -> str: ...
-
-    def save_model_comparison(
-        self, comparison_results: dict[str, Any], output_dir: str | None = None
+    async def asave_model_comparison(
+        self,
+        comparison_results: dict[str, Any],
+        *,
+        results: Sequence[ModelExecutionResult] | None = None,
     ) -> str: ...

@@ -632,7 +632,7 @@ class OllamaManager:
         """Where results are stored; the default `OutputManager()` is made on first use."""
         if self._output_manager is None:
             try:
-                from app.ollama.outputs import OutputManager  # type: ignore[import-not-found,unused-ignore]
+                from app.ollama.outputs import OutputManager
             except ImportError as exc:  # storage not installed in this build
                 logger.warning("results are not stored: %s", exc)
                 return None

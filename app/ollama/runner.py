@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from app.ollama._execution import (
@@ -24,6 +24,7 @@ from app.ollama._execution import (
     require_prompt,
     validate_messages,
 )
+from app.ollama._store import ResultStore
 from app.ollama.manager import OllamaManager
 from app.ollama.options import plan_from_execution_options
 from app.ollama.types import ExecutionOptions, ModelExecutionResult, StreamingChunk
@@ -481,11 +482,7 @@ class ModelRunner:
         if save_output and results:
             name = batch_name or f"batch-{specs[0].model}-{time.strftime('%Y%m%d-%H%M%S')}"
             await self._save_group(
-                "save_batch_results",
-                (results, name),
-                results,
-                kind="batch_item",
-                link="batch_id",
+                lambda store: store.asave_batch_results(results, name), results, kind="batch"
             )
         return results
 
@@ -575,11 +572,9 @@ class ModelRunner:
         }
         if save_output:
             report_id = await self._save_group(
-                "save_benchmark_report",
-                (report, model_name),
+                lambda store: store.asave_benchmark_report(report, model_name, results=results),
                 results,
                 kind="benchmark",
-                link="benchmark_id",
             )
             if report_id is not None:
                 report["benchmark_id"] = report_id
@@ -663,12 +658,11 @@ class ModelRunner:
             "summary": summary,
         }
         if save_output:
+            runs = list(results.values())
             comparison_id = await self._save_group(
-                "save_model_comparison",
-                (comparison,),
-                list(results.values()),
+                lambda store: store.asave_model_comparison(comparison, results=runs),
+                runs,
                 kind="comparison",
-                link="comparison_id",
             )
             if comparison_id is not None:
                 summary["comparison_id"] = comparison_id
@@ -676,24 +670,25 @@ class ModelRunner:
 
     async def _save_group(
         self,
-        method: str,
-        args: tuple[Any, ...],
+        save: Callable[[ResultStore], Awaitable[str]],
         results: list[ModelExecutionResult],
         *,
         kind: str,
-        link: str,
     ) -> str | None:
-        """Store a group report (batch, benchmark, comparison), then its runs linked to it."""
+        """Store a group report (batch, benchmark, comparison) and its runs, linked to it.
+
+        The storage writes each run's `result_id` and group id into its metadata. A
+        storage failure is logged and noted on the runs, never raised.
+        """
         store = self.manager.output_manager
         if store is None:
             return None
         try:
-            group_id: str = await asyncio.to_thread(getattr(store, method), *args)
-        except Exception:
+            group_id = await save(store)
+        except Exception as exc:
             logger.exception("storing a %s report failed", kind)
+            for result in results:
+                if result.metadata is not None:
+                    result.metadata["storage_error"] = f"{type(exc).__name__}: {exc}"
             return None
-        for result in results:
-            await self.manager.store_result(result, kind=kind, links={link: group_id})
-            if result.metadata is not None:
-                result.metadata[link] = group_id
         return group_id

@@ -1,0 +1,696 @@
+"""OutputManager: the seed's output persistence, over the database instead of flat files.
+
+Where the seed returned the `Path` of a written file, these methods return the stored
+record's id (which `/gateway/results/{id}` serves). Files are written only when asked:
+an `output_dir` argument, or `export_outputs(directory)`.
+
+Every seed method is synchronous as in the seed (it runs on a private event loop, so it
+works inside notebooks too) and has an async twin prefixed `a` for code on an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from app.ollama._sync import LoopThread
+from app.ollama.types import ModelExecutionResult
+from app.settings import Settings
+from app.storage.db import Database, masked
+from app.storage.migrations import ensure_schema
+from app.storage.repositories import (
+    Audit,
+    ExecutionFilter,
+    Executions,
+    ModelConfigs,
+    Reports,
+    counts_and_sizes,
+    delete_older_than,
+    json_size,
+    new_id,
+)
+from app.storage.tables import (
+    AuditEntry,
+    Batch,
+    BenchmarkReport,
+    Comparison,
+    Execution,
+    ModelConfig,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OUTPUT_TYPES = ("outputs", "configs", "results", "reports")
+KINDS = ("generate", "chat", "stream", "batch_item", "benchmark", "comparison", "context", "output")
+ReportKind = Literal["batch", "benchmark", "comparison"]
+DEFAULT_CONFIG_NAME = "default"
+
+
+def execution_row(
+    result: ModelExecutionResult,
+    *,
+    kind: str,
+    batch_id: str | None = None,
+    benchmark_id: str | None = None,
+    comparison_id: str | None = None,
+) -> Execution:
+    """The executions row of a result: columns pulled out of its metadata, all of it kept."""
+    meta = dict(result.metadata or {})
+    request = meta.get("request") if isinstance(meta.get("request"), dict) else None
+    error_type = meta.get("error_type")
+    if result.success:
+        status = "succeeded"
+    elif error_type == "Cancelled" or meta.get("status") == "cancelled":
+        status = "cancelled"
+    else:
+        status = "failed"
+    row = Execution(
+        id=new_id(),
+        kind=kind,
+        model=result.model_name,
+        backend=_str_or_none(meta.get("backend")),
+        prompt=result.prompt,
+        messages=meta.get("messages") if isinstance(meta.get("messages"), list) else None,
+        options=request,
+        response=result.response,
+        success=result.success,
+        status=status,
+        error=result.error_message,
+        error_type=_str_or_none(error_type),
+        done_reason=_str_or_none(meta.get("done_reason")),
+        execution_time=float(result.execution_time),
+        time_to_first_token=_float_or_none(meta.get("time_to_first_token")),
+        tokens_used=result.tokens_used,
+        prompt_tokens=_int_or_none(meta.get("prompt_eval_count")),
+        tokens_per_second=_float_or_none(meta.get("tokens_per_second")),
+        total_duration_ns=_int_or_none(meta.get("total_duration")),
+        meta=_jsonable(meta),
+        batch_id=batch_id,
+        benchmark_id=benchmark_id,
+        comparison_id=comparison_id,
+        created_at=datetime.now(UTC),
+    )
+    row.size_bytes = json_size(result.to_dict())
+    return row
+
+
+def execution_dict(row: Execution) -> dict[str, Any]:
+    """A stored run as the API and `list_saved_outputs("results")` show it."""
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "model_name": row.model,
+        "prompt": row.prompt,
+        "response": row.response,
+        "execution_time": row.execution_time,
+        "tokens_used": row.tokens_used,
+        "success": row.success,
+        "status": row.status,
+        "error_message": row.error,
+        "metadata": row.meta,
+        "backend": row.backend,
+        "batch_id": row.batch_id,
+        "benchmark_id": row.benchmark_id,
+        "comparison_id": row.comparison_id,
+        "size_bytes": row.size_bytes,
+        "created_at": _aware(row.created_at).isoformat(),
+    }
+
+
+def report_dict(kind: str, row: Batch | BenchmarkReport | Comparison) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": row.id,
+        "type": kind,
+        "size_bytes": row.size_bytes,
+        "created_at": _aware(row.created_at).isoformat(),
+    }
+    if isinstance(row, Batch):
+        base.update(
+            name=row.name,
+            model=row.model,
+            total=row.total,
+            succeeded=row.succeeded,
+            failed=row.failed,
+            summary=row.summary,
+        )
+    elif isinstance(row, BenchmarkReport):
+        base.update(model=row.model, report=row.report)
+    else:
+        base.update(models=row.models, prompt=row.prompt, report=row.report)
+    return base
+
+
+def config_dict(row: ModelConfig) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "model": row.model,
+        "config_name": row.config_name,
+        "config": row.config,
+        "size_bytes": row.size_bytes,
+        "created_at": _aware(row.created_at).isoformat(),
+        "updated_at": _aware(row.updated_at).isoformat(),
+    }
+
+
+class OutputManager:
+    """Stores runs, configs and reports in the gateway's database.
+
+    `OutputManager()` uses the configured database (`GATEWAY_DATABASE_URL`); a new, empty
+    database is given the current schema on first use, an out-of-date one is refused with
+    a message saying to run `ollama-gateway migrate`. `base_output_dir` is where exports
+    go when a method is asked for files without naming a directory.
+    """
+
+    def __init__(
+        self,
+        base_output_dir: str | None = None,
+        *,
+        database_url: str | None = None,
+        ensure_schema_on_first_use: bool = True,
+    ) -> None:
+        self.base_output_dir = Path(base_output_dir) if base_output_dir else None
+        self.database_url = database_url or Settings().database_url
+        self.db = Database(self.database_url)
+        self._ensure = ensure_schema_on_first_use
+        self._ready = False
+        self._ready_lock = threading.Lock()
+        self._loop_thread = LoopThread(name="output-manager")
+
+    def __repr__(self) -> str:
+        return f"OutputManager({masked(self.database_url)!r})"
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop_thread.run(coro)
+
+    async def _prepare(self) -> None:
+        if self._ready or not self._ensure:
+            return
+
+        def check() -> None:
+            with self._ready_lock:
+                if not self._ready:
+                    ensure_schema(self.database_url)
+                    self._ready = True
+
+        await asyncio.to_thread(check)
+
+    def close(self) -> None:
+        if self._loop_thread.started:
+            self._run(self.db.dispose())
+        self._loop_thread.close()
+
+    async def aclose(self) -> None:
+        if self._loop_thread.started and not self._loop_thread.in_loop_thread():
+            await asyncio.wrap_future(self._loop_thread.submit(self.db.dispose()))
+        await self.db.dispose()
+        await asyncio.to_thread(self._loop_thread.close)
+
+    async def aping(self) -> None:
+        """Raise if the database does not answer a trivial query."""
+        from sqlalchemy import text
+
+        async with self.db.session() as session:
+            await session.execute(text("SELECT 1"))
+
+    def _export(self, output_dir: str | None, name: str, payload: Any) -> Path | None:
+        directory = Path(output_dir) if output_dir else None
+        if directory is None:
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        path.write_text(json.dumps(payload, indent=2, default=str, ensure_ascii=False) + "\n")
+        return path
+
+    # -- runs ------------------------------------------------------------------------
+
+    async def arecord_execution(
+        self,
+        result: ModelExecutionResult,
+        *,
+        kind: str,
+        batch_id: str | None = None,
+        benchmark_id: str | None = None,
+        comparison_id: str | None = None,
+    ) -> str:
+        """Store one run; the id is also written to `result.metadata["result_id"]`."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        await self._prepare()
+        row = execution_row(
+            result,
+            kind=kind,
+            batch_id=batch_id,
+            benchmark_id=benchmark_id,
+            comparison_id=comparison_id,
+        )
+        async with self.db.session() as session:
+            result_id = await Executions(session).add(row)
+        if result.metadata is None:
+            result.metadata = {}
+        result.metadata["result_id"] = result_id
+        return result_id
+
+    async def asave_execution_result(
+        self, result: ModelExecutionResult, output_dir: str | None = None
+    ) -> str:
+        kind = str((result.metadata or {}).get("kind") or "generate")
+        result_id = await self.arecord_execution(result, kind=kind if kind in KINDS else "generate")
+        self._export(output_dir, f"result_{result_id}.json", result.to_dict())
+        return result_id
+
+    def save_execution_result(
+        self, result: ModelExecutionResult, output_dir: str | None = None
+    ) -> str:
+        """Store a result; with `output_dir` also write it there as JSON. Returns its id."""
+        return self._run(self.asave_execution_result(result, output_dir))
+
+    async def asave_model_output(
+        self,
+        model_name: str,
+        prompt: str,
+        response: str,
+        execution_time: float,
+        output_dir: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        result = ModelExecutionResult(
+            model_name=model_name,
+            prompt=prompt,
+            response=response,
+            execution_time=execution_time,
+            metadata=dict(metadata or {}),
+        )
+        result_id = await self.arecord_execution(result, kind="output")
+        self._export(output_dir, f"output_{result_id}.json", result.to_dict())
+        return result_id
+
+    def save_model_output(
+        self,
+        model_name: str,
+        prompt: str,
+        response: str,
+        execution_time: float,
+        output_dir: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Store one model output (kind "output"). Returns its id."""
+        return self._run(
+            self.asave_model_output(
+                model_name, prompt, response, execution_time, output_dir, metadata
+            )
+        )
+
+    async def aget_result(self, result_id: str) -> dict[str, Any] | None:
+        await self._prepare()
+        async with self.db.session() as session:
+            row = await Executions(session).get(result_id)
+            return execution_dict(row) if row is not None else None
+
+    async def adelete_result(self, result_id: str) -> bool:
+        await self._prepare()
+        async with self.db.session() as session:
+            return await Executions(session).delete(result_id)
+
+    async def alist_results(
+        self,
+        *,
+        model: str | None = None,
+        kind: str | None = None,
+        success: bool | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of stored runs, newest first, and the cursor of the next page."""
+        await self._prepare()
+        where = ExecutionFilter(model=model, kind=kind, success=success, since=since, until=until)
+        async with self.db.session() as session:
+            rows, next_cursor = await Executions(session).page(where, limit, cursor)
+            return [execution_dict(r) for r in rows], next_cursor
+
+    # -- configs ---------------------------------------------------------------------
+
+    async def asave_model_config(
+        self, model_name: str, config: dict[str, Any], config_name: str | None = None
+    ) -> str:
+        await self._prepare()
+        async with self.db.session() as session:
+            return await ModelConfigs(session).put(
+                model_name, config_name or DEFAULT_CONFIG_NAME, _jsonable(config)
+            )
+
+    def save_model_config(
+        self, model_name: str, config: dict[str, Any], config_name: str | None = None
+    ) -> str:
+        """Store (or replace) a named config of a model. Returns its id."""
+        return self._run(self.asave_model_config(model_name, config, config_name))
+
+    async def aload_model_config(
+        self, model_name: str, config_name: str | None = None
+    ) -> dict[str, Any] | None:
+        await self._prepare()
+        async with self.db.session() as session:
+            row = await ModelConfigs(session).get(model_name, config_name or DEFAULT_CONFIG_NAME)
+            return dict(row.config) if row is not None else None
+
+    def load_model_config(
+        self, model_name: str, config_name: str | None = None
+    ) -> dict[str, Any] | None:
+        """A model's named config (default "default"), or None."""
+        return self._run(self.aload_model_config(model_name, config_name))
+
+    # -- reports ---------------------------------------------------------------------
+
+    async def _store_runs(
+        self, results: Sequence[ModelExecutionResult], kind: str, link: str, group_id: str
+    ) -> None:
+        for result in results:
+            await self.arecord_execution(result, kind=kind, **{link: group_id})
+            assert result.metadata is not None
+            result.metadata[link] = group_id
+
+    async def asave_batch_results(
+        self,
+        results: Sequence[ModelExecutionResult],
+        batch_name: str,
+        output_dir: str | None = None,
+    ) -> str:
+        """Store a batch and each of its runs (kind "batch_item", linked to it)."""
+        await self._prepare()
+        models = {r.model_name for r in results}
+        summary = {
+            "total_execution_time": sum(r.execution_time for r in results),
+            "total_tokens": sum(r.tokens_used or 0 for r in results),
+        }
+        row = Batch(
+            id=new_id(),
+            name=batch_name,
+            model=models.pop() if len(models) == 1 else None,
+            total=len(results),
+            succeeded=sum(r.success for r in results),
+            failed=sum(not r.success for r in results),
+            summary=summary,
+            size_bytes=json_size([r.to_dict() for r in results]),
+            created_at=datetime.now(UTC),
+        )
+        async with self.db.session() as session:
+            batch_id = await Reports(session).add(row)
+        await self._store_runs(results, "batch_item", "batch_id", batch_id)
+        self._export(
+            output_dir,
+            f"batch_{batch_id}.json",
+            {"name": batch_name, "results": [r.to_dict() for r in results]},
+        )
+        return batch_id
+
+    def save_batch_results(
+        self,
+        results: list[ModelExecutionResult],
+        batch_name: str,
+        output_dir: str | None = None,
+    ) -> str:
+        """Store a batch and its runs. Returns the batch's id."""
+        return self._run(self.asave_batch_results(results, batch_name, output_dir))
+
+    async def asave_benchmark_report(
+        self,
+        benchmark_results: dict[str, Any],
+        model_name: str,
+        output_dir: str | None = None,
+        *,
+        results: Sequence[ModelExecutionResult] | None = None,
+    ) -> str:
+        """Store a benchmark report and its runs (kind "benchmark", linked to it).
+
+        The runs are `results` when given, else rebuilt from the report's
+        `individual_results`.
+        """
+        await self._prepare()
+        report = _jsonable(benchmark_results)
+        row = BenchmarkReport(
+            id=new_id(),
+            model=model_name,
+            report=report,
+            size_bytes=json_size(report),
+            created_at=datetime.now(UTC),
+        )
+        async with self.db.session() as session:
+            report_id = await Reports(session).add(row)
+        runs = results if results is not None else _results_of(report.get("individual_results"))
+        await self._store_runs(runs, "benchmark", "benchmark_id", report_id)
+        self._export(output_dir, f"benchmark_{report_id}.json", report)
+        return report_id
+
+    def save_benchmark_report(
+        self, benchmark_results: dict[str, Any], model_name: str, output_dir: str | None = None
+    ) -> str:
+        """Store a benchmark report (and its individual runs). Returns its id."""
+        return self._run(self.asave_benchmark_report(benchmark_results, model_name, output_dir))
+
+    async def asave_model_comparison(
+        self,
+        comparison_results: dict[str, Any],
+        output_dir: str | None = None,
+        *,
+        results: Sequence[ModelExecutionResult] | None = None,
+    ) -> str:
+        """Store a comparison and each model's run (kind "comparison", linked to it)."""
+        await self._prepare()
+        report = _jsonable(comparison_results)
+        per_model = report.get("results") if isinstance(report.get("results"), dict) else {}
+        summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
+        row = Comparison(
+            id=new_id(),
+            models=list(per_model),
+            prompt=str(summary.get("prompt", "")),
+            report=report,
+            size_bytes=json_size(report),
+            created_at=datetime.now(UTC),
+        )
+        async with self.db.session() as session:
+            comparison_id = await Reports(session).add(row)
+        runs = results if results is not None else _results_of(list(per_model.values()))
+        await self._store_runs(runs, "comparison", "comparison_id", comparison_id)
+        self._export(output_dir, f"comparison_{comparison_id}.json", report)
+        return comparison_id
+
+    def save_model_comparison(
+        self, comparison_results: dict[str, Any], output_dir: str | None = None
+    ) -> str:
+        """Store a model comparison (and each model's run). Returns its id."""
+        return self._run(self.asave_model_comparison(comparison_results, output_dir))
+
+    async def aget_report(self, kind: ReportKind, report_id: str) -> dict[str, Any] | None:
+        """A stored batch, benchmark or comparison with its runs, or None."""
+        await self._prepare()
+        link = {"batch": "batch_id", "benchmark": "benchmark_id", "comparison": "comparison_id"}
+        async with self.db.session() as session:
+            row = await Reports(session).get(kind, report_id)
+            if row is None:
+                return None
+            runs = await Executions(session).linked(link[kind], report_id)
+            return {**report_dict(kind, row), "runs": [execution_dict(r) for r in runs]}
+
+    async def alist_reports(
+        self,
+        kind: ReportKind,
+        *,
+        model: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        await self._prepare()
+        async with self.db.session() as session:
+            rows, next_cursor = await Reports(session).page(kind, limit, cursor, model)
+            return [report_dict(kind, r) for r in rows], next_cursor
+
+    # -- listing, stats, cleanup -----------------------------------------------------
+
+    async def alist_saved_outputs(
+        self, model_name: str | None = None, output_type: str = "outputs"
+    ) -> list[dict[str, Any]]:
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}")
+        await self._prepare()
+        if output_type in ("outputs", "results"):
+            items: list[dict[str, Any]] = []
+            cursor: str | None = None
+            while True:
+                page, cursor = await self.alist_results(model=model_name, limit=500, cursor=cursor)
+                items += page
+                if cursor is None:
+                    break
+            if output_type == "outputs":
+                keys = ("id", "kind", "model_name", "success", "status", "size_bytes")
+                return [
+                    {
+                        **{k: item[k] for k in keys},
+                        "created_at": item["created_at"],
+                        "response_preview": item["response"][:200],
+                    }
+                    for item in items
+                ]
+            return items
+        if output_type == "configs":
+            async with self.db.session() as session:
+                return [config_dict(r) for r in await ModelConfigs(session).all(model_name)]
+        reports: list[dict[str, Any]] = []
+        for kind in ("batch", "benchmark", "comparison"):
+            cursor = None
+            while True:
+                page, cursor = await self.alist_reports(
+                    kind, model=model_name, limit=500, cursor=cursor
+                )
+                reports += page
+                if cursor is None:
+                    break
+        return sorted(reports, key=lambda r: r["created_at"], reverse=True)
+
+    def list_saved_outputs(
+        self, model_name: str | None = None, output_type: str = "outputs"
+    ) -> list[dict[str, Any]]:
+        """Stored items of one type, newest first.
+
+        "outputs": every stored run, briefly; "results": every stored run in full;
+        "configs": model configs; "reports": batches, benchmarks and comparisons.
+        """
+        return self._run(self.alist_saved_outputs(model_name, output_type))
+
+    async def aget_output_stats(self) -> dict[str, Any]:
+        await self._prepare()
+        async with self.db.session() as session:
+            runs = await counts_and_sizes(session, Execution)
+            configs = await counts_and_sizes(session, ModelConfig)
+            reports = [
+                await counts_and_sizes(session, table)
+                for table in (Batch, BenchmarkReport, Comparison)
+            ]
+        by_type = {
+            "outputs": {"count": runs[0], "size_bytes": runs[1]},
+            "results": {"count": runs[0], "size_bytes": runs[1]},
+            "configs": {"count": configs[0], "size_bytes": configs[1]},
+            "reports": {
+                "count": sum(c for c, _ in reports),
+                "size_bytes": sum(s for _, s in reports),
+            },
+        }
+        return {
+            "by_type": by_type,
+            "total_count": runs[0] + configs[0] + by_type["reports"]["count"],
+            "total_size_bytes": runs[1] + configs[1] + by_type["reports"]["size_bytes"],
+            "database": masked(self.database_url),
+        }
+
+    def get_output_stats(self) -> dict[str, Any]:
+        """Counts and sizes per output type ("outputs" and "results" are the same runs)."""
+        return self._run(self.aget_output_stats())
+
+    async def acleanup_old_outputs(self, days_old: int = 30) -> int:
+        if isinstance(days_old, bool) or not isinstance(days_old, int) or days_old < 0:
+            raise ValueError(f"days_old must be a non-negative integer, got {days_old!r}")
+        await self._prepare()
+        cutoff = datetime.now(UTC) - timedelta(days=days_old)
+        async with self.db.session() as session:
+            removed = await delete_older_than(session, Execution, cutoff)
+            for table in (Batch, BenchmarkReport, Comparison):
+                removed += await delete_older_than(session, table, cutoff)
+        return removed
+
+    def cleanup_old_outputs(self, days_old: int = 30) -> int:
+        """Delete runs and reports older than `days_old` days; returns how many were removed.
+
+        Model configs are settings, not outputs: they are kept.
+        """
+        return self._run(self.acleanup_old_outputs(days_old))
+
+    # -- audit and export ------------------------------------------------------------
+
+    async def arecord_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str | None,
+        outcome: str,
+        duration_ms: float | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> str:
+        await self._prepare()
+        entry = AuditEntry(
+            id=new_id(),
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,
+            duration_ms=duration_ms,
+            detail=_jsonable(detail) if detail else None,
+            created_at=datetime.now(UTC),
+        )
+        async with self.db.session() as session:
+            return await Audit(session).add(entry)
+
+    async def aexport_outputs(
+        self, directory: str | Path, model_name: str | None = None
+    ) -> list[Path]:
+        """Write every stored run (and report) as a JSON file into `directory`."""
+        target = Path(directory)
+        written = []
+        for item in await self.alist_saved_outputs(model_name, "results"):
+            path = self._export(str(target), f"result_{item['id']}.json", item)
+            assert path is not None
+            written.append(path)
+        for item in await self.alist_saved_outputs(model_name, "reports"):
+            path = self._export(str(target), f"{item['type']}_{item['id']}.json", item)
+            assert path is not None
+            written.append(path)
+        return written
+
+    def export_outputs(self, directory: str | Path, model_name: str | None = None) -> list[Path]:
+        """Files for users who want files: one JSON per stored run and report."""
+        return self._run(self.aexport_outputs(directory, model_name))
+
+
+def _results_of(items: Any) -> list[ModelExecutionResult]:
+    fields = ModelExecutionResult.__dataclass_fields__
+    out = []
+    for item in items or []:
+        if isinstance(item, dict) and {"model_name", "prompt", "response"} <= set(item):
+            out.append(
+                ModelExecutionResult(
+                    **{k: v for k, v in item.items() if k in fields and k != "execution_time"},
+                    execution_time=float(item.get("execution_time") or 0.0),
+                )
+            )
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so only JSON types reach a JSON column."""
+    return json.loads(json.dumps(value, default=str, ensure_ascii=False))
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

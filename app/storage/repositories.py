@@ -1,0 +1,228 @@
+"""Queries, one class per aggregate. They take a session and never commit: callers own
+the transaction (`Database.session()`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.storage.tables import (
+    AuditEntry,
+    Base,
+    Batch,
+    BenchmarkReport,
+    Comparison,
+    Execution,
+    GatewayConfig,
+    ModelConfig,
+    utc_now,
+)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def json_size(value: Any) -> int:
+    """Bytes the value takes as JSON: the 'size' users see in output stats."""
+    return len(json.dumps(value, default=str, ensure_ascii=False).encode())
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position a cursor names; ValueError when it is not one of ours."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        stamp, row_id = base64.urlsafe_b64decode(padded).decode().split("|", 1)
+        return datetime.fromisoformat(stamp), row_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
+
+
+@dataclass
+class ExecutionFilter:
+    model: str | None = None
+    kind: str | None = None
+    success: bool | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class Executions:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, row: Execution) -> str:
+        self.session.add(row)
+        await self.session.flush()
+        return row.id
+
+    async def get(self, row_id: str) -> Execution | None:
+        return await self.session.get(Execution, row_id)
+
+    async def delete(self, row_id: str) -> bool:
+        result = await self.session.execute(delete(Execution).where(Execution.id == row_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def page(
+        self, where: ExecutionFilter, limit: int, cursor: str | None
+    ) -> tuple[Sequence[Execution], str | None]:
+        """Newest first, keyset-paginated on (created_at, id)."""
+        query = select(Execution)
+        if where.model is not None:
+            query = query.where(Execution.model == where.model)
+        if where.kind is not None:
+            query = query.where(Execution.kind == where.kind)
+        if where.success is not None:
+            query = query.where(Execution.success == where.success)
+        if where.since is not None:
+            query = query.where(Execution.created_at >= where.since)
+        if where.until is not None:
+            query = query.where(Execution.created_at < where.until)
+        if cursor is not None:
+            at, row_id = decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    Execution.created_at < at,
+                    and_(Execution.created_at == at, Execution.id < row_id),
+                )
+            )
+        query = query.order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit + 1)
+        rows = (await self.session.scalars(query)).all()
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            return rows[:limit], encode_cursor(last.created_at, last.id)
+        return rows, None
+
+    async def linked(self, column: str, group_id: str) -> Sequence[Execution]:
+        query = (
+            select(Execution)
+            .where(getattr(Execution, column) == group_id)
+            .order_by(Execution.created_at, Execution.id)
+        )
+        return (await self.session.scalars(query)).all()
+
+
+class Reports:
+    """Batches, benchmark reports and comparisons: the groups runs link to."""
+
+    KINDS: ClassVar[dict[str, Any]] = {
+        "batch": Batch,
+        "benchmark": BenchmarkReport,
+        "comparison": Comparison,
+    }
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, row: Batch | BenchmarkReport | Comparison) -> str:
+        self.session.add(row)
+        await self.session.flush()
+        return row.id
+
+    async def get(self, kind: str, row_id: str) -> Batch | BenchmarkReport | Comparison | None:
+        row: Batch | BenchmarkReport | Comparison | None = await self.session.get(
+            self.KINDS[kind], row_id
+        )
+        return row
+
+    async def page(
+        self, kind: str, limit: int, cursor: str | None, model: str | None = None
+    ) -> tuple[Sequence[Any], str | None]:
+        table = self.KINDS[kind]
+        query = select(table)
+        if model is not None and hasattr(table, "model"):
+            query = query.where(table.model == model)
+        if cursor is not None:
+            at, row_id = decode_cursor(cursor)
+            query = query.where(
+                or_(table.created_at < at, and_(table.created_at == at, table.id < row_id))
+            )
+        query = query.order_by(table.created_at.desc(), table.id.desc()).limit(limit + 1)
+        rows = (await self.session.scalars(query)).all()
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            return rows[:limit], encode_cursor(last.created_at, last.id)
+        return rows, None
+
+
+class ModelConfigs:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, model: str, name: str) -> ModelConfig | None:
+        query = select(ModelConfig).where(
+            ModelConfig.model == model, ModelConfig.config_name == name
+        )
+        return (await self.session.scalars(query)).first()
+
+    async def put(self, model: str, name: str, config: dict[str, Any]) -> str:
+        row = await self.get(model, name)
+        if row is None:
+            row = ModelConfig(id=new_id(), model=model, config_name=name, config=config)
+            self.session.add(row)
+        else:
+            row.config = config
+            row.updated_at = utc_now()
+        row.size_bytes = json_size(config)
+        await self.session.flush()
+        return row.id
+
+    async def all(self, model: str | None = None) -> Sequence[ModelConfig]:
+        query = select(ModelConfig).order_by(ModelConfig.model, ModelConfig.config_name)
+        if model is not None:
+            query = query.where(ModelConfig.model == model)
+        return (await self.session.scalars(query)).all()
+
+
+class GatewayConfigs:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, name: str = "default") -> dict[str, Any] | None:
+        row = await self.session.get(GatewayConfig, name)
+        return dict(row.data) if row is not None else None
+
+    async def put(self, data: dict[str, Any], name: str = "default") -> None:
+        row = await self.session.get(GatewayConfig, name)
+        if row is None:
+            self.session.add(GatewayConfig(name=name, data=data))
+        else:
+            row.data = data
+            row.updated_at = utc_now()
+        await self.session.flush()
+
+
+class Audit:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, entry: AuditEntry) -> str:
+        self.session.add(entry)
+        await self.session.flush()
+        return entry.id
+
+
+async def counts_and_sizes(session: AsyncSession, table: type[Base]) -> tuple[int, int]:
+    column = table.size_bytes  # type: ignore[attr-defined]
+    count, size = (await session.execute(select(func.count(), func.sum(column)))).one()
+    return int(count or 0), int(size or 0)
+
+
+async def delete_older_than(session: AsyncSession, table: type[Base], cutoff: datetime) -> int:
+    result = await session.execute(
+        delete(table).where(table.created_at < cutoff)  # type: ignore[attr-defined]
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
