@@ -6,6 +6,7 @@ methods (the seed's) and async counterparts for code already on an event loop.
 """
 
 from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
+from app.ollama.config import EXECUTION_PRESETS, ConfigManager, OllamaConfig
 from app.ollama.manager import OllamaManager, model_from_tag
 from app.ollama.names import model_key, normalize_model_name, same_model
 from app.ollama.options import (
@@ -20,13 +21,16 @@ from app.ollama.types import ExecutionOptions, ModelExecutionResult, OllamaModel
 
 __all__ = [
     "CONTEXT_TEMPLATE",
+    "EXECUTION_PRESETS",
     "OLLAMA_OPTION_TYPES",
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
+    "ConfigManager",
     "ExecutionOptions",
     "ModelExecutionResult",
     "ModelRunner",
+    "OllamaConfig",
     "OllamaManager",
     "OllamaModel",
     "OutputManager",
