@@ -30,18 +30,42 @@ def serve(
 
     from app.main import create_app
     from app.settings import Settings
+    from app.storage.migrations import SchemaOutOfDate, ensure_schema
 
     settings = Settings()
     if host is not None:
         settings.host = host
     if port is not None:
         settings.port = port
+    try:
+        outcome = ensure_schema(settings.database_url, upgrade_old=settings.auto_migrate)
+    except SchemaOutOfDate as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if outcome != "up to date":
+        typer.echo(f"database schema {outcome}", err=True)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
     )
+
+
+@cli.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Upgrade the database (GATEWAY_DATABASE_URL) to the newest schema."""
+    from app.settings import Settings
+    from app.storage.db import masked
+    from app.storage.migrations import current_revision, upgrade
+
+    url = Settings().database_url
+    before = current_revision(url)
+    upgrade(url, revision)
+    after = current_revision(url)
+    typer.echo(f"{masked(url)}: {before or 'empty'} -> {after}")
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,12 +14,25 @@ from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
 from app.api.openapi import install_openapi
 from app.api.pull_jobs import PullJobs
-from app.api.routes import backends, batches, chat, generate, health, models, pulls
+from app.api.routes import (
+    backends,
+    batches,
+    benchmarks,
+    chat,
+    comparisons,
+    config,
+    generate,
+    health,
+    models,
+    pulls,
+    results,
+)
 from app.api.routes.pulls import PullOut, PullProgress
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import ChunkEvent, ErrorEvent
-from app.ollama import ModelRunner, OllamaManager
+from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.settings import Settings
+from app.storage.migrations import ensure_schema
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +54,20 @@ COMMON_ERRORS: dict[int | str, dict[str, object]] = {
 
 def build_services(settings: Settings) -> Services:
     """The core objects for one app instance (nothing touches the network here)."""
+    outputs = OutputManager(database_url=settings.database_url)
     manager = OllamaManager(
         auto_start_server=False,
         base_url=settings.backends[0],
         backends=settings.backends,
         settings=settings,
+        output_manager=outputs,
     )
     return Services(
         settings=settings,
         manager=manager,
         runner=ModelRunner(manager),
-        outputs=None,
-        config=None,
+        outputs=outputs,
+        config=ConfigManager(database_url=settings.database_url),
         pulls=PullJobs(manager),
     )
 
@@ -61,13 +77,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A new database gets the schema; an old one is refused unless auto_migrate says so.
+        await asyncio.to_thread(
+            ensure_schema, settings.database_url, upgrade_old=settings.auto_migrate
+        )
         services = build_services(settings)
+        await services.config.aload_config()
         app.state.services = services
         try:
             yield
         finally:
             await services.pulls.aclose()
             await services.manager.aclose()
+            await services.outputs.aclose()
+            await services.config.aclose()
 
     app = FastAPI(
         title="ollama-gateway",
@@ -77,6 +100,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_openapi(app, [ChunkEvent, ErrorEvent, ResultOut, PullProgress, PullOut])
-    for module in (health, models, pulls, generate, chat, batches, backends):
+    for module in (
+        health,
+        models,
+        pulls,
+        generate,
+        chat,
+        batches,
+        benchmarks,
+        comparisons,
+        results,
+        config,
+        backends,
+    ):
         app.include_router(module.router, responses=COMMON_ERRORS)
     return app

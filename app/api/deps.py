@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
-from app.ollama import ModelRunner, OllamaManager
+from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,8 +21,8 @@ class Services:
     settings: Settings
     manager: OllamaManager
     runner: ModelRunner
-    outputs: Any
-    config: Any
+    outputs: OutputManager
+    config: ConfigManager
     pulls: PullJobs
 
 
@@ -46,6 +46,16 @@ def get_runner(services: ServicesDep) -> ModelRunner:
     return services.runner
 
 
+def get_outputs(services: ServicesDep) -> OutputManager:
+    return services.outputs
+
+
+def get_config(services: ServicesDep) -> ConfigManager:
+    return services.config
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[OllamaManager, Depends(get_manager)]
 RunnerDep = Annotated[ModelRunner, Depends(get_runner)]
+OutputsDep = Annotated[OutputManager, Depends(get_outputs)]
+ConfigDep = Annotated[ConfigManager, Depends(get_config)]

@@ -25,6 +25,7 @@ from app.settings import Settings
 from app.storage.db import Database, masked
 from app.storage.migrations import ensure_schema
 from app.storage.repositories import (
+    CURSOR_PATTERN,
     Audit,
     ExecutionFilter,
     Executions,
@@ -47,6 +48,8 @@ from app.storage.tables import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+__all__ = ["CURSOR_PATTERN", "OUTPUT_TYPES", "OutputManager"]
 
 OUTPUT_TYPES = ("outputs", "configs", "results", "reports")
 KINDS = ("generate", "chat", "stream", "batch_item", "benchmark", "comparison", "context", "output")
@@ -75,15 +78,15 @@ def execution_row(
     row = Execution(
         id=new_id(),
         kind=kind,
-        model=result.model_name,
+        model=clean_text(result.model_name),
         backend=_str_or_none(meta.get("backend")),
-        prompt=result.prompt,
-        messages=meta.get("messages") if isinstance(meta.get("messages"), list) else None,
-        options=request,
-        response=result.response,
+        prompt=clean_text(result.prompt),
+        messages=_jsonable(meta["messages"]) if isinstance(meta.get("messages"), list) else None,
+        options=_jsonable(request) if request is not None else None,
+        response=clean_text(result.response),
         success=result.success,
         status=status,
-        error=result.error_message,
+        error=clean_text(result.error_message) if result.error_message is not None else None,
         error_type=_str_or_none(error_type),
         done_reason=_str_or_none(meta.get("done_reason")),
         execution_time=float(result.execution_time),
@@ -395,7 +398,7 @@ class OutputManager:
         }
         row = Batch(
             id=new_id(),
-            name=batch_name,
+            name=clean_text(batch_name)[:200],
             model=models.pop() if len(models) == 1 else None,
             total=len(results),
             succeeded=sum(r.success for r in results),
@@ -675,9 +678,15 @@ def _results_of(items: Any) -> list[ModelExecutionResult]:
     return out
 
 
+def clean_text(text: str) -> str:
+    """Text a database can store: lone surrogates (valid in JSON escapes, not in UTF-8)
+    become U+FFFD, so the record is kept rather than refused."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _jsonable(value: Any) -> Any:
-    """Round-trip through JSON so only JSON types reach a JSON column."""
-    return json.loads(json.dumps(value, default=str, ensure_ascii=False))
+    """Round-trip through JSON so only JSON types (and storable text) reach a JSON column."""
+    return json.loads(clean_text(json.dumps(value, default=str, ensure_ascii=False)))
 
 
 def _aware(value: datetime) -> datetime:

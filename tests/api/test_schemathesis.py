@@ -1,7 +1,11 @@
 """Property-based checks of the whole API against its own spec (schemathesis, bounded).
 
 The gateway runs under uvicorn in front of its own emulator (schemathesis deletes and pulls
-models). Every check runs, with a fixed seed so a failure can be replayed.
+models), with a fixed seed so a failure can be replayed. Every check runs but two stateful
+ones whose inference does not fit this API: `use_after_free` (a model's config outlives the
+model: deleting `/gateway/models/x` does not delete `/gateway/models/x/config`) and
+`ensure_resource_availability` (a stored batch can be deleted by `/gateway/results/cleanup`
+between its creation and the read that checks it).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def test_no_server_errors_and_no_schema_violations(tmp_path: Path) -> None:
         with running_process(serve, url + "/healthz", env=env):
             run = subprocess.run(
                 [schemathesis, "run", f"{url}/openapi.json", "--checks", "all",
+                 "--exclude-checks", "use_after_free,ensure_resource_availability",
                  "--max-examples", "20",
                  "--request-timeout", "20", "--seed", "20261125", "--no-color"],
                 capture_output=True,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
-from app.api.deps import RunnerDep
+from app.api.deps import OutputsDep, RunnerDep
+from app.api.reports import NOT_FOUND, report_detail, report_page
 from app.api.routes.generate import RUN_ERRORS
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import BatchOut, BatchRequest
+from app.api.schemas.stored import ReportDetail, ReportPage
+from app.ollama.outputs import CURSOR_PATTERN
 
 router = APIRouter(prefix="/gateway/batches", tags=["batches"])
 
@@ -34,3 +37,24 @@ async def run_batch(body: BatchRequest, runner: RunnerDep) -> BatchOut:
         succeeded=sum(r.success for r in results),
         failed=sum(not r.success for r in results),
     )
+
+
+@router.get("", operation_id="list_batches", response_model=ReportPage)
+async def list_batches(
+    outputs: OutputsDep,
+    model: str | None = Query(default=None, max_length=512),
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = Query(
+        default=None, pattern=CURSOR_PATTERN, description="The `next_cursor` of the page before."
+    ),
+) -> ReportPage:
+    """Stored batches, newest first."""
+    return await report_page(outputs, "batch", model=model, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/{batch_id}", operation_id="get_batch", response_model=ReportDetail, responses=NOT_FOUND
+)
+async def get_batch(batch_id: str, outputs: OutputsDep) -> ReportDetail:
+    """One batch with its runs, in prompt order."""
+    return await report_detail(outputs, "batch", batch_id)

@@ -40,11 +40,10 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready when at least one backend and the database answer; says which is missing."""
     backends = await services.manager.abackend_status()
     database = "ok"
-    if services.outputs is not None:
-        try:
-            await services.outputs.aping()
-        except Exception as exc:
-            database = f"{type(exc).__name__}: {exc}"
+    try:
+        await services.outputs.aping()
+    except Exception as exc:
+        database = f"{type(exc).__name__}: {exc}"
     missing = []
     if not any(b["healthy"] for b in backends):
         missing.append("backend")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
 
-from app.api.deps import ManagerDep
+from app.api.deps import ConfigDep, ManagerDep
 from app.api.errors import ApiError, Problem
 from app.api.schemas.models import ModelOut, ModelStats
 
@@ -30,6 +30,32 @@ async def list_models(
 async def get_model_stats(manager: ManagerDep) -> ModelStats:
     """Counts and sizes of the installed models, by family."""
     return ModelStats.from_stats(await manager.aget_model_stats())
+
+
+@router.get(
+    "/{name:path}/config",
+    operation_id="get_model_config",
+    response_model=dict[str, Any],
+    responses={404: {"model": Problem, "description": "No config stored for the model."}},
+)
+async def get_model_config(name: str, config: ConfigDep) -> dict[str, Any]:
+    """The model's stored config (else its `model_defaults` entry)."""
+    found = await config.aget_model_config(name)
+    if found is None:
+        raise ApiError(404, "No model config", f"no config is stored for model '{name}'")
+    return found
+
+
+@router.put("/{name:path}/config", operation_id="put_model_config", response_model=dict[str, Any])
+async def put_model_config(
+    name: str,
+    config: ConfigDep,
+    body: dict[str, Any] = Body(description="Any JSON object, e.g. default options."),
+) -> dict[str, Any]:
+    """Store (replace) the model's config."""
+    if not await config.asave_model_config(name, body):
+        raise ApiError(422, "Invalid model config", "the config could not be stored")
+    return body
 
 
 @router.get("/{name:path}", operation_id="get_model", response_model=ModelOut, responses=NOT_FOUND)

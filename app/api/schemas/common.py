@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -23,6 +24,15 @@ JsonInt = Annotated[int, BeforeValidator(_json_number)]
 """An integer as JSON Schema means it: `3` and `3.0`, never `"3"` or `true`."""
 JsonFloat = Annotated[float, BeforeValidator(_json_number)]
 
+
+def _rfc3339(value: Any) -> Any:
+    """date-time means RFC 3339 text; pydantic's lax mode would read `0.5` as a timestamp."""
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 NUMBER = BeforeValidator(_json_number)
 """Put after the bounds: `Annotated[int, Field(ge=1), NUMBER]` keeps minimum in the schema."""

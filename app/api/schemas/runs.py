@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, field_validator
 
 from app.api.schemas.common import (
     MODEL_NAME,
@@ -103,8 +103,19 @@ class BenchmarkRequest(Schema):
 
 class ComparisonRequest(Schema):
     models: list[Annotated[str, Field(max_length=512, pattern=MODEL_NAME_PATTERN)]] = Field(
-        min_length=1, max_length=8
+        min_length=1,
+        max_length=8,
+        json_schema_extra={"uniqueItems": True},
+        description="The models to compare, each once.",
     )
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, models: list[str]) -> list[str]:
+        if len(set(models)) != len(models):
+            raise ValueError("models must not repeat a model")
+        return models
+
     prompt: str = PROMPT
     options: OptionsIn | None = None
 

@@ -1,0 +1,53 @@
+"""Benchmarks: run a model over test prompts and keep the report."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, status
+
+from app.api.deps import OutputsDep, RunnerDep
+from app.api.reports import NOT_FOUND, report_detail, report_page
+from app.api.routes.generate import RUN_ERRORS
+from app.api.schemas.runs import BenchmarkRequest, ReportOut
+from app.api.schemas.stored import ReportDetail, ReportPage
+from app.ollama.outputs import CURSOR_PATTERN
+
+router = APIRouter(prefix="/gateway/benchmarks", tags=["benchmarks"])
+
+
+@router.post(
+    "",
+    operation_id="run_benchmark",
+    response_model=ReportOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=RUN_ERRORS,
+)
+async def run_benchmark(body: BenchmarkRequest, runner: RunnerDep) -> ReportOut:
+    """Run each test prompt in turn; report latency (p50/p95), decode speed, time to first
+    token, throughput and success rate. Failed prompts are counted, not raised."""
+    options = body.options.to_execution_options() if body.options else None
+    report = await runner.abenchmark_model(body.model, body.test_prompts, options)
+    return ReportOut(id=report.get("benchmark_id"), report=report)
+
+
+@router.get("", operation_id="list_benchmarks", response_model=ReportPage)
+async def list_benchmarks(
+    outputs: OutputsDep,
+    model: str | None = Query(default=None, max_length=512),
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = Query(
+        default=None, pattern=CURSOR_PATTERN, description="The `next_cursor` of the page before."
+    ),
+) -> ReportPage:
+    """Stored benchmark reports, newest first."""
+    return await report_page(outputs, "benchmark", model=model, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/{benchmark_id}",
+    operation_id="get_benchmark",
+    response_model=ReportDetail,
+    responses=NOT_FOUND,
+)
+async def get_benchmark(benchmark_id: str, outputs: OutputsDep) -> ReportDetail:
+    """One benchmark report with its runs."""
+    return await report_detail(outputs, "benchmark", benchmark_id)

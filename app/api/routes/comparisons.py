@@ -1,0 +1,52 @@
+"""Comparisons: one prompt on several models, side by side."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, status
+
+from app.api.deps import OutputsDep, RunnerDep
+from app.api.reports import NOT_FOUND, report_detail, report_page
+from app.api.routes.generate import RUN_ERRORS
+from app.api.schemas.runs import ComparisonRequest, ReportOut
+from app.api.schemas.stored import ReportDetail, ReportPage
+from app.ollama.outputs import CURSOR_PATTERN
+
+router = APIRouter(prefix="/gateway/comparisons", tags=["comparisons"])
+
+
+@router.post(
+    "",
+    operation_id="run_comparison",
+    response_model=ReportOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=RUN_ERRORS,
+)
+async def run_comparison(body: ComparisonRequest, runner: RunnerDep) -> ReportOut:
+    """Run the prompt on each model in turn: `results` per model and a `summary` naming
+    the fastest model, the highest tokens/s, response lengths and failures."""
+    options = body.options.to_execution_options() if body.options else None
+    report = await runner.acreate_model_comparison(body.models, body.prompt, options)
+    return ReportOut(id=report["summary"].get("comparison_id"), report=report)
+
+
+@router.get("", operation_id="list_comparisons", response_model=ReportPage)
+async def list_comparisons(
+    outputs: OutputsDep,
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = Query(
+        default=None, pattern=CURSOR_PATTERN, description="The `next_cursor` of the page before."
+    ),
+) -> ReportPage:
+    """Stored comparisons, newest first."""
+    return await report_page(outputs, "comparison", model=None, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/{comparison_id}",
+    operation_id="get_comparison",
+    response_model=ReportDetail,
+    responses=NOT_FOUND,
+)
+async def get_comparison(comparison_id: str, outputs: OutputsDep) -> ReportDetail:
+    """One comparison with each model's run."""
+    return await report_detail(outputs, "comparison", comparison_id)

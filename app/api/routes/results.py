@@ -1,0 +1,93 @@
+"""Stored runs: list with filters and cursor pagination, get, delete, stats, cleanup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.api.deps import OutputsDep
+from app.api.errors import ApiError, Problem
+from app.api.schemas.common import IsoDateTime
+from app.api.schemas.stored import (
+    CleanupOut,
+    CleanupRequest,
+    Kind,
+    OutputStats,
+    ResultPage,
+    StoredResult,
+)
+from app.ollama.outputs import CURSOR_PATTERN
+
+router = APIRouter(prefix="/gateway/results", tags=["results"])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No stored result with that id."}
+}
+
+
+@router.get("", operation_id="list_results", response_model=ResultPage)
+async def list_results(
+    outputs: OutputsDep,
+    model: str | None = Query(default=None, max_length=512, description="Only this model."),
+    kind: Kind | None = Query(default=None, description="Only runs of this kind."),
+    success: bool | None = Query(default=None, description="Only successes, or failures."),
+    since: IsoDateTime | None = Query(default=None, description="Created at or after."),
+    until: IsoDateTime | None = Query(default=None, description="Created before."),
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = Query(
+        default=None, pattern=CURSOR_PATTERN, description="The `next_cursor` of the page before."
+    ),
+) -> ResultPage:
+    """Stored runs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    try:
+        items, next_cursor = await outputs.alist_results(
+            model=model,
+            kind=kind,
+            success=success,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+    except ValueError as exc:
+        raise ApiError(422, "Invalid cursor", str(exc)) from exc
+    return ResultPage(
+        items=[StoredResult.model_validate(i) for i in items], next_cursor=next_cursor
+    )
+
+
+@router.get("/stats", operation_id="get_result_stats", response_model=OutputStats)
+async def get_result_stats(outputs: OutputsDep) -> OutputStats:
+    """Counts and sizes of what is stored, per type."""
+    return OutputStats.model_validate(await outputs.aget_output_stats())
+
+
+@router.post("/cleanup", operation_id="cleanup_results", response_model=CleanupOut)
+async def cleanup_results(body: CleanupRequest, outputs: OutputsDep) -> CleanupOut:
+    """Delete runs and reports older than `days_old` days (model configs are kept)."""
+    return CleanupOut(removed=await outputs.acleanup_old_outputs(body.days_old))
+
+
+@router.get(
+    "/{result_id}", operation_id="get_result", response_model=StoredResult, responses=NOT_FOUND
+)
+async def get_result(result_id: str, outputs: OutputsDep) -> StoredResult:
+    """One stored run."""
+    item = await outputs.aget_result(result_id)
+    if item is None:
+        raise ApiError(404, "Result not found", f"no stored result with id '{result_id}'")
+    return StoredResult.model_validate(item)
+
+
+@router.delete(
+    "/{result_id}",
+    operation_id="delete_result",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
+)
+async def delete_result(result_id: str, outputs: OutputsDep) -> Response:
+    """Delete one stored run."""
+    if not await outputs.adelete_result(result_id):
+        raise ApiError(404, "Result not found", f"no stored result with id '{result_id}'")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
