@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
@@ -678,10 +679,13 @@ def _results_of(items: Any) -> list[ModelExecutionResult]:
     return out
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_text(text: str) -> str:
     """Text a database can store: lone surrogates (valid in JSON escapes, not in UTF-8)
     become U+FFFD, so the record is kept rather than refused."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _jsonable(value: Any) -> Any:

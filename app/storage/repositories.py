@@ -33,7 +33,7 @@ def new_id() -> str:
 
 def json_size(value: Any) -> int:
     """Bytes the value takes as JSON: the 'size' users see in output stats."""
-    return len(json.dumps(value, default=str, ensure_ascii=False).encode())
+    return len(json.dumps(value, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 CURSOR_PATTERN = r"^[0-9]{1,17}\.[0-9a-f]{32}$"
