@@ -67,7 +67,7 @@ def build_services(settings: Settings) -> Services:
         manager=manager,
         runner=ModelRunner(manager),
         outputs=outputs,
-        config=ConfigManager(database_url=settings.database_url),
+        config=ConfigManager(database_url=settings.database_url, settings=settings),
         pulls=PullJobs(manager),
     )
 

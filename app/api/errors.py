@@ -98,7 +98,14 @@ def _status_title(status: int) -> str:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return problem_response(exc.status, exc.title, exc.detail, type_=exc.type, headers=exc.headers)
+    return problem_response(
+        exc.status,
+        exc.title,
+        exc.detail,
+        type_=exc.type,
+        headers=exc.headers,
+        result_id=exc.result_id,
+    )
 
 
 def _allowed_methods(request: Request) -> str:

@@ -114,9 +114,15 @@ def check_values(values: dict[str, Any]) -> list[str]:
 class ConfigManager:
     """The run-time configuration: load, change, save, validate, import and export."""
 
-    def __init__(self, config_file: str | None = None, *, database_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config_file: str | None = None,
+        *,
+        database_url: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self.config_file = Path(config_file) if config_file else None
-        settings = Settings()
+        settings = settings or Settings()
         self.database_url = database_url or settings.database_url
         self._settings = settings
         self.db = Database(self.database_url)
