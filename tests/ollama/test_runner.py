@@ -119,7 +119,7 @@ def test_run_conversation(runner: ModelRunner) -> None:
         ([], "empty"),
         ([{"role": "wizard", "content": "x"}], "role"),
         ([{"role": "user", "content": 3}], "content"),
-        ([{"role": "user", "content": "  "}], "empty"),
+        ([{"role": "user", "content": ""}], "empty"),
         ([{"role": "user", "content": "x", "mood": "happy"}], "unknown keys"),
         ("hello", "list"),
     ],
