@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
+from app.api.limits import BodySizeLimit
 from app.api.openapi import install_openapi
 from app.api.pull_jobs import PullJobs
 from app.api.routes import (
@@ -47,6 +48,7 @@ events, then exactly one `result` or `error` event.
 
 COMMON_ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": Problem, "description": "The body could not be read (not UTF-8 JSON)."},
+    413: {"model": Problem, "description": "The body is over the size limit."},
     422: {"model": Problem, "description": "The request is invalid; `errors` names each field."},
     500: {"model": Problem, "description": "The gateway failed; the error was logged."},
 }
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_openapi(app, [ChunkEvent, ErrorEvent, ResultOut, PullProgress, PullOut])
     for module in (
         health,

@@ -47,6 +47,28 @@ class Settings(BaseSettings):
     health_timeout: float = Field(
         default=2.0, gt=0, description="Seconds a readiness probe waits for a backend."
     )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted (else 413)."
+    )
+    max_prompt_chars: int = Field(
+        default=200_000,
+        ge=1,
+        le=200_000,
+        description="Longest prompt, message, context document or batch prompt (characters).",
+    )
+    max_messages: int = Field(default=500, ge=1, le=500, description="Most messages in a chat.")
+    max_batch_prompts: int = Field(
+        default=100, ge=1, le=100, description="Most prompts in a batch or benchmark."
+    )
+    max_comparison_models: int = Field(
+        default=8, ge=1, le=8, description="Most models in one comparison."
+    )
+    max_context_docs: int = Field(
+        default=100, ge=0, le=100, description="Most context documents in one generation."
+    )
+    max_tokens_limit: int = Field(
+        default=131_072, ge=1, le=131_072, description="Largest `max_tokens` a request may ask."
+    )
     auto_migrate: bool = Field(
         default=False,
         description="Upgrade the database schema at start instead of refusing to start.",

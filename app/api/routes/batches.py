@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
 
 from app.api.deps import OutputsDep, RunnerDep
+from app.api.limits import batch_body
 from app.api.reports import NOT_FOUND, report_detail, report_page
 from app.api.routes.generate import RUN_ERRORS
 from app.api.schemas.common import ResultOut
@@ -16,7 +19,9 @@ router = APIRouter(prefix="/gateway/batches", tags=["batches"])
 
 
 @router.post("", operation_id="run_batch", response_model=BatchOut, responses=RUN_ERRORS)
-async def run_batch(body: BatchRequest, runner: RunnerDep) -> BatchOut:
+async def run_batch(
+    body: Annotated[BatchRequest, Depends(batch_body)], runner: RunnerDep
+) -> BatchOut:
     """Run every prompt (at most `max_concurrent` at once); results in prompt order.
 
     One prompt's failure is its own failed result and does not stop the others.

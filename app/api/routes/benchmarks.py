@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
 
 from app.api.deps import OutputsDep, RunnerDep
+from app.api.limits import benchmark_body
 from app.api.reports import NOT_FOUND, report_detail, report_page
 from app.api.routes.generate import RUN_ERRORS
 from app.api.schemas.runs import BenchmarkRequest, ReportOut
@@ -21,7 +24,9 @@ router = APIRouter(prefix="/gateway/benchmarks", tags=["benchmarks"])
     status_code=status.HTTP_201_CREATED,
     responses=RUN_ERRORS,
 )
-async def run_benchmark(body: BenchmarkRequest, runner: RunnerDep) -> ReportOut:
+async def run_benchmark(
+    body: Annotated[BenchmarkRequest, Depends(benchmark_body)], runner: RunnerDep
+) -> ReportOut:
     """Run each test prompt in turn; report latency (p50/p95), decode speed, time to first
     token, throughput and success rate. Failed prompts are counted, not raised."""
     options = body.options.to_execution_options() if body.options else None

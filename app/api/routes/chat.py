@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import RunnerDep
 from app.api.errors import failed_run_problem
+from app.api.limits import chat_body
 from app.api.routes.generate import RUN_ERRORS
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import ChatRequest
@@ -16,7 +19,7 @@ router = APIRouter(prefix="/gateway/chat", tags=["chat"])
 
 
 @router.post("", operation_id="chat", response_model=ResultOut, responses=RUN_ERRORS)
-async def chat(body: ChatRequest, runner: RunnerDep) -> ResultOut:
+async def chat(body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerDep) -> ResultOut:
     """Continue a conversation; the stored result's `prompt` is the last user message."""
     options = body.options.to_execution_options() if body.options else None
     messages = [m.model_dump() for m in body.messages]
@@ -32,7 +35,9 @@ async def chat(body: ChatRequest, runner: RunnerDep) -> ResultOut:
     response_class=EventSourceResponse,
     responses={**RUN_ERRORS, **SSE_RESPONSES},
 )
-async def chat_stream(body: ChatRequest, runner: RunnerDep) -> EventSourceResponse:
+async def chat_stream(
+    body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerDep
+) -> EventSourceResponse:
     """Stream a chat reply as server-sent events (`chunk`..., then `result` or `error`)."""
     options = body.options.to_execution_options() if body.options else None
     messages = [m.model_dump() for m in body.messages]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
 
 from app.api.deps import OutputsDep, RunnerDep
+from app.api.limits import comparison_body
 from app.api.reports import NOT_FOUND, report_detail, report_page
 from app.api.routes.generate import RUN_ERRORS
 from app.api.schemas.runs import ComparisonRequest, ReportOut
@@ -21,7 +24,9 @@ router = APIRouter(prefix="/gateway/comparisons", tags=["comparisons"])
     status_code=status.HTTP_201_CREATED,
     responses=RUN_ERRORS,
 )
-async def run_comparison(body: ComparisonRequest, runner: RunnerDep) -> ReportOut:
+async def run_comparison(
+    body: Annotated[ComparisonRequest, Depends(comparison_body)], runner: RunnerDep
+) -> ReportOut:
     """Run the prompt on each model in turn: `results` per model and a `summary` naming
     the fastest model, the highest tokens/s, response lengths and failures."""
     options = body.options.to_execution_options() if body.options else None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import RunnerDep
 from app.api.errors import Problem, failed_run_problem
+from app.api.limits import generate_body
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import GenerateRequest
 from app.api.streaming import SSE_RESPONSES, stream_response
@@ -23,7 +26,9 @@ RUN_ERRORS: dict[int | str, dict[str, object]] = {
 
 
 @router.post("", operation_id="generate", response_model=ResultOut, responses=RUN_ERRORS)
-async def generate(body: GenerateRequest, runner: RunnerDep) -> ResultOut:
+async def generate(
+    body: Annotated[GenerateRequest, Depends(generate_body)], runner: RunnerDep
+) -> ResultOut:
     """Run one generation and store it; with `context_docs`, the documents go in the prompt.
 
     A failed run is stored too: the error's `result_id` names it.
@@ -48,7 +53,9 @@ async def generate(body: GenerateRequest, runner: RunnerDep) -> ResultOut:
     response_class=EventSourceResponse,
     responses={**RUN_ERRORS, **SSE_RESPONSES},
 )
-async def generate_stream(body: GenerateRequest, runner: RunnerDep) -> EventSourceResponse:
+async def generate_stream(
+    body: Annotated[GenerateRequest, Depends(generate_body)], runner: RunnerDep
+) -> EventSourceResponse:
     """Stream a generation as server-sent events (`chunk`..., then `result` or `error`)."""
     options = body.options.to_execution_options() if body.options else None
     if body.context_docs is not None:
