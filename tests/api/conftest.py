@@ -1,4 +1,4 @@
-"""The gateway app in-process (httpx ASGI transport, lifespan run) against the emulator."""
+"""The gateway under uvicorn (in a thread, real HTTP on loopback) in front of the emulator."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from tests.support.servers import free_port, running_process
+from tests.support.servers import free_port, running_process, serving_in_thread
 
 
 def gateway_settings(backends: list[str], tmp_path: Path, **extra: Any) -> Settings:
@@ -34,9 +34,8 @@ ClientFactory = Callable[..., Any]
 async def client(emulator_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a gateway whose only backend is the shared emulator."""
     app = create_app(gateway_settings([emulator_url], tmp_path))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+    with serving_in_thread(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             yield c
 
 
@@ -44,9 +43,8 @@ async def client(emulator_url: str, tmp_path: Path) -> AsyncIterator[httpx.Async
 async def down_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a gateway whose only backend does not answer."""
     app = create_app(gateway_settings([f"http://127.0.0.1:{free_port()}"], tmp_path))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+    with serving_in_thread(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             yield c
 
 

@@ -83,3 +83,10 @@ def test_generate_chat_and_stream_through_the_sdk(sdk: ModuleType, gateway_serve
         assert name == "result"
         final = models.ResultOut.from_dict(json.loads(data))
         assert final.success and final.response
+
+        page = _api(sdk, "results", "list_results").sync(client=c, model="llama3.1:8b", limit=10)
+        assert isinstance(page, models.ResultPage)
+        listed = {item.id for item in page.items}
+        assert {result.id, final.id} <= listed and page.next_cursor is None
+        stored = _api(sdk, "results", "get_result").sync(result_id=final.id, client=c)
+        assert isinstance(stored, models.StoredResult) and stored.response == final.response

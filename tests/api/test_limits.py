@@ -10,6 +10,7 @@ import pytest
 
 from app.main import create_app
 from tests.api.conftest import gateway_settings
+from tests.support.servers import serving_in_thread
 
 
 @pytest.fixture
@@ -25,10 +26,8 @@ async def strict(emulator_url: str, tmp_path: Path) -> AsyncIterator[httpx.Async
         max_context_docs=1,
         max_tokens_limit=100,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+    with serving_in_thread(create_app(settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield client
 
 
