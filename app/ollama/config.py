@@ -10,25 +10,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
-from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-from app.ollama._sync import LoopThread
+from app.ollama._database_user import DatabaseUser
 from app.ollama.names import model_key, normalize_model_name
 from app.ollama.types import ExecutionOptions
 from app.settings import Settings
-from app.storage.db import Database, masked
-from app.storage.migrations import ensure_schema
+from app.storage.db import masked
 from app.storage.repositories import GatewayConfigs, ModelConfigs
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 CONFIG_NAME = "default"
 MODEL_CONFIG_NAME = "default"
@@ -111,7 +107,7 @@ def check_values(values: dict[str, Any]) -> list[str]:
     return problems
 
 
-class ConfigManager:
+class ConfigManager(DatabaseUser):
     """The run-time configuration: load, change, save, validate, import and export."""
 
     def __init__(
@@ -121,44 +117,14 @@ class ConfigManager:
         database_url: str | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.config_file = Path(config_file) if config_file else None
         settings = settings or Settings()
-        self.database_url = database_url or settings.database_url
+        super().__init__(database_url or settings.database_url, name="config-manager")
+        self.config_file = Path(config_file) if config_file else None
         self._settings = settings
-        self.db = Database(self.database_url)
         self.config = self.create_default_config()
-        self._ready = False
-        self._ready_lock = threading.Lock()
-        self._loop_thread = LoopThread(name="config-manager")
 
     def __repr__(self) -> str:
         return f"ConfigManager({masked(self.database_url)!r}, file={self.config_file})"
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop_thread.run(coro)
-
-    async def _prepare(self) -> None:
-        if self._ready:
-            return
-
-        def check() -> None:
-            with self._ready_lock:
-                if not self._ready:
-                    ensure_schema(self.database_url)
-                    self._ready = True
-
-        await asyncio.to_thread(check)
-
-    def close(self) -> None:
-        if self._loop_thread.started:
-            self._run(self.db.dispose())
-        self._loop_thread.close()
-
-    async def aclose(self) -> None:
-        if self._loop_thread.started and not self._loop_thread.in_loop_thread():
-            await asyncio.wrap_future(self._loop_thread.submit(self.db.dispose()))
-        await self.db.dispose()
-        await asyncio.to_thread(self._loop_thread.close)
 
     # -- defaults --------------------------------------------------------------------
 

@@ -10,21 +10,18 @@ works inside notebooks too) and has an async twin prefixed `a` for code on an ev
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
-import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from app.ollama._sync import LoopThread
+from app.ollama._database_user import DatabaseUser
 from app.ollama.types import ModelExecutionResult
 from app.settings import Settings
-from app.storage.db import Database, masked
-from app.storage.migrations import ensure_schema
+from app.storage.db import masked
 from app.storage.repositories import (
     CURSOR_PATTERN,
     Audit,
@@ -48,7 +45,6 @@ from app.storage.tables import (
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 __all__ = ["CURSOR_PATTERN", "OUTPUT_TYPES", "OutputManager"]
 
@@ -164,7 +160,7 @@ def config_dict(row: ModelConfig) -> dict[str, Any]:
     }
 
 
-class OutputManager:
+class OutputManager(DatabaseUser):
     """Stores runs, configs and reports in the gateway's database.
 
     `OutputManager()` uses the configured database (`GATEWAY_DATABASE_URL`); a new, empty
@@ -180,44 +176,17 @@ class OutputManager:
         database_url: str | None = None,
         ensure_schema_on_first_use: bool = True,
     ) -> None:
+        super().__init__(
+            database_url or Settings().database_url,
+            name="output-manager",
+            ensure=ensure_schema_on_first_use,
+        )
         self.base_output_dir = Path(base_output_dir) if base_output_dir else None
-        self.database_url = database_url or Settings().database_url
-        self.db = Database(self.database_url)
-        self._ensure = ensure_schema_on_first_use
-        self._ready = False
-        self._ready_lock = threading.Lock()
-        self._loop_thread = LoopThread(name="output-manager")
 
     def __repr__(self) -> str:
         return f"OutputManager({masked(self.database_url)!r})"
 
     # -- plumbing --------------------------------------------------------------------
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop_thread.run(coro)
-
-    async def _prepare(self) -> None:
-        if self._ready or not self._ensure:
-            return
-
-        def check() -> None:
-            with self._ready_lock:
-                if not self._ready:
-                    ensure_schema(self.database_url)
-                    self._ready = True
-
-        await asyncio.to_thread(check)
-
-    def close(self) -> None:
-        if self._loop_thread.started:
-            self._run(self.db.dispose())
-        self._loop_thread.close()
-
-    async def aclose(self) -> None:
-        if self._loop_thread.started and not self._loop_thread.in_loop_thread():
-            await asyncio.wrap_future(self._loop_thread.submit(self.db.dispose()))
-        await self.db.dispose()
-        await asyncio.to_thread(self._loop_thread.close)
 
     async def aping(self) -> None:
         """Raise if the database does not answer a trivial query."""
