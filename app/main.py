@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from app import __version__
 from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
+from app.api.jobs import Jobs
 from app.api.limits import BodySizeLimit
 from app.api.openapi import install_openapi
-from app.api.pull_jobs import PullJobs
 from app.api.routes import (
     backends,
     batches,
@@ -30,7 +30,7 @@ from app.api.routes import (
 )
 from app.api.routes.pulls import PullOut, PullProgress
 from app.api.schemas.common import ResultOut
-from app.api.schemas.runs import ChunkEvent, ErrorEvent
+from app.api.schemas.runs import BatchJobOut, BatchProgress, ChunkEvent, ErrorEvent
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.settings import Settings
 from app.storage.migrations import ensure_schema
@@ -70,7 +70,7 @@ def build_services(settings: Settings) -> Services:
         runner=ModelRunner(manager),
         outputs=outputs,
         config=ConfigManager(database_url=settings.database_url, settings=settings),
-        pulls=PullJobs(manager),
+        jobs=Jobs(),
     )
 
 
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await services.pulls.aclose()
+            await services.jobs.aclose()
             await services.manager.aclose()
             await services.outputs.aclose()
             await services.config.aclose()
@@ -102,7 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    install_openapi(app, [ChunkEvent, ErrorEvent, ResultOut, PullProgress, PullOut])
+    install_openapi(
+        app,
+        [ChunkEvent, ErrorEvent, ResultOut, PullProgress, PullOut, BatchProgress, BatchJobOut],
+    )
     for module in (
         health,
         models,

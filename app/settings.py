@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     max_batch_prompts: int = Field(
         default=100, ge=1, le=100, description="Most prompts in a batch or benchmark."
     )
+    batch_sync_max: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="Batches with more prompts run as a background job (202 + SSE progress).",
+    )
     max_comparison_models: int = Field(
         default=8, ge=1, le=8, description="Most models in one comparison."
     )

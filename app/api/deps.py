@@ -11,7 +11,7 @@ from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.api.pull_jobs import PullJobs
+    from app.api.jobs import Jobs
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Services:
     runner: ModelRunner
     outputs: OutputManager
     config: ConfigManager
-    pulls: PullJobs
+    jobs: Jobs
 
 
 def get_services(request: Request) -> Services:

@@ -444,10 +444,11 @@ class ModelRunner:
         max_concurrent: int = 3,
         save_output: bool = True,
         batch_name: str | None = None,
+        on_result: Callable[[int, ModelExecutionResult], None] | None = None,
     ) -> list[ModelExecutionResult]:
-        """Async `run_batch`."""
+        """Async `run_batch`; `on_result(index, result)` is called as each prompt finishes."""
         specs = self._batch_specs(model_name, prompts, options, max_concurrent)
-        return await self._run_batch(specs, max_concurrent, save_output, batch_name)
+        return await self._run_batch(specs, max_concurrent, save_output, batch_name, on_result)
 
     def _batch_specs(
         self,
@@ -470,13 +471,17 @@ class ModelRunner:
         max_concurrent: int,
         save_output: bool,
         batch_name: str | None,
+        on_result: Callable[[int, ModelExecutionResult], None] | None = None,
     ) -> list[ModelExecutionResult]:
         gate = asyncio.Semaphore(max_concurrent)
 
         async def one(index: int, spec: RunSpec) -> ModelExecutionResult:
             async with gate:
                 spec.metadata["batch_index"] = index
-                return await self.manager.execute(spec, save_output=False)
+                result = await self.manager.execute(spec, save_output=False)
+            if on_result is not None:
+                on_result(index, result)
+            return result
 
         results = list(await asyncio.gather(*(one(i, s) for i, s in enumerate(specs))))
         if save_output and results:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
-from tests.api.conftest import set_faults
+from tests.api.conftest import set_faults, sse_events
 
 PROBLEM = "application/problem+json"
 
@@ -140,3 +142,31 @@ async def test_batch_limits_are_enforced(client: httpx.AsyncClient) -> None:
     assert (await client.post("/gateway/batches", json=too_many)).status_code == 422
     zero = {"model": "llama3.1:8b", "prompts": ["x"], "max_concurrent": 0}
     assert (await client.post("/gateway/batches", json=zero)).status_code == 422
+
+
+async def test_a_large_batch_runs_as_a_job_with_progress_events(
+    client: httpx.AsyncClient,
+) -> None:
+    prompts = [f"question {i}" for i in range(12)]
+    r = await client.post("/gateway/batches", json={"model": "llama3.1:8b", "prompts": prompts})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/gateway/batches/jobs/{job['id']}"
+    events = sse_events((await client.get(f"/gateway/batches/jobs/{job['id']}/events")).text)
+    names = [name for name, _ in events]
+    assert names == ["progress"] * 12 + ["done"]
+    indexes = sorted(json.loads(data)["index"] for name, data in events if name == "progress")
+    assert indexes == list(range(12))
+    done = json.loads(events[-1][1])
+    assert done["status"] == "succeeded" and done["succeeded"] == 12 and done["total"] == 12
+    stored = (await client.get(f"/gateway/batches/{done['batch_id']}")).json()
+    assert [run["prompt"] for run in stored["runs"]] == prompts
+
+
+async def test_background_can_be_asked_for_or_refused(client: httpx.AsyncClient) -> None:
+    small = {"model": "llama3.1:8b", "prompts": ["a", "b"], "background": True}
+    job = await client.post("/gateway/batches", json=small)
+    assert job.status_code == 202
+    big = {"model": "llama3.1:8b", "prompts": ["x"] * 12, "background": False}
+    assert (await client.post("/gateway/batches", json=big)).status_code == 200
+    assert (await client.get("/gateway/batches/jobs/nope")).status_code == 404

@@ -13,8 +13,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import ServicesDep
 from app.api.errors import ApiError, Problem
+from app.api.jobs import Job, Jobs, JobStatus
 from app.api.openapi import sse_response
-from app.api.pull_jobs import PullJob, PullJobs, PullStatus
 from app.api.schemas.common import MODEL_NAME, Schema
 from app.api.streaming import PING_SECONDS
 from app.ollama import normalize_model_name
@@ -44,7 +44,7 @@ class PullProgress(BaseModel):
 class PullOut(BaseModel):
     id: str
     model: str
-    status: PullStatus = Field(description="running, succeeded or failed.")
+    status: JobStatus = Field(description="running, succeeded or failed.")
     error: str | None = None
     progress: dict[str, Any] | None = Field(
         default=None, description="The latest progress object Ollama sent."
@@ -53,10 +53,10 @@ class PullOut(BaseModel):
     finished_at: datetime | None = None
 
     @classmethod
-    def from_job(cls, job: PullJob) -> PullOut:
+    def from_job(cls, job: Job) -> PullOut:
         return cls(
             id=job.id,
-            model=job.model,
+            model=job.subject,
             status=job.status,
             error=job.error,
             progress=job.latest,
@@ -65,8 +65,8 @@ class PullOut(BaseModel):
         )
 
 
-def _job(jobs: PullJobs, pull_id: str) -> PullJob:
-    job = jobs.get(pull_id)
+def _job(jobs: Jobs, pull_id: str) -> Job:
+    job = jobs.get(pull_id, "pull")
     if job is None:
         raise ApiError(404, "Pull not found", f"no pull job with id '{pull_id}'")
     return job
@@ -81,13 +81,23 @@ def _job(jobs: PullJobs, pull_id: str) -> PullJob:
 async def start_pull(body: PullRequest, services: ServicesDep) -> PullOut:
     """Start pulling a model in the background; follow it at `/gateway/pulls/{id}/events`."""
     model = normalize_model_name(body.model)
-    return PullOut.from_job(services.pulls.start(model))
+    manager = services.manager
+
+    async def pull(job: Job) -> bool:
+        def on_progress(line: dict[str, Any]) -> None:
+            if "error" in line:
+                job.error = str(line["error"])
+            job.emit(line)
+
+        return await manager.adownload_model(model, on_progress)
+
+    return PullOut.from_job(services.jobs.start("pull", model, pull))
 
 
 @router.get("/{pull_id}", operation_id="get_pull", response_model=PullOut, responses=NOT_FOUND)
 async def get_pull(pull_id: str, services: ServicesDep) -> PullOut:
     """A pull job's state and latest progress."""
-    return PullOut.from_job(_job(services.pulls, pull_id))
+    return PullOut.from_job(_job(services.jobs, pull_id))
 
 
 @router.get(
@@ -105,7 +115,7 @@ async def get_pull(pull_id: str, services: ServicesDep) -> PullOut:
 )
 async def follow_pull(pull_id: str, services: ServicesDep) -> EventSourceResponse:
     """Progress of a pull as server-sent events, from its start; ends with a `done` event."""
-    jobs = services.pulls
+    jobs = services.jobs
     job = _job(jobs, pull_id)
 
     async def events() -> AsyncIterator[ServerSentEvent]:

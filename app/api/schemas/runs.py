@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, field_validator
@@ -83,6 +84,13 @@ class BatchRequest(Schema):
     options: OptionsIn | None = None
     max_concurrent: JsonInt = Field(default=3, ge=1, le=16)
     name: str | None = Field(default=None, max_length=200, description="A name for the batch.")
+    background: StrictBool | None = Field(
+        default=None,
+        description=(
+            "Run as a job (202, follow its events) or wait for the results (200). "
+            "Default: a job when there are more prompts than GATEWAY_BATCH_SYNC_MAX."
+        ),
+    )
 
 
 class BatchOut(BaseModel):
@@ -91,6 +99,31 @@ class BatchOut(BaseModel):
     results: list[ResultOut]
     succeeded: int
     failed: int
+
+
+class BatchJobOut(BaseModel):
+    """A batch running in the background; `batch_id` names the stored batch once done."""
+
+    id: str
+    model: str
+    status: Literal["running", "succeeded", "failed"]
+    total: int
+    completed: int
+    succeeded: int
+    failed: int
+    batch_id: str | None = None
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class BatchProgress(BaseModel):
+    """One finished prompt of a background batch."""
+
+    index: int
+    success: bool
+    error_message: str | None = None
+    tokens_used: int | None = None
 
 
 class BenchmarkRequest(Schema):
