@@ -16,7 +16,13 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.ollama import BackendError, BackendTimeout, BackendUnavailable, ModelExecutionResult
+from app.ollama import (
+    BackendBusy,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelExecutionResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +172,7 @@ def backend_problem(
     error_type: str | None, status: int | None, message: str, result_id: str | None = None
 ) -> ApiError:
     """The problem a backend failure becomes: one mapping for errors and failed runs."""
-    if error_type == "BackendUnavailable":
+    if error_type in ("BackendUnavailable", "BackendBusy"):
         return ApiError(
             503,
             "Backend unavailable",
@@ -208,7 +214,7 @@ async def _backend_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BackendError)
     kind = (
         "BackendUnavailable"
-        if isinstance(exc, BackendUnavailable)
+        if isinstance(exc, BackendUnavailable | BackendBusy)
         else "BackendTimeout"
         if isinstance(exc, BackendTimeout)
         else type(exc).__name__

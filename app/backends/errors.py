@@ -9,6 +9,7 @@ too long" (`BackendTimeout`) without parsing messages.
 from __future__ import annotations
 
 __all__ = [
+    "BackendBusy",
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
@@ -44,3 +45,7 @@ class BackendTimeout(BackendError):
 
 class StreamInterrupted(BackendError):
     """A streamed reply stopped before its final `done` line (connection dropped or cut)."""
+
+
+class BackendBusy(BackendError):
+    """Every slot of the backend is taken and its wait queue is full (or the wait ran out)."""

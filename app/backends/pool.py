@@ -1,19 +1,115 @@
-"""`BackendPool`: the seam between the core and the set of configured Ollama servers.
+"""`BackendPool`: the configured Ollama servers, and which one a request goes to.
 
-Today it routes simply: a backend that already has the model, else the first one that
-answers. Health checks, circuit breaking, least-loaded routing and failover grow here
-later without the core changing, because the core only asks `pick(model)` and `clients`.
+Routing: only backends whose circuit is closed and that have the model; among those, one
+that has the model loaded in memory first (a cold load costs seconds), then the fewest
+outstanding requests per unit of weight. Inventory (`/api/tags`, `/api/ps`) is refreshed
+when older than `inventory_ttl`. A backend that fails (no connection, 5xx, timeout)
+`breaker_threshold` times in a row is taken out for `cooldown` seconds, then tried again.
+Each backend admits `max_concurrency` requests at once (when set); up to `max_queue`
+more wait at most `queue_timeout` seconds, after which `BackendBusy` (503) is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from app.backends.client import OllamaClient
-from app.backends.errors import BackendError, BackendUnavailable
+from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 
-__all__ = ["BackendPool"]
+__all__ = ["BackendPool", "BackendSpec", "BackendState", "parse_backend"]
+
+SameModel = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One entry of GATEWAY_BACKENDS: `[name=]url[;max=N][;weight=W]`."""
+
+    url: str
+    name: str
+    weight: float = 1.0
+    max_concurrency: int | None = None
+
+
+def parse_backend(text: str) -> BackendSpec:
+    """`gpu1=http://10.0.0.5:11434;max=4;weight=2` or a bare URL (named by its host:port)."""
+    head, *params = [part.strip() for part in text.split(";")]
+    name, sep, url = head.partition("=")
+    if not sep or "://" in name:
+        name, url = "", head
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        raise ValueError(f"backend {text!r}: expected a URL such as http://host:11434")
+    weight, max_concurrency = 1.0, None
+    for param in params:
+        key, _, value = param.partition("=")
+        try:
+            if key == "max":
+                max_concurrency = int(value)
+                if max_concurrency < 1:
+                    raise ValueError
+            elif key == "weight":
+                weight = float(value)
+                if weight <= 0:
+                    raise ValueError
+            else:
+                raise KeyError(key)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"backend {text!r}: bad parameter {param!r}") from exc
+    return BackendSpec(url=url, name=name or url.split("://", 1)[1], weight=weight,
+                       max_concurrency=max_concurrency)  # fmt: skip
+
+
+@dataclass
+class BackendState:
+    """What the pool knows of one backend."""
+
+    spec: BackendSpec
+    client: OllamaClient
+    outstanding: int = 0
+    waiting: int = 0
+    failures: int = 0
+    down_until: float = 0.0
+    last_error: str | None = None
+    models: list[str] | None = None
+    loaded: list[str] = field(default_factory=list)
+    inventory_at: float = 0.0
+    _gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def gate(self) -> asyncio.Semaphore | None:
+        limit = self.spec.max_concurrency
+        if limit is None:
+            return None
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = asyncio.Semaphore(limit)
+        return gate
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "url": self.spec.url,
+            "weight": self.spec.weight,
+            "max_concurrency": self.spec.max_concurrency,
+            "circuit": "closed" if self.available else "open",
+            "outstanding": self.outstanding,
+            "queued": self.waiting,
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
+            "models": self.models,
+            "loaded": self.loaded,
+        }
 
 
 class BackendPool:
@@ -21,64 +117,163 @@ class BackendPool:
 
     def __init__(
         self,
-        urls: Sequence[str],
+        backends: Sequence[str | BackendSpec],
         *,
         timeout: float = 300.0,
         connect_timeout: float = 5.0,
         health_timeout: float = 2.0,
+        inventory_ttl: float = 2.0,
+        breaker_threshold: int = 2,
+        cooldown: float = 5.0,
+        max_queue: int = 64,
+        queue_timeout: float = 30.0,
     ) -> None:
-        if not urls:
+        if not backends:
             raise ValueError("BackendPool needs at least one backend URL")
+        specs = [b if isinstance(b, BackendSpec) else parse_backend(b) for b in backends]
         self.health_timeout = health_timeout
-        self._clients = [
-            OllamaClient(url, timeout=timeout, connect_timeout=connect_timeout) for url in urls
+        self.inventory_ttl = inventory_ttl
+        self.breaker_threshold = breaker_threshold
+        self.cooldown = cooldown
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self._lock = threading.Lock()
+        self.states = [
+            BackendState(
+                spec, OllamaClient(spec.url, timeout=timeout, connect_timeout=connect_timeout)
+            )
+            for spec in specs
         ]
 
     @property
     def clients(self) -> list[OllamaClient]:
-        return list(self._clients)
+        return [state.client for state in self.states]
 
     @property
     def urls(self) -> list[str]:
-        return [client.base_url for client in self._clients]
+        return [state.spec.url for state in self.states]
 
     def __repr__(self) -> str:
         return f"BackendPool({self.urls!r})"
 
-    async def pick(
-        self, model: str | None = None, *, has_model: Callable[[str, str], bool] | None = None
-    ) -> OllamaClient:
-        """The backend a request for `model` should go to.
+    def state_of(self, client: OllamaClient) -> BackendState:
+        return next(s for s in self.states if s.client is client)
+
+    # -- health ----------------------------------------------------------------------
+
+    def record_success(self, state: BackendState) -> None:
+        state.failures = 0
+        state.down_until = 0.0
+        state.last_error = None
+
+    def record_failure(self, state: BackendState, error: BackendError) -> None:
+        """Count a failure of the backend itself; open its circuit at the threshold."""
+        state.failures += 1
+        state.last_error = str(error)
+        if state.failures >= self.breaker_threshold:
+            state.down_until = time.monotonic() + self.cooldown
+            state.inventory_at = 0.0
+
+    async def refresh(self, state: BackendState) -> None:
+        """Ask one backend for its models and loaded models (within `health_timeout`)."""
+        try:
+            async with asyncio.timeout(self.health_timeout):
+                tags = await state.client.tags(timeout=self.health_timeout)
+                running = await state.client.ps()
+        except (BackendError, TimeoutError) as exc:
+            error = exc if isinstance(exc, BackendError) else BackendUnavailable("timed out")
+            state.failures = max(state.failures, self.breaker_threshold - 1)
+            self.record_failure(state, error)
+            state.models = None
+            return
+        state.models = [str(t.get("name", "")) for t in tags]
+        state.loaded = [str(m.get("name", "")) for m in running]
+        state.inventory_at = time.monotonic()
+        self.record_success(state)
+
+    async def refresh_stale(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        stale = [
+            s
+            for s in self.states
+            if (force or now - s.inventory_at > self.inventory_ttl)
+            and (s.available or force or now >= s.down_until)
+        ]
+        await asyncio.gather(*(self.refresh(s) for s in stale))
+
+    # -- routing ---------------------------------------------------------------------
+
+    async def candidates(
+        self, model: str | None = None, *, has_model: SameModel | None = None
+    ) -> list[BackendState]:
+        """The backends to try for `model`, best first (see the module docstring).
 
         With a single backend there is nothing to choose and no probe is made: the request
-        itself reports an unreachable server. With several, each is asked for its tags
-        (within `health_timeout`); the first that lists the model wins, else the first that
-        answered. `has_model(installed_name, wanted)` decides name equality (the core's
-        normalisation), defaulting to plain equality.
+        itself reports an unreachable server or a missing model.
         """
-        if len(self._clients) == 1:
-            return self._clients[0]
+        if len(self.states) == 1:
+            return list(self.states)
+        await self.refresh_stale()
         same = has_model or (lambda installed, wanted: installed == wanted)
-        answers = await asyncio.gather(
-            *(client.tags(timeout=self.health_timeout) for client in self._clients),
-            return_exceptions=True,
-        )
-        healthy: list[OllamaClient] = []
-        errors: list[str] = []
-        for client, answer in zip(self._clients, answers, strict=True):
-            if isinstance(answer, BackendError):
-                errors.append(f"{client.base_url}: {answer}")
-                continue
-            if isinstance(answer, BaseException):
-                raise answer
-            healthy.append(client)
-            if model is not None and any(same(str(m.get("name", "")), model) for m in answer):
-                return client
-        if healthy:
-            return healthy[0]
-        raise BackendUnavailable("no backend is reachable: " + "; ".join(errors))
+        healthy = [s for s in self.states if s.available and s.models is not None]
+        if not healthy:
+            errors = "; ".join(f"{s.spec.url}: {s.last_error}" for s in self.states)
+            raise BackendUnavailable("no backend is reachable: " + errors)
+        if model is not None:
+            having = [s for s in healthy if any(same(m, model) for m in s.models or [])]
+            if having:
+                healthy = having
+
+        def rank(state: BackendState) -> tuple[int, float]:
+            loaded = model is not None and any(same(m, model) for m in state.loaded)
+            return (0 if loaded else 1, (state.outstanding + 1) / state.spec.weight)
+
+        return sorted(healthy, key=rank)
+
+    async def pick(
+        self, model: str | None = None, *, has_model: SameModel | None = None
+    ) -> OllamaClient:
+        """The best backend for `model` (the first of `candidates`)."""
+        return (await self.candidates(model, has_model=has_model))[0].client
+
+    @contextlib.asynccontextmanager
+    async def lease(self, state: BackendState) -> AsyncIterator[BackendState]:
+        """Hold one of the backend's request slots for the duration of a request."""
+        gate = state.gate()
+        if gate is not None and gate.locked() and state.waiting >= self.max_queue:
+            raise BackendBusy(
+                f"backend {state.spec.name} is at its limit of "
+                f"{state.spec.max_concurrency} requests and its queue is full",
+                status=503,
+                url=state.spec.url,
+            )
+        state.waiting += 1
+        try:
+            if gate is not None:
+                try:
+                    async with asyncio.timeout(self.queue_timeout):
+                        await gate.acquire()
+                except TimeoutError:
+                    raise BackendBusy(
+                        f"backend {state.spec.name} had no free slot within "
+                        f"{self.queue_timeout:g}s",
+                        status=503,
+                        url=state.spec.url,
+                    ) from None
+        finally:
+            state.waiting -= 1
+        state.outstanding += 1
+        try:
+            yield state
+        finally:
+            state.outstanding -= 1
+            if gate is not None:
+                gate.release()
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [state.describe() for state in self.states]
 
     async def aclose(self) -> None:
         """Close every backend's pooled connections."""
-        for client in self._clients:
-            await client.aclose()
+        for state in self.states:
+            await state.client.aclose()

@@ -5,7 +5,13 @@ streaming, batches, chats, context documents, benchmarks and comparisons. Both h
 methods (the seed's) and async counterparts for code already on an event loop.
 """
 
-from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
+from app.backends.errors import (
+    BackendBusy,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    StreamInterrupted,
+)
 from app.ollama.config import EXECUTION_PRESETS, ConfigManager, OllamaConfig
 from app.ollama.manager import OllamaManager, model_from_tag
 from app.ollama.names import model_key, normalize_model_name, same_model
@@ -23,6 +29,7 @@ __all__ = [
     "CONTEXT_TEMPLATE",
     "EXECUTION_PRESETS",
     "OLLAMA_OPTION_TYPES",
+    "BackendBusy",
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from app.backends.client import OllamaClient, RelayResponse
-from app.backends.errors import BackendError
+from app.backends.errors import BackendBusy, BackendError
 from app.backends.pool import BackendPool
 from app.ollama._execution import (
     ChunkCallback,
@@ -42,6 +42,9 @@ from app.settings import Settings
 __all__ = ["OllamaManager", "ProgressCallback"]
 
 logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+"""Backends a run may be tried on before it fails (only while nothing was received)."""
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -237,13 +240,15 @@ class OllamaManager:
     # -- backends --------------------------------------------------------------------
 
     async def abackend_status(self) -> list[dict[str, Any]]:
-        """Each backend's health: `url`, `healthy`, `version`, `models`, `error`.
+        """Each backend's health (`url`, `healthy`, `version`, `models`, `error`) and load
+        (`name`, `circuit`, `outstanding`, `queued`, `max_concurrency`, `loaded`, ...).
 
         All backends are asked at once, each within `Settings.health_timeout`.
         """
 
         async def one(client: OllamaClient) -> dict[str, Any]:
-            status: dict[str, Any] = {"url": client.base_url, "healthy": False}
+            state = self.pool.state_of(client).describe()
+            status: dict[str, Any] = {**state, "url": client.base_url, "healthy": False}
             try:
                 async with asyncio.timeout(self.settings.health_timeout):
                     status["version"] = await client.version()
@@ -541,16 +546,42 @@ class OllamaManager:
     async def _execute_http(
         self, spec: RunSpec, acc: StreamAccumulator, backend: list[str], deadline: float
     ) -> None:
-        client = await self._pick(spec.model)
-        backend.append(client.base_url)
+        """Stream from the best backend; fail over to the next while nothing was received.
+
+        A backend that fails before its first chunk (no connection, 5xx, timeout, full
+        queue) is counted by the pool's circuit breaker and the next candidate is tried,
+        at most `MAX_ATTEMPTS` in all. Once a chunk has arrived the run is that backend's:
+        a failure then ends the run (its partial text is kept).
+        """
         payload = spec.payload()
-        if spec.kind == "generate":
-            stream = client.generate_stream(payload, timeout=deadline)
-        else:
-            stream = client.chat_stream(payload, timeout=deadline)
-        async with contextlib.aclosing(stream) as chunks:
-            async for chunk in chunks:
-                acc.feed_ollama_chunk(spec.kind, chunk)
+        candidates = await self.pool.candidates(spec.model, has_model=same_model)
+        failed_over: list[str] = []
+        for attempt, state in enumerate(candidates[:MAX_ATTEMPTS]):
+            backend[:] = [state.client.base_url]
+            received = False
+            try:
+                async with self.pool.lease(state):
+                    client = state.client
+                    if spec.kind == "generate":
+                        stream = client.generate_stream(payload, timeout=deadline)
+                    else:
+                        stream = client.chat_stream(payload, timeout=deadline)
+                    async with contextlib.aclosing(stream) as chunks:
+                        async for chunk in chunks:
+                            received = True
+                            acc.feed_ollama_chunk(spec.kind, chunk)
+            except BackendError as exc:
+                backend_fault = exc.status is None or exc.status >= 500 or received
+                if backend_fault and not isinstance(exc, BackendBusy):
+                    self.pool.record_failure(state, exc)
+                last = attempt == min(len(candidates), MAX_ATTEMPTS) - 1
+                if received or last or not (backend_fault or isinstance(exc, BackendBusy)):
+                    raise
+                failed_over.append(f"{state.client.base_url}: {exc}")
+                spec.metadata["failed_over_from"] = failed_over
+                continue
+            self.pool.record_success(state)
+            return
 
     async def _execute_cli(self, spec: RunSpec, acc: StreamAccumulator, backend: list[str]) -> None:
         assert self._cli is not None
