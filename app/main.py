@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -86,9 +87,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings)
         await services.config.aload_config()
         app.state.services = services
+        watcher = asyncio.create_task(
+            services.manager.pool.watch(settings.health_interval), name="backend-health"
+        )
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await services.jobs.aclose()
             await services.manager.aclose()
             await services.outputs.aclose()

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(
         default=131_072, ge=1, le=131_072, description="Largest `max_tokens` a request may ask."
     )
+    health_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between background backend health checks."
+    )
     auto_migrate: bool = Field(
         default=False,
         description="Upgrade the database schema at start instead of refusing to start.",

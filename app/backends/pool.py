@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,6 +25,8 @@ from app.backends.client import OllamaClient
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 
 __all__ = ["BackendPool", "BackendSpec", "BackendState", "parse_backend"]
+
+logger = logging.getLogger(__name__)
 
 SameModel = Callable[[str, str], bool]
 
@@ -221,8 +225,12 @@ class BackendPool:
             raise BackendUnavailable("no backend is reachable: " + errors)
         if model is not None:
             having = [s for s in healthy if any(same(m, model) for m in s.models or [])]
-            if having:
-                healthy = having
+            if not having:
+                known = sorted({m for s in healthy for m in s.models or []})
+                close = difflib.get_close_matches(model, known, n=3, cutoff=0.5)
+                hint = f"; close names: {', '.join(close)}" if close else ""
+                raise BackendError(f"model '{model}' not found{hint}", status=404)
+            healthy = having
 
         def rank(state: BackendState) -> tuple[int, float]:
             loaded = model is not None and any(same(m, model) for m in state.loaded)
@@ -269,6 +277,19 @@ class BackendPool:
             state.outstanding -= 1
             if gate is not None:
                 gate.release()
+
+    async def watch(self, interval: float) -> None:
+        """Refresh every backend's health and inventory every `interval` seconds, forever.
+
+        Run as a task by the app's lifespan, so routing rarely waits on an inventory and a
+        backend that came back is noticed without a request failing first.
+        """
+        while True:
+            try:
+                await self.refresh_stale(force=True)
+            except Exception:  # one bad round must not stop the watcher
+                logger.exception("backend health check failed")
+            await asyncio.sleep(interval)
 
     def describe(self) -> list[dict[str, Any]]:
         return [state.describe() for state in self.states]

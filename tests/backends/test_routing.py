@@ -153,3 +153,39 @@ async def test_a_full_queue_answers_busy_quickly() -> None:
         release.set()
         await asyncio.gather(first, queued)
         await pool.aclose()
+
+
+async def test_a_model_no_backend_has_is_404_with_close_names() -> None:
+    with (
+        running_emulator(models=["llama3.1:8b"]) as a,
+        running_emulator(models=["qwen2.5:0.5b"]) as b,
+    ):
+        manager = manager_for([a, b])
+        result = await ModelRunner(manager).async_generate("llama3.1:7b", "x", save_output=False)
+        assert not result.success and result.metadata is not None
+        assert result.metadata["error_status"] == 404
+        assert "close names: llama3.1:8b" in str(result.error_message)
+        await manager.aclose()
+
+
+async def test_the_watcher_notices_a_backend_that_came_back() -> None:
+    with (
+        running_emulator(models=["llama3.1:8b"]) as a,
+        running_emulator(models=["llama3.1:8b"]) as b,
+    ):
+        pool = BackendPool([a, b], cooldown=0.1)
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{a}/_emulator/faults", json={"fail_next": 1})
+        watcher = asyncio.create_task(pool.watch(0.05))
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                states = pool.describe()
+                if states[0]["circuit"] == "closed" and states[0]["models"]:
+                    break
+            assert pool.describe()[0]["models"] == ["llama3.1:8b"]
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await pool.aclose()
