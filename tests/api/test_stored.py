@@ -116,6 +116,8 @@ async def test_a_comparison_names_the_fastest_model(client: httpx.AsyncClient) -
     assert set(summary["response_lengths"]) == set(body["models"])
     stored = (await client.get(f"/gateway/comparisons/{made['id']}")).json()
     assert sorted(r["model_name"] for r in stored["runs"]) == sorted(body["models"])
+    listed = (await client.get("/gateway/comparisons")).json()["items"]
+    assert [c["id"] for c in listed] == [made["id"]] and listed[0]["models"] == body["models"]
     repeated = {"models": ["llama3.1:8b", "llama3.1:8b"], "prompt": "x"}
     assert (await client.post("/gateway/comparisons", json=repeated)).status_code == 422
 
