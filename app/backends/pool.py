@@ -163,6 +163,17 @@ class BackendPool:
     def state_of(self, client: OllamaClient) -> BackendState:
         return next(s for s in self.states if s.client is client)
 
+    def targets(self, backend: str) -> list[BackendState]:
+        """The backends a name, URL or `"all"` means; ValueError for one not configured."""
+        if backend == "all":
+            return list(self.states)
+        wanted = backend.rstrip("/")
+        for state in self.states:
+            if wanted in (state.spec.name, state.spec.url):
+                return [state]
+        names = ", ".join(s.spec.name for s in self.states)
+        raise ValueError(f"no backend named {backend!r} (configured: {names}, or 'all')")
+
     # -- health ----------------------------------------------------------------------
 
     def record_success(self, state: BackendState) -> None:

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from app.backends.client import OllamaClient, RelayResponse
-from app.backends.errors import BackendBusy, BackendError
+from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 from app.backends.pool import BackendPool
 from app.ollama._execution import (
     ChunkCallback,
@@ -359,15 +359,28 @@ class OllamaManager:
         return self._loop_thread.run(self.adownload_model(model_name, progress_callback))
 
     async def adownload_model(
-        self, model_name: str, progress_callback: ProgressCallback | None = None
+        self,
+        model_name: str,
+        progress_callback: ProgressCallback | None = None,
+        *,
+        backend: str | None = None,
     ) -> bool:
+        """Async `download_model`. `backend` picks where: a backend's name or URL, `"all"`,
+        or None for the least loaded healthy one. With several targets each progress
+        object carries a `backend` key, and True means every pull succeeded."""
         model_name = require_model_name(model_name)
+        targets = self.pool.targets(backend) if backend is not None else None
         try:
             await self._ensure_server()
             if self._cli is not None:
                 await self._cli.pull(model_name, progress_callback)
+            elif targets is None:
+                client = (await self.pool.candidates(None))[0].client
+                await self._pull_http(client, model_name, progress_callback)
             else:
-                await self._pull_http(model_name, progress_callback)
+                for state in targets:
+                    tagged = _tag_progress(progress_callback, state.spec.name)
+                    await self._pull_http(state.client, model_name, tagged)
         except BackendError as exc:
             logger.warning("pull of %s failed: %s", model_name, exc)
             if progress_callback is not None:
@@ -376,8 +389,9 @@ class OllamaManager:
         self._models_cache = None
         return True
 
-    async def _pull_http(self, model_name: str, progress: ProgressCallback | None) -> None:
-        client = await self._pick(model_name)
+    async def _pull_http(
+        self, client: OllamaClient, model_name: str, progress: ProgressCallback | None
+    ) -> None:
         succeeded = False
         async with contextlib.aclosing(client.pull(model_name)) as lines:
             async for line in lines:
@@ -396,21 +410,33 @@ class OllamaManager:
         """
         return self._loop_thread.run(self.adelete_model(model_name))
 
-    async def adelete_model(self, model_name: str) -> bool:
+    async def adelete_model(self, model_name: str, *, backend: str | None = None) -> bool:
+        """Async `delete_model`: from every backend that has it, or from `backend` (a name
+        or URL). True when it was deleted somewhere."""
         model_name = require_model_name(model_name)
+        targets = self.pool.targets(backend if backend is not None else "all")
         await self._ensure_server()
+        deleted = False
         try:
             if self._cli is not None:
                 await self._cli.delete(model_name)
-            else:
-                await (await self._pick(model_name)).delete(model_name)
+                return True
+            for state in targets:
+                try:
+                    await state.client.delete(model_name)
+                    deleted = True
+                except BackendError as exc:
+                    if exc.status != 404 and not (
+                        backend is None and isinstance(exc, BackendUnavailable)
+                    ):
+                        raise
         except BackendError as exc:
             if exc.status == 404:
                 return False
             raise
         finally:
             self._models_cache = None
-        return True
+        return deleted
 
     # -- runs ------------------------------------------------------------------------
 
@@ -723,3 +749,14 @@ class OllamaManager:
     def normalize_model_name(model_name: str) -> str:
         """`llama3.1` -> `llama3.1:latest` (see `app.ollama.names`)."""
         return normalize_model_name(model_name)
+
+
+def _tag_progress(callback: ProgressCallback | None, backend: str) -> ProgressCallback | None:
+    """A progress callback that names the backend in each object it passes on."""
+    if callback is None:
+        return None
+
+    def tagged(line: dict[str, Any]) -> None:
+        callback({**line, "backend": backend})
+
+    return tagged

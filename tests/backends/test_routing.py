@@ -189,3 +189,26 @@ async def test_the_watcher_notices_a_backend_that_came_back() -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await pool.aclose()
+
+
+async def test_pulls_and_deletes_target_one_backend_or_all() -> None:
+    with (
+        running_emulator(models=["llama3.1:8b"]) as a,
+        running_emulator(models=["qwen2.5:0.5b"]) as b,
+    ):
+        manager = manager_for([f"left={a}", f"right={b}"])
+        seen: list[dict[str, object]] = []
+        assert await manager.adownload_model("phi3:mini", seen.append, backend="all")
+        assert {line["backend"] for line in seen} == {"left", "right"}
+        assert await manager.adownload_model("smollm2:135m", backend="right")
+        async with httpx.AsyncClient() as http:
+            left = [m["name"] for m in (await http.get(f"{a}/api/tags")).json()["models"]]
+            right = [m["name"] for m in (await http.get(f"{b}/api/tags")).json()["models"]]
+        assert "phi3:mini" in left and "phi3:mini" in right
+        assert "smollm2:135m" in right and "smollm2:135m" not in left
+        assert await manager.adelete_model("phi3:mini", backend="left")
+        assert await manager.adelete_model("phi3:mini")  # the copy on the right
+        assert not await manager.adelete_model("phi3:mini")
+        with pytest.raises(ValueError, match="no backend named"):
+            await manager.adownload_model("phi3:mini", backend="middle")
+        await manager.aclose()

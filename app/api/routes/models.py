@@ -73,8 +73,14 @@ async def get_model(name: str, manager: ManagerDep) -> ModelOut:
     status_code=status.HTTP_204_NO_CONTENT,
     responses=NOT_FOUND,
 )
-async def delete_model(name: str, manager: ManagerDep) -> Response:
-    """Remove a model from the backend that has it."""
-    if not await manager.adelete_model(name):
+async def delete_model(
+    name: str,
+    manager: ManagerDep,
+    backend: str | None = Query(
+        default=None, max_length=2048, description="Only from this backend (name or URL)."
+    ),
+) -> Response:
+    """Remove a model from every backend that has it (or from `backend` only)."""
+    if not await manager.adelete_model(name, backend=backend):
         raise ApiError(404, "Model not found", f"model '{name}' is not installed on any backend")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -28,6 +28,12 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 class PullRequest(Schema):
     model: str = MODEL_NAME
+    backend: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="A backend's name or URL, or `all`; default the least loaded one.",
+        examples=["all"],
+    )
 
 
 class PullProgress(BaseModel):
@@ -82,6 +88,8 @@ async def start_pull(body: PullRequest, services: ServicesDep) -> PullOut:
     """Start pulling a model in the background; follow it at `/gateway/pulls/{id}/events`."""
     model = normalize_model_name(body.model)
     manager = services.manager
+    if body.backend is not None:
+        manager.pool.targets(body.backend)  # an unknown backend is a 422 now, not a failed job
 
     async def pull(job: Job) -> bool:
         def on_progress(line: dict[str, Any]) -> None:
@@ -89,7 +97,7 @@ async def start_pull(body: PullRequest, services: ServicesDep) -> PullOut:
                 job.error = str(line["error"])
             job.emit(line)
 
-        return await manager.adownload_model(model, on_progress)
+        return await manager.adownload_model(model, on_progress, backend=body.backend)
 
     return PullOut.from_job(services.jobs.start("pull", model, pull))
 
