@@ -344,18 +344,36 @@ class ConfigManager(DatabaseUser):
     async def _probe_backends(
         self, backends: list[str], warnings: list[str]
     ) -> tuple[set[str], int]:
+        """Ask every backend for its models at once (`GET /api/tags`, short timeout).
+
+        A backend that does not answer, or answers with something other than Ollama's
+        model list, is unreachable for this purpose and named in a warning.
+        """
+        timeout = httpx.Timeout(self._settings.health_timeout)
+
+        async def probe(client: httpx.AsyncClient, url: str) -> set[str] | str:
+            """The backend's model names, or why it does not count as reachable."""
+            try:
+                response = await client.get(url.rstrip("/") + "/api/tags")
+                response.raise_for_status()
+                tags = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                return f"backend {url} is unreachable: {type(exc).__name__}"
+            models = tags.get("models") if isinstance(tags, dict) else None
+            if not isinstance(models, list):
+                return f"backend {url} did not answer like Ollama (no model list)"
+            return {str(m["name"]) for m in models if isinstance(m, dict) and "name" in m}
+
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            answers = await asyncio.gather(*(probe(client, url) for url in backends))
         installed: set[str] = set()
         reachable = 0
-        timeout = httpx.Timeout(self._settings.health_timeout)
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            for url in backends:
-                try:
-                    tags = (await client.get(url.rstrip("/") + "/api/tags")).json()
-                except (httpx.HTTPError, ValueError) as exc:
-                    warnings.append(f"backend {url} is unreachable: {type(exc).__name__}")
-                    continue
+        for answer in answers:
+            if isinstance(answer, str):
+                warnings.append(answer)
+            else:
+                installed |= answer
                 reachable += 1
-                installed |= {str(m.get("name", "")) for m in tags.get("models", [])}
         return installed, reachable
 
 

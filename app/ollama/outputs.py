@@ -10,6 +10,7 @@ works inside notebooks too) and has an async twin prefixed `a` for code on an ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.ollama._database_user import DatabaseUser
+from app.ollama.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, normalize_model_name
 from app.ollama.types import ModelExecutionResult
 from app.settings import Settings
 from app.storage.db import masked
@@ -46,7 +48,7 @@ from app.storage.tables import (
 logger = logging.getLogger(__name__)
 
 
-__all__ = ["CURSOR_PATTERN", "OUTPUT_TYPES", "OutputManager"]
+__all__ = ["CURSOR_PATTERN", "OUTPUT_TYPES", "OutputManager", "model_spellings"]
 
 OUTPUT_TYPES = ("outputs", "configs", "results", "reports")
 KINDS = ("generate", "chat", "stream", "batch_item", "benchmark", "comparison", "context", "output")
@@ -64,7 +66,7 @@ def execution_row(
 ) -> Execution:
     """The executions row of a result: columns pulled out of its metadata, all of it kept."""
     meta = dict(result.metadata or {})
-    request = meta.get("request") if isinstance(meta.get("request"), dict) else None
+    request = next((meta[k] for k in ("request", "options") if isinstance(meta.get(k), dict)), None)
     error_type = meta.get("error_type")
     if result.success:
         status = "succeeded"
@@ -81,14 +83,14 @@ def execution_row(
         messages=_jsonable(meta["messages"]) if isinstance(meta.get("messages"), list) else None,
         options=_jsonable(request) if request is not None else None,
         response=clean_text(result.response),
-        success=result.success,
+        success=bool(result.success),
         status=status,
         error=clean_text(result.error_message) if result.error_message is not None else None,
         error_type=_str_or_none(error_type),
         done_reason=_str_or_none(meta.get("done_reason")),
         execution_time=float(result.execution_time),
         time_to_first_token=_float_or_none(meta.get("time_to_first_token")),
-        tokens_used=result.tokens_used,
+        tokens_used=_int_or_none(result.tokens_used),
         prompt_tokens=_int_or_none(meta.get("prompt_eval_count")),
         tokens_per_second=_float_or_none(meta.get("tokens_per_second")),
         total_duration_ns=_int_or_none(meta.get("total_duration")),
@@ -121,7 +123,7 @@ def execution_dict(row: Execution) -> dict[str, Any]:
         "benchmark_id": row.benchmark_id,
         "comparison_id": row.comparison_id,
         "size_bytes": row.size_bytes,
-        "created_at": _aware(row.created_at).isoformat(),
+        "created_at": row.created_at.isoformat(),
     }
 
 
@@ -130,7 +132,7 @@ def report_dict(kind: str, row: Batch | BenchmarkReport | Comparison) -> dict[st
         "id": row.id,
         "type": kind,
         "size_bytes": row.size_bytes,
-        "created_at": _aware(row.created_at).isoformat(),
+        "created_at": row.created_at.isoformat(),
     }
     if isinstance(row, Batch):
         base.update(
@@ -155,9 +157,33 @@ def config_dict(row: ModelConfig) -> dict[str, Any]:
         "config_name": row.config_name,
         "config": row.config,
         "size_bytes": row.size_bytes,
-        "created_at": _aware(row.created_at).isoformat(),
-        "updated_at": _aware(row.updated_at).isoformat(),
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
     }
+
+
+def model_spellings(name: str) -> list[str]:
+    """The names one model is stored under: `llama3.1`, `llama3.1:latest`,
+    `library/llama3.1`, ... (Ollama treats them as one model; see `app.ollama.names`).
+
+    Filters match any of them, so `list_saved_outputs("llama3.1")` finds runs asked for as
+    `llama3.1:latest` and the other way round, and the `model` index still serves the query.
+    """
+    try:
+        normalized = normalize_model_name(name)
+    except ValueError:
+        return [name]
+    path, tag = normalized.rsplit(":", 1)
+    parts = path.split("/")
+    if len(parts) == 1:
+        paths = [path, f"{DEFAULT_NAMESPACE}/{path}", f"{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/{path}"]
+    elif len(parts) == 2:
+        paths = [path, f"{DEFAULT_HOST}/{path}"]
+    else:
+        paths = [path]
+    tags = [f":{tag}", ""] if tag == DEFAULT_TAG else [f":{tag}"]
+    spellings = [p + t for p in paths for t in tags]
+    return list(dict.fromkeys([name, *spellings]))
 
 
 class OutputManager(DatabaseUser):
@@ -165,8 +191,12 @@ class OutputManager(DatabaseUser):
 
     `OutputManager()` uses the configured database (`GATEWAY_DATABASE_URL`); a new, empty
     database is given the current schema on first use, an out-of-date one is refused with
-    a message saying to run `ollama-gateway migrate`. `base_output_dir` is where exports
-    go when a method is asked for files without naming a directory.
+    a message saying to run `ollama-gateway migrate`. `base_output_dir` is where
+    `export_outputs()` writes when it is given no directory.
+
+    Writes are safe to await from `finally` blocks and cancellation paths: they run to
+    their end in their own task (see `DatabaseUser._shielded`), and concurrent writes from
+    any number of tasks, threads and event loops are safe.
     """
 
     def __init__(
@@ -195,14 +225,12 @@ class OutputManager(DatabaseUser):
         async with self.db.session() as session:
             await session.execute(text("SELECT 1"))
 
-    def _export(self, output_dir: str | None, name: str, payload: Any) -> Path | None:
-        directory = Path(output_dir) if output_dir else None
-        if directory is None:
+    async def _export(self, output_dir: str | Path | None, name: str, payload: Any) -> Path | None:
+        """Write `payload` as JSON to `output_dir/name` (off the event loop); None without
+        a directory."""
+        if output_dir is None or output_dir == "":
             return None
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / name
-        path.write_text(json.dumps(payload, indent=2, default=str, ensure_ascii=False) + "\n")
-        return path
+        return await asyncio.to_thread(_write_json, Path(output_dir) / name, payload)
 
     # -- runs ------------------------------------------------------------------------
 
@@ -215,10 +243,16 @@ class OutputManager(DatabaseUser):
         benchmark_id: str | None = None,
         comparison_id: str | None = None,
     ) -> str:
-        """Store one run; the id is also written to `result.metadata["result_id"]`."""
+        """Store one run; returns its id, also written to `result.metadata["result_id"]`.
+
+        `kind` is one of generate, chat, stream, batch_item, benchmark, comparison,
+        context (or output, for `save_model_output`). Columns (backend, messages,
+        options, done_reason, timings, token counts, status) are pulled out of the
+        metadata, which is kept whole. A failed run is stored as failed, a cancelled one
+        (`metadata["status"] == "cancelled"` or `error_type` "Cancelled") as cancelled.
+        """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        await self._prepare()
         row = execution_row(
             result,
             kind=kind,
@@ -226,25 +260,31 @@ class OutputManager(DatabaseUser):
             benchmark_id=benchmark_id,
             comparison_id=comparison_id,
         )
-        async with self.db.session() as session:
-            result_id = await Executions(session).add(row)
-        if result.metadata is None:
-            result.metadata = {}
-        result.metadata["result_id"] = result_id
-        return result_id
+
+        async def write() -> str:
+            await self._prepare()
+            async with self.db.session() as session:
+                result_id = await Executions(session).add(row)
+            if result.metadata is None:
+                result.metadata = {}
+            result.metadata["result_id"] = result_id
+            return result_id
+
+        return await self._shielded(write())
 
     async def asave_execution_result(
         self, result: ModelExecutionResult, output_dir: str | None = None
     ) -> str:
         kind = str((result.metadata or {}).get("kind") or "generate")
         result_id = await self.arecord_execution(result, kind=kind if kind in KINDS else "generate")
-        self._export(output_dir, f"result_{result_id}.json", result.to_dict())
+        await self._export(output_dir, f"result_{result_id}.json", result.to_dict())
         return result_id
 
     def save_execution_result(
         self, result: ModelExecutionResult, output_dir: str | None = None
     ) -> str:
-        """Store a result; with `output_dir` also write it there as JSON. Returns its id."""
+        """Store a result (its kind from `metadata["kind"]`, else generate); with
+        `output_dir` also write it there as JSON. Returns the stored record's id."""
         return self._run(self.asave_execution_result(result, output_dir))
 
     async def asave_model_output(
@@ -264,7 +304,7 @@ class OutputManager(DatabaseUser):
             metadata=dict(metadata or {}),
         )
         result_id = await self.arecord_execution(result, kind="output")
-        self._export(output_dir, f"output_{result_id}.json", result.to_dict())
+        await self._export(output_dir, f"output_{result_id}.json", result.to_dict())
         return result_id
 
     def save_model_output(
@@ -276,7 +316,8 @@ class OutputManager(DatabaseUser):
         output_dir: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """Store one model output (kind "output"). Returns its id."""
+        """Store one model output (kind "output"); with `output_dir` also as a JSON file.
+        Returns the stored record's id."""
         return self._run(
             self.asave_model_output(
                 model_name, prompt, response, execution_time, output_dir, metadata
@@ -284,15 +325,23 @@ class OutputManager(DatabaseUser):
         )
 
     async def aget_result(self, result_id: str) -> dict[str, Any] | None:
+        """One stored run (as `list_saved_outputs("results")` shows it), or None."""
         await self._prepare()
         async with self.db.session() as session:
             row = await Executions(session).get(result_id)
             return execution_dict(row) if row is not None else None
 
+    def get_result(self, result_id: str) -> dict[str, Any] | None:
+        return self._run(self.aget_result(result_id))
+
     async def adelete_result(self, result_id: str) -> bool:
+        """Delete one stored run; False when there is none with that id."""
         await self._prepare()
         async with self.db.session() as session:
             return await Executions(session).delete(result_id)
+
+    def delete_result(self, result_id: str) -> bool:
+        return self._run(self.adelete_result(result_id))
 
     async def alist_results(
         self,
@@ -305,9 +354,19 @@ class OutputManager(DatabaseUser):
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of stored runs, newest first, and the cursor of the next page."""
+        """One page of stored runs, newest first, and the cursor of the next page.
+
+        `model` matches every spelling of the model; `since`/`until` may be in any offset
+        (naive means UTC). Raises ValueError for a cursor that is not one of ours.
+        """
         await self._prepare()
-        where = ExecutionFilter(model=model, kind=kind, success=success, since=since, until=until)
+        where = ExecutionFilter(
+            models=model_spellings(model) if model is not None else None,
+            kind=kind,
+            success=success,
+            since=since,
+            until=until,
+        )
         async with self.db.session() as session:
             rows, next_cursor = await Executions(session).page(where, limit, cursor)
             return [execution_dict(r) for r in rows], next_cursor
@@ -320,13 +379,16 @@ class OutputManager(DatabaseUser):
         await self._prepare()
         async with self.db.session() as session:
             return await ModelConfigs(session).put(
-                model_name, config_name or DEFAULT_CONFIG_NAME, _jsonable(config)
+                normalize_model_name(model_name),
+                config_name or DEFAULT_CONFIG_NAME,
+                _jsonable(config),
             )
 
     def save_model_config(
         self, model_name: str, config: dict[str, Any], config_name: str | None = None
     ) -> str:
-        """Store (or replace) a named config of a model. Returns its id."""
+        """Store (or replace) a named config (default "default") of a model; unique per
+        (model, name), the model under its normalised name. Returns the record's id."""
         return self._run(self.asave_model_config(model_name, config, config_name))
 
     async def aload_model_config(
@@ -334,8 +396,12 @@ class OutputManager(DatabaseUser):
     ) -> dict[str, Any] | None:
         await self._prepare()
         async with self.db.session() as session:
-            row = await ModelConfigs(session).get(model_name, config_name or DEFAULT_CONFIG_NAME)
-            return dict(row.config) if row is not None else None
+            repo = ModelConfigs(session)
+            for spelling in model_spellings(model_name):
+                row = await repo.get(spelling, config_name or DEFAULT_CONFIG_NAME)
+                if row is not None:
+                    return dict(row.config)
+            return None
 
     def load_model_config(
         self, model_name: str, config_name: str | None = None
@@ -345,13 +411,30 @@ class OutputManager(DatabaseUser):
 
     # -- reports ---------------------------------------------------------------------
 
-    async def _store_runs(
-        self, results: Sequence[ModelExecutionResult], kind: str, link: str, group_id: str
-    ) -> None:
-        for result in results:
-            await self.arecord_execution(result, kind=kind, **{link: group_id})
-            assert result.metadata is not None
-            result.metadata[link] = group_id
+    async def _save_group(
+        self,
+        group: Batch | BenchmarkReport | Comparison,
+        results: Sequence[ModelExecutionResult],
+        kind: str,
+        link: str,
+    ) -> str:
+        """Store a report and its runs in one transaction (all of it or nothing), then note
+        each run's `result_id` and the report's id in its metadata."""
+        rows = [execution_row(r, kind=kind, **{link: group.id}) for r in results]
+
+        async def write() -> str:
+            await self._prepare()
+            async with self.db.session() as session:
+                group_id = await Reports(session).add(group)
+                ids = await Executions(session).add_all(rows)
+            for result, result_id in zip(results, ids, strict=True):
+                if result.metadata is None:
+                    result.metadata = {}
+                result.metadata["result_id"] = result_id
+                result.metadata[link] = group_id
+            return group_id
+
+        return await self._shielded(write())
 
     async def asave_batch_results(
         self,
@@ -360,7 +443,6 @@ class OutputManager(DatabaseUser):
         output_dir: str | None = None,
     ) -> str:
         """Store a batch and each of its runs (kind "batch_item", linked to it)."""
-        await self._prepare()
         models = {r.model_name for r in results}
         summary = {
             "total_execution_time": sum(r.execution_time for r in results),
@@ -369,18 +451,16 @@ class OutputManager(DatabaseUser):
         row = Batch(
             id=new_id(),
             name=clean_text(batch_name)[:200],
-            model=models.pop() if len(models) == 1 else None,
+            model=clean_text(models.pop()) if len(models) == 1 else None,
             total=len(results),
-            succeeded=sum(r.success for r in results),
+            succeeded=sum(bool(r.success) for r in results),
             failed=sum(not r.success for r in results),
             summary=summary,
             size_bytes=json_size([r.to_dict() for r in results]),
             created_at=datetime.now(UTC),
         )
-        async with self.db.session() as session:
-            batch_id = await Reports(session).add(row)
-        await self._store_runs(results, "batch_item", "batch_id", batch_id)
-        self._export(
+        batch_id = await self._save_group(row, results, "batch_item", "batch_id")
+        await self._export(
             output_dir,
             f"batch_{batch_id}.json",
             {"name": batch_name, "results": [r.to_dict() for r in results]},
@@ -393,7 +473,8 @@ class OutputManager(DatabaseUser):
         batch_name: str,
         output_dir: str | None = None,
     ) -> str:
-        """Store a batch and its runs. Returns the batch's id."""
+        """Store a batch and its runs; with `output_dir` also as a JSON file. Returns the
+        batch's id."""
         return self._run(self.asave_batch_results(results, batch_name, output_dir))
 
     async def asave_benchmark_report(
@@ -409,26 +490,24 @@ class OutputManager(DatabaseUser):
         The runs are `results` when given, else rebuilt from the report's
         `individual_results`.
         """
-        await self._prepare()
         report = _jsonable(benchmark_results)
         row = BenchmarkReport(
             id=new_id(),
-            model=model_name,
+            model=clean_text(model_name),
             report=report,
             size_bytes=json_size(report),
             created_at=datetime.now(UTC),
         )
-        async with self.db.session() as session:
-            report_id = await Reports(session).add(row)
         runs = results if results is not None else _results_of(report.get("individual_results"))
-        await self._store_runs(runs, "benchmark", "benchmark_id", report_id)
-        self._export(output_dir, f"benchmark_{report_id}.json", report)
+        report_id = await self._save_group(row, runs, "benchmark", "benchmark_id")
+        await self._export(output_dir, f"benchmark_{report_id}.json", report)
         return report_id
 
     def save_benchmark_report(
         self, benchmark_results: dict[str, Any], model_name: str, output_dir: str | None = None
     ) -> str:
-        """Store a benchmark report (and its individual runs). Returns its id."""
+        """Store a benchmark report (and its individual runs); with `output_dir` also as a
+        JSON file. Returns its id."""
         return self._run(self.asave_benchmark_report(benchmark_results, model_name, output_dir))
 
     async def asave_model_comparison(
@@ -439,7 +518,6 @@ class OutputManager(DatabaseUser):
         results: Sequence[ModelExecutionResult] | None = None,
     ) -> str:
         """Store a comparison and each model's run (kind "comparison", linked to it)."""
-        await self._prepare()
         report = _jsonable(comparison_results)
         per_model = report.get("results") if isinstance(report.get("results"), dict) else {}
         summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
@@ -451,17 +529,16 @@ class OutputManager(DatabaseUser):
             size_bytes=json_size(report),
             created_at=datetime.now(UTC),
         )
-        async with self.db.session() as session:
-            comparison_id = await Reports(session).add(row)
         runs = results if results is not None else _results_of(list(per_model.values()))
-        await self._store_runs(runs, "comparison", "comparison_id", comparison_id)
-        self._export(output_dir, f"comparison_{comparison_id}.json", report)
+        comparison_id = await self._save_group(row, runs, "comparison", "comparison_id")
+        await self._export(output_dir, f"comparison_{comparison_id}.json", report)
         return comparison_id
 
     def save_model_comparison(
         self, comparison_results: dict[str, Any], output_dir: str | None = None
     ) -> str:
-        """Store a model comparison (and each model's run). Returns its id."""
+        """Store a model comparison (and each model's run); with `output_dir` also as a
+        JSON file. Returns its id."""
         return self._run(self.asave_model_comparison(comparison_results, output_dir))
 
     async def aget_report(self, kind: ReportKind, report_id: str) -> dict[str, Any] | None:
@@ -483,9 +560,14 @@ class OutputManager(DatabaseUser):
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of stored reports of a kind, newest first, and the next cursor.
+
+        With `model`: reports of that model, or with a run of it (comparisons, batches
+        over several models)."""
         await self._prepare()
+        models = model_spellings(model) if model is not None else None
         async with self.db.session() as session:
-            rows, next_cursor = await Reports(session).page(kind, limit, cursor, model)
+            rows, next_cursor = await Reports(session).page(kind, limit, cursor, models)
             return [report_dict(kind, r) for r in rows], next_cursor
 
     # -- listing, stats, cleanup -----------------------------------------------------
@@ -516,8 +598,9 @@ class OutputManager(DatabaseUser):
                 ]
             return items
         if output_type == "configs":
+            models = model_spellings(model_name) if model_name is not None else None
             async with self.db.session() as session:
-                return [config_dict(r) for r in await ModelConfigs(session).all(model_name)]
+                return [config_dict(r) for r in await ModelConfigs(session).all(models)]
         reports: list[dict[str, Any]] = []
         for kind in ("batch", "benchmark", "comparison"):
             cursor = None
@@ -533,9 +616,10 @@ class OutputManager(DatabaseUser):
     def list_saved_outputs(
         self, model_name: str | None = None, output_type: str = "outputs"
     ) -> list[dict[str, Any]]:
-        """Stored items of one type, newest first.
+        """Stored items of one type, newest first (`model_name` matches every spelling).
 
-        "outputs": every stored run, briefly; "results": every stored run in full;
+        "outputs": every stored run, briefly (id, kind, model_name, success, status,
+        size_bytes, created_at, response_preview); "results": every stored run in full;
         "configs": model configs; "reports": batches, benchmarks and comparisons.
         """
         return self._run(self.alist_saved_outputs(model_name, output_type))
@@ -566,7 +650,10 @@ class OutputManager(DatabaseUser):
         }
 
     def get_output_stats(self) -> dict[str, Any]:
-        """Counts and sizes per output type ("outputs" and "results" are the same runs)."""
+        """Counts and sizes (bytes of JSON) per output type, totals, and the database.
+
+        "outputs" and "results" are the same runs, so the totals count them once.
+        """
         return self._run(self.aget_output_stats())
 
     async def acleanup_old_outputs(self, days_old: int = 30) -> int:
@@ -599,52 +686,104 @@ class OutputManager(DatabaseUser):
         duration_ms: float | None = None,
         detail: dict[str, Any] | None = None,
     ) -> str:
-        await self._prepare()
+        """Note who did what to which target, with what outcome and how long it took."""
         entry = AuditEntry(
             id=new_id(),
-            actor=actor,
-            action=action,
-            target=target,
-            outcome=outcome,
+            actor=clean_text(actor)[:200],
+            action=clean_text(action)[:100],
+            target=clean_text(target)[:512] if target is not None else None,
+            outcome=clean_text(outcome)[:32],
             duration_ms=duration_ms,
             detail=_jsonable(detail) if detail else None,
             created_at=datetime.now(UTC),
         )
+
+        async def write() -> str:
+            await self._prepare()
+            async with self.db.session() as session:
+                return await Audit(session).add(entry)
+
+        return await self._shielded(write())
+
+    async def alist_audit(
+        self, *, actor: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The newest audit entries (of one actor), newest first."""
+        await self._prepare()
         async with self.db.session() as session:
-            return await Audit(session).add(entry)
+            rows = await Audit(session).recent(limit, actor)
+            return [audit_dict(r) for r in rows]
 
     async def aexport_outputs(
-        self, directory: str | Path, model_name: str | None = None
+        self, directory: str | Path | None = None, model_name: str | None = None
     ) -> list[Path]:
-        """Write every stored run (and report) as a JSON file into `directory`."""
-        target = Path(directory)
+        """Write every stored run and report as a JSON file into `directory` (default
+        `base_output_dir`); returns the files written."""
+        target = directory if directory is not None else self.base_output_dir
+        if target is None:
+            raise ValueError(
+                "export_outputs needs a directory (or an OutputManager base_output_dir)"
+            )
         written = []
         for item in await self.alist_saved_outputs(model_name, "results"):
-            path = self._export(str(target), f"result_{item['id']}.json", item)
+            path = await self._export(target, f"result_{item['id']}.json", item)
             assert path is not None
             written.append(path)
         for item in await self.alist_saved_outputs(model_name, "reports"):
-            path = self._export(str(target), f"{item['type']}_{item['id']}.json", item)
+            path = await self._export(target, f"{item['type']}_{item['id']}.json", item)
             assert path is not None
             written.append(path)
         return written
 
-    def export_outputs(self, directory: str | Path, model_name: str | None = None) -> list[Path]:
+    def export_outputs(
+        self, directory: str | Path | None = None, model_name: str | None = None
+    ) -> list[Path]:
         """Files for users who want files: one JSON per stored run and report."""
         return self._run(self.aexport_outputs(directory, model_name))
 
 
+def audit_dict(row: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "created_at": row.created_at.isoformat(),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "outcome": row.outcome,
+        "duration_ms": row.duration_ms,
+        "detail": row.detail,
+    }
+
+
+def _write_json(path: Path, payload: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(payload, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return path
+
+
 def _results_of(items: Any) -> list[ModelExecutionResult]:
-    fields = ModelExecutionResult.__dataclass_fields__
+    """Runs rebuilt from a report's JSON (`individual_results`, a comparison's results);
+    entries that are not runs are skipped, odd field types coerced."""
     out = []
     for item in items or []:
-        if isinstance(item, dict) and {"model_name", "prompt", "response"} <= set(item):
-            out.append(
-                ModelExecutionResult(
-                    **{k: v for k, v in item.items() if k in fields and k != "execution_time"},
-                    execution_time=float(item.get("execution_time") or 0.0),
-                )
+        if not isinstance(item, dict) or not {"model_name", "prompt", "response"} <= set(item):
+            continue
+        metadata = item.get("metadata")
+        error = item.get("error_message")
+        out.append(
+            ModelExecutionResult(
+                model_name=str(item["model_name"]),
+                prompt=str(item["prompt"]),
+                response=str(item["response"]),
+                execution_time=_float_or_none(item.get("execution_time")) or 0.0,
+                tokens_used=_int_or_none(item.get("tokens_used")),
+                success=bool(item.get("success", True)),
+                error_message=None if error is None else str(error),
+                metadata=dict(metadata) if isinstance(metadata, dict) else None,
             )
+        )
     return out
 
 
@@ -660,10 +799,6 @@ def clean_text(text: str) -> str:
 def _jsonable(value: Any) -> Any:
     """Round-trip through JSON so only JSON types (and storable text) reach a JSON column."""
     return json.loads(clean_text(json.dumps(value, default=str, ensure_ascii=False)))
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +25,12 @@ from sqlalchemy.pool import NullPool
 from app.storage.db import masked, normalize_url, sqlite_path
 
 T = TypeVar("T")
+
+
+_SCHEMA_LOCK = threading.RLock()
+"""Serialises schema changes made by this process (two managers finding one new database
+at once would otherwise both try to create it); PostgreSQL also locks across processes
+(see migrations/env.py)."""
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -60,14 +67,18 @@ def head_revision() -> str:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
+    """Upgrade to `revision` (default the newest); a SQLite file's directory is created."""
     path = sqlite_path(database_url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    _in_thread(lambda: command.upgrade(alembic_config(database_url), revision))
+    with _SCHEMA_LOCK:
+        _in_thread(lambda: command.upgrade(alembic_config(database_url), revision))
 
 
 def downgrade(database_url: str, revision: str) -> None:
-    _in_thread(lambda: command.downgrade(alembic_config(database_url), revision))
+    """Downgrade to `revision` ("base" removes every table of the gateway)."""
+    with _SCHEMA_LOCK:
+        _in_thread(lambda: command.downgrade(alembic_config(database_url), revision))
 
 
 def _inspect(database_url: str) -> tuple[str | None, set[str]]:
@@ -89,6 +100,7 @@ def _inspect(database_url: str) -> tuple[str | None, set[str]]:
 
 
 def current_revision(database_url: str) -> str | None:
+    """The database's revision; None for an empty (or, for SQLite, missing) database."""
     path = sqlite_path(database_url)
     if path is not None and not path.exists():
         return None
@@ -96,6 +108,7 @@ def current_revision(database_url: str) -> str | None:
 
 
 def is_up_to_date(database_url: str) -> bool:
+    """True when the database is at the newest revision this gateway knows."""
     return current_revision(database_url) == head_revision()
 
 
@@ -105,6 +118,11 @@ def ensure_schema(database_url: str, *, upgrade_old: bool = False) -> str:
     A new, empty database is created at head. An older schema is upgraded only with
     `upgrade_old`; otherwise `SchemaOutOfDate` says to run `ollama-gateway migrate`.
     """
+    with _SCHEMA_LOCK:
+        return _ensure_schema(database_url, upgrade_old=upgrade_old)
+
+
+def _ensure_schema(database_url: str, *, upgrade_old: bool) -> str:
     path = sqlite_path(database_url)
     if path is not None and not path.exists():
         upgrade(database_url)

@@ -62,7 +62,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @dataclass
 class ExecutionFilter:
-    model: str | None = None
+    models: Sequence[str] | None = None
+    """Any of these names (the spellings of one model)."""
     kind: str | None = None
     success: bool | None = None
     since: datetime | None = None
@@ -78,6 +79,11 @@ class Executions:
         await self.session.flush()
         return row.id
 
+    async def add_all(self, rows: Sequence[Execution]) -> list[str]:
+        self.session.add_all(rows)
+        await self.session.flush()
+        return [row.id for row in rows]
+
     async def get(self, row_id: str) -> Execution | None:
         return await self.session.get(Execution, row_id)
 
@@ -90,8 +96,8 @@ class Executions:
     ) -> tuple[Sequence[Execution], str | None]:
         """Newest first, keyset-paginated on (created_at, id)."""
         query = select(Execution)
-        if where.model is not None:
-            query = query.where(Execution.model == where.model)
+        if where.models is not None:
+            query = query.where(Execution.model.in_(where.models))
         if where.kind is not None:
             query = query.where(Execution.kind == where.kind)
         if where.success is not None:
@@ -147,13 +153,27 @@ class Reports:
         )
         return row
 
+    LINKS: ClassVar[dict[str, Any]] = {
+        "batch": Execution.batch_id,
+        "benchmark": Execution.benchmark_id,
+        "comparison": Execution.comparison_id,
+    }
+
     async def page(
-        self, kind: str, limit: int, cursor: str | None, model: str | None = None
+        self,
+        kind: str,
+        limit: int,
+        cursor: str | None,
+        models: Sequence[str] | None = None,
     ) -> tuple[Sequence[Any], str | None]:
+        """Newest first. With `models`: reports of that model or with a run of it (a
+        comparison, a batch over several models)."""
         table = self.KINDS[kind]
         query = select(table)
-        if model is not None and hasattr(table, "model"):
-            query = query.where(table.model == model)
+        if models is not None:
+            has_run = table.id.in_(select(self.LINKS[kind]).where(Execution.model.in_(models)))
+            own = table.model.in_(models) if hasattr(table, "model") else None
+            query = query.where(has_run if own is None else or_(own, has_run))
         if cursor is not None:
             at, row_id = decode_cursor(cursor)
             query = query.where(
@@ -189,10 +209,10 @@ class ModelConfigs:
         await self.session.flush()
         return row.id
 
-    async def all(self, model: str | None = None) -> Sequence[ModelConfig]:
+    async def all(self, models: Sequence[str] | None = None) -> Sequence[ModelConfig]:
         query = select(ModelConfig).order_by(ModelConfig.model, ModelConfig.config_name)
-        if model is not None:
-            query = query.where(ModelConfig.model == model)
+        if models is not None:
+            query = query.where(ModelConfig.model.in_(models))
         return (await self.session.scalars(query)).all()
 
 
@@ -222,6 +242,13 @@ class Audit:
         self.session.add(entry)
         await self.session.flush()
         return entry.id
+
+    async def recent(self, limit: int, actor: str | None = None) -> Sequence[AuditEntry]:
+        query = select(AuditEntry)
+        if actor is not None:
+            query = query.where(AuditEntry.actor == actor)
+        query = query.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc()).limit(limit)
+        return (await self.session.scalars(query)).all()
 
 
 async def counts_and_sizes(session: AsyncSession, table: type[Base]) -> tuple[int, int]:
