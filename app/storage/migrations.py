@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +32,10 @@ _SCHEMA_LOCK = threading.RLock()
 """Serialises schema changes made by this process (two managers finding one new database
 at once would otherwise both try to create it); PostgreSQL also locks across processes
 (see migrations/env.py)."""
+
+
+_FILES_LOCKED: set[str] = set()
+"""SQLite files whose migration lock this process holds (guarded by _SCHEMA_LOCK)."""
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -55,6 +60,32 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+@contextlib.contextmanager
+def _migration_lock(database_url: str) -> Iterator[None]:
+    """Hold the schema lock of this process, and for a SQLite file an exclusive lock on
+    `<file>.migrate-lock` (where the OS has `fcntl`), so concurrent upgrades of one database
+    from several processes run one after the other. PostgreSQL locks in migrations/env.py.
+    """
+    with _SCHEMA_LOCK:
+        path = sqlite_path(database_url)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: in-process lock only
+            fcntl = None  # type: ignore[assignment]
+        if path is None or fcntl is None or str(path) in _FILES_LOCKED:
+            yield  # re-entered: this thread holds the file lock already
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.migrate-lock", "a+b") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            _FILES_LOCKED.add(str(path))
+            try:
+                yield
+            finally:
+                _FILES_LOCKED.discard(str(path))
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
 def _in_thread(fn: Callable[[], T]) -> T:
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(fn).result()
@@ -68,16 +99,13 @@ def head_revision() -> str:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Upgrade to `revision` (default the newest); a SQLite file's directory is created."""
-    path = sqlite_path(database_url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with _SCHEMA_LOCK:
+    with _migration_lock(database_url):
         _in_thread(lambda: command.upgrade(alembic_config(database_url), revision))
 
 
 def downgrade(database_url: str, revision: str) -> None:
     """Downgrade to `revision` ("base" removes every table of the gateway)."""
-    with _SCHEMA_LOCK:
+    with _migration_lock(database_url):
         _in_thread(lambda: command.downgrade(alembic_config(database_url), revision))
 
 
@@ -118,7 +146,7 @@ def ensure_schema(database_url: str, *, upgrade_old: bool = False) -> str:
     A new, empty database is created at head. An older schema is upgraded only with
     `upgrade_old`; otherwise `SchemaOutOfDate` says to run `ollama-gateway migrate`.
     """
-    with _SCHEMA_LOCK:
+    with _migration_lock(database_url):
         return _ensure_schema(database_url, upgrade_old=upgrade_old)
 
 

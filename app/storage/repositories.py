@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import Insert, and_, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.tables import (
@@ -58,6 +59,33 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return _EPOCH + timedelta(microseconds=int(micros)), row_id
     except OverflowError as exc:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
+
+
+def upsert(
+    session: AsyncSession,
+    table: type[Base],
+    values: dict[str, Any],
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+) -> Insert:
+    """`INSERT ... ON CONFLICT (key) DO UPDATE SET update...` on SQLite and PostgreSQL.
+
+    One statement, so two writers racing for the same key both succeed (the last one
+    wins) instead of one failing on the unique constraint, as get-then-insert would.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        pg = postgresql.insert(table).values(**values)
+        return pg.on_conflict_do_update(
+            index_elements=list(key), set_={c: pg.excluded[c] for c in update}
+        )
+    if dialect == "sqlite":
+        lite = sqlite.insert(table).values(**values)
+        return lite.on_conflict_do_update(
+            index_elements=list(key), set_={c: lite.excluded[c] for c in update}
+        )
+    raise NotImplementedError(f"no upsert for the {dialect} dialect")
 
 
 @dataclass
@@ -198,16 +226,26 @@ class ModelConfigs:
         return (await self.session.scalars(query)).first()
 
     async def put(self, model: str, name: str, config: dict[str, Any]) -> str:
-        row = await self.get(model, name)
-        if row is None:
-            row = ModelConfig(id=new_id(), model=model, config_name=name, config=config)
-            self.session.add(row)
-        else:
-            row.config = config
-            row.updated_at = utc_now()
-        row.size_bytes = json_size(config)
-        await self.session.flush()
-        return row.id
+        """Store or replace the (model, name) config; returns the row's id (kept on replace)."""
+        now = utc_now()
+        statement = upsert(
+            self.session,
+            ModelConfig,
+            {
+                "id": new_id(),
+                "model": model,
+                "config_name": name,
+                "config": config,
+                "size_bytes": json_size(config),
+                "created_at": now,
+                "updated_at": now,
+            },
+            key=("model", "config_name"),
+            update=("config", "size_bytes", "updated_at"),
+        )
+        row_id = await self.session.scalar(statement.returning(ModelConfig.id))
+        assert row_id is not None
+        return str(row_id)
 
     async def all(self, models: Sequence[str] | None = None) -> Sequence[ModelConfig]:
         query = select(ModelConfig).order_by(ModelConfig.model, ModelConfig.config_name)
@@ -225,13 +263,14 @@ class GatewayConfigs:
         return dict(row.data) if row is not None else None
 
     async def put(self, data: dict[str, Any], name: str = "default") -> None:
-        row = await self.session.get(GatewayConfig, name)
-        if row is None:
-            self.session.add(GatewayConfig(name=name, data=data))
-        else:
-            row.data = data
-            row.updated_at = utc_now()
-        await self.session.flush()
+        statement = upsert(
+            self.session,
+            GatewayConfig,
+            {"name": name, "data": data, "updated_at": utc_now()},
+            key=("name",),
+            update=("data", "updated_at"),
+        )
+        await self.session.execute(statement)
 
 
 class Audit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -10,7 +11,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+from typer.testing import CliRunner
 
+from app.cli import cli
 from app.storage import migrations
 from app.storage.tables import Base
 
@@ -76,3 +79,33 @@ def test_an_out_of_date_schema_is_refused_unless_upgrading(empty_db_url: str) ->
         migrations.upgrade(empty_db_url, revisions[-2])
     with pytest.raises(migrations.SchemaOutOfDate, match="ollama-gateway migrate"):
         migrations.ensure_schema(empty_db_url)
+
+
+async def test_migration_functions_work_inside_a_running_loop(empty_db_url: str) -> None:
+    assert migrations.current_revision(empty_db_url) is None
+    assert not migrations.is_up_to_date(empty_db_url)
+    migrations.upgrade(empty_db_url)
+    assert migrations.current_revision(empty_db_url) == migrations.head_revision()
+    assert migrations.is_up_to_date(empty_db_url)
+
+
+def test_migrate_command_creates_the_database_and_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/not/yet/there/gateway.db"
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", url)
+    outcome = CliRunner().invoke(cli, ["migrate"])
+    assert outcome.exit_code == 0, outcome.output
+    assert f"empty -> {migrations.head_revision()}" in outcome.output
+    assert migrations.is_up_to_date(url)
+    again = CliRunner().invoke(cli, ["migrate"])
+    assert again.exit_code == 0 and "-> " + migrations.head_revision() in again.output
+
+
+def test_migrate_command_upgrades_postgresql_too(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", empty_db_url)
+    outcome = CliRunner().invoke(cli, ["migrate"])
+    assert outcome.exit_code == 0, outcome.output
+    assert migrations.is_up_to_date(empty_db_url)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from app.ollama import ModelExecutionResult, OutputManager
+
+T = TypeVar("T")
 
 
 def result(i: int = 0, *, success: bool = True, model: str = "llama3.1:8b") -> ModelExecutionResult:
@@ -36,6 +40,18 @@ def outputs(db_url: str) -> Iterator[OutputManager]:
     manager = OutputManager(database_url=db_url)
     yield manager
     manager.close()
+
+
+def in_loop(outputs: OutputManager, coro: Coroutine[Any, Any, T]) -> T:
+    """Run an async method on a fresh loop, then dispose that loop's engine."""
+
+    async def run() -> T:
+        try:
+            return await coro
+        finally:
+            await outputs.db.dispose()
+
+    return asyncio.run(run())
 
 
 def test_a_saved_result_comes_back_with_its_columns(outputs: OutputManager) -> None:
@@ -92,14 +108,14 @@ def test_batches_benchmarks_and_comparisons_store_their_runs(outputs: OutputMana
     assert all(r.metadata and r.metadata["batch_id"] == batch_id for r in runs)
     kinds = {r["type"]: r["id"] for r in outputs.list_saved_outputs(output_type="reports")}
     assert kinds == {"batch": batch_id, "benchmark": benchmark_id, "comparison": comparison_id}
-    batch = asyncio.run(outputs.aget_report("batch", batch_id))
+    batch = in_loop(outputs, outputs.aget_report("batch", batch_id))
     assert batch is not None and [r["prompt"] for r in batch["runs"]] == [
         "prompt 0",
         "prompt 1",
         "prompt 2",
     ]
     assert batch["succeeded"] == 3 and batch["name"] == "nightly"
-    bench = asyncio.run(outputs.aget_report("benchmark", benchmark_id))
+    bench = in_loop(outputs, outputs.aget_report("benchmark", benchmark_id))
     assert bench is not None and bench["report"]["avg_execution_time"] == 0.1
     assert [r["kind"] for r in bench["runs"]] == ["benchmark"]
 
@@ -139,22 +155,7 @@ def test_pages_walk_every_result_once_newest_first(outputs: OutputManager) -> No
             if cursor is None:
                 return seen
 
-    assert asyncio.run(walk()) == [f"prompt {i}" for i in reversed(range(7))]
-
-
-def test_two_hundred_concurrent_saves_are_all_kept(outputs: OutputManager) -> None:
-    async def save_all() -> set[str]:
-        ids = await asyncio.gather(
-            *(outputs.arecord_execution(result(i), kind="generate") for i in range(200))
-        )
-        return set(ids)
-
-    ids = asyncio.run(save_all())
-    assert len(ids) == 200
-    stored = outputs.list_saved_outputs(output_type="results")
-    assert {r["id"] for r in stored} == ids
-    assert sorted(r["prompt"] for r in stored) == sorted(f"prompt {i}" for i in range(200))
-    asyncio.run(outputs.db.dispose())
+    assert in_loop(outputs, walk()) == [f"prompt {i}" for i in reversed(range(7))]
 
 
 def test_text_a_database_cannot_hold_is_kept_with_replacement(outputs: OutputManager) -> None:
@@ -186,3 +187,85 @@ def test_a_default_manager_uses_gateway_database_url(
         assert manager.database_url == url and (tmp_path / "from-env.db").exists()
     finally:
         manager.close()
+
+
+def test_a_model_is_found_under_every_spelling_of_its_name(outputs: OutputManager) -> None:
+    outputs.save_execution_result(result(1, model="llama3.1"))
+    outputs.save_execution_result(result(2, model="library/llama3.1:latest"))
+    outputs.save_execution_result(result(3, model="llama3.1:8b"))
+    for spelling in ("llama3.1", "llama3.1:latest", "registry.ollama.ai/library/llama3.1"):
+        found = outputs.list_saved_outputs(spelling, output_type="results")
+        assert sorted(r["prompt"] for r in found) == ["prompt 1", "prompt 2"], spelling
+    outputs.save_model_config("llama3.1", {"temperature": 0.3})
+    assert outputs.load_model_config("library/llama3.1:latest") == {"temperature": 0.3}
+    [config] = outputs.list_saved_outputs("llama3.1", output_type="configs")
+    assert config["model"] == "llama3.1:latest"
+
+
+def test_reports_of_a_model_include_comparisons_and_batches_with_its_runs(
+    outputs: OutputManager,
+) -> None:
+    comparison = {
+        "results": {m: result(i, model=m).to_dict() for i, m in enumerate(["a:1b", "b:1b"])},
+        "summary": {"prompt": "p"},
+    }
+    comparison_id = outputs.save_model_comparison(comparison)
+    batch_id = outputs.save_batch_results([result(1, model="b:1b"), result(2, model="c:1b")], "mix")
+    outputs.save_benchmark_report({"individual_results": []}, "a:1b")
+    of_b = {r["id"] for r in outputs.list_saved_outputs("b:1b", output_type="reports")}
+    assert of_b == {comparison_id, batch_id}
+    assert {r["type"] for r in outputs.list_saved_outputs("a:1b", output_type="reports")} == {
+        "comparison",
+        "benchmark",
+    }
+    assert outputs.list_saved_outputs("d:1b", output_type="reports") == []
+
+
+def test_times_are_utc_and_filters_take_any_offset(outputs: OutputManager) -> None:
+    result_id = outputs.save_execution_result(result(1))
+    stored = outputs.get_result(result_id)
+    assert stored is not None
+    created = datetime.fromisoformat(stored["created_at"])
+    assert created.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - created) < timedelta(minutes=1)
+    east, west = timezone(timedelta(hours=5)), timezone(timedelta(hours=-5))
+    before = (created - timedelta(seconds=30)).astimezone(east)
+    after = (created + timedelta(seconds=30)).astimezone(west)
+
+    async def ids(**where: datetime) -> list[str]:
+        page, _ = await outputs.alist_results(**where)
+        return [r["id"] for r in page]
+
+    assert in_loop(outputs, ids(since=before)) == [result_id]
+    assert in_loop(outputs, ids(since=after)) == []
+    assert in_loop(outputs, ids(until=after)) == [result_id]
+    assert in_loop(outputs, ids(since=before.replace(tzinfo=None) - timedelta(hours=5))) == [
+        result_id
+    ]
+
+
+def test_a_result_is_fetched_and_deleted_by_id(outputs: OutputManager) -> None:
+    result_id = outputs.save_execution_result(result(1))
+    fetched = outputs.get_result(result_id)
+    assert fetched is not None and fetched["prompt"] == "prompt 1"
+    assert outputs.delete_result(result_id)
+    assert outputs.get_result(result_id) is None
+    assert not outputs.delete_result(result_id)
+
+
+def test_the_audit_log_keeps_who_did_what(outputs: OutputManager) -> None:
+    async def record_and_list() -> list[dict[str, Any]]:
+        await outputs.arecord_audit(
+            actor="alice", action="config.update", target="default", outcome="ok"
+        )
+        await outputs.arecord_audit(
+            actor="bob", action="results.cleanup", target=None, outcome="ok", duration_ms=3.5
+        )
+        return await outputs.alist_audit()
+
+    entries = in_loop(outputs, record_and_list())
+    assert [(e["actor"], e["action"]) for e in entries] == [
+        ("bob", "results.cleanup"),
+        ("alice", "config.update"),
+    ]
+    assert entries[0]["duration_ms"] == 3.5 and entries[1]["target"] == "default"
