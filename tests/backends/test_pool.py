@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.backends import BackendPool, BackendUnavailable
+from app.backends import BackendError, BackendPool, BackendUnavailable
 from app.ollama import same_model
 from tests.support.servers import running_emulator
 
@@ -28,11 +28,15 @@ async def test_picks_the_backend_that_has_the_model(
     await pool.aclose()
 
 
-async def test_an_unknown_model_goes_to_the_first_healthy_backend(
+async def test_an_unknown_model_is_a_404_naming_close_names(
     emulator_url: str, second_emulator: str, down_url: str
 ) -> None:
     pool = BackendPool([down_url, second_emulator, emulator_url])
-    assert (await pool.pick("nonexistent")).base_url == second_emulator
+    # No backend has it: a 404 that names the close names, rather than a guess.
+    with pytest.raises(BackendError) as caught:
+        await pool.pick("phi3:mni")
+    assert caught.value.status == 404 and "close names: phi3:mini" in str(caught.value)
+    assert (await pool.pick(None)).base_url == second_emulator, "no model: first healthy"
     await pool.aclose()
 
 

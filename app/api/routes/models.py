@@ -81,6 +81,11 @@ async def delete_model(
     ),
 ) -> Response:
     """Remove a model from every backend that has it (or from `backend` only)."""
+    if backend is not None:
+        try:
+            manager.pool.targets(backend)
+        except ValueError as exc:
+            raise ApiError(404, "Backend not found", str(exc)) from exc
     if not await manager.adelete_model(name, backend=backend):
         raise ApiError(404, "Model not found", f"model '{name}' is not installed on any backend")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -83,13 +83,17 @@ def _job(jobs: Jobs, pull_id: str) -> Job:
     operation_id="start_pull",
     response_model=PullOut,
     status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"model": Problem, "description": "No backend of that name."}},
 )
 async def start_pull(body: PullRequest, services: ServicesDep) -> PullOut:
     """Start pulling a model in the background; follow it at `/gateway/pulls/{id}/events`."""
     model = normalize_model_name(body.model)
     manager = services.manager
     if body.backend is not None:
-        manager.pool.targets(body.backend)  # an unknown backend is a 422 now, not a failed job
+        try:
+            manager.pool.targets(body.backend)  # an unknown backend: 404 now, not a failed job
+        except ValueError as exc:
+            raise ApiError(404, "Backend not found", str(exc)) from exc
 
     async def pull(job: Job) -> bool:
         def on_progress(line: dict[str, Any]) -> None:
