@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from app.ollama import ModelRunner, OllamaManager, OutputManager
@@ -56,3 +58,36 @@ def test_runner_batches_and_benchmarks_are_stored_with_their_runs(
     kinds = sorted(r["kind"] for r in outputs.list_saved_outputs(output_type="results"))
     assert kinds == ["batch_item"] * 3 + ["benchmark"] * 2 + ["comparison"] * 2
     assert all(r.metadata and r.metadata["batch_id"] == reports["batch"]["id"] for r in batch)
+
+
+def test_a_streamed_run_is_stored_once_it_ends(
+    stored: tuple[OllamaManager, OutputManager],
+) -> None:
+    manager, outputs = stored
+    pieces: list[str] = []
+    streamed = ModelRunner(manager).run_streaming(
+        "llama3.1:8b", "Tell me a story.", chunk_callback=lambda c: pieces.append(c.content)
+    )
+    assert streamed.success and streamed.metadata is not None
+    [row] = outputs.list_saved_outputs(output_type="results")
+    assert row["id"] == streamed.metadata["result_id"]
+    assert row["kind"] == "stream" and row["response"] == "".join(pieces) == streamed.response
+    assert row["backend"] and row["metadata"]["chunks"] >= 1
+
+
+async def test_a_stream_left_early_is_stored_as_cancelled_with_its_partial_text(
+    stored: tuple[OllamaManager, OutputManager], emulator_url: str
+) -> None:
+    manager, outputs = stored
+    async with httpx.AsyncClient() as client:
+        faults = await client.post(f"{emulator_url}/_emulator/faults", json={"token_delay_ms": 30})
+        faults.raise_for_status()
+    stream = ModelRunner(manager).async_generate_stream("llama3.1:8b", "Write a long essay.")
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        first = await anext(aiter(stream))
+    assert not first.done
+    await manager.aclose()
+    await outputs.aclose()
+    [row] = outputs.list_saved_outputs(output_type="results")
+    assert row["status"] == "cancelled" and not row["success"] and row["kind"] == "stream"
+    assert row["metadata"]["partial_response"].startswith(first.content)
