@@ -32,7 +32,20 @@ MODEL_CONFIG_NAME = "default"
 
 @dataclass
 class OllamaConfig:
-    """What users change at run time; `GATEWAY_*` settings give the defaults."""
+    """What users change at run time; `GATEWAY_*` settings give the defaults.
+
+    - `default_model`: the model used when a request names none; `validate_config` checks
+      that a reachable backend has it.
+    - `backends`: Ollama base URLs (default `GATEWAY_BACKENDS`).
+    - `timeout`: seconds a run may take in all (default `GATEWAY_REQUEST_TIMEOUT`);
+      `connect_timeout`: seconds to open a connection (default `GATEWAY_CONNECT_TIMEOUT`).
+    - `auto_start_server`: start `ollama serve` when no server answers.
+    - `use_http_api`: False is the seed's CLI mode (the `ollama_binary` as a subprocess).
+    - `max_concurrent`: default concurrency of batches.
+    - `retention_days`: age past which cleanup removes stored outputs.
+    - `model_defaults`: per-model default options, e.g. `{"llama3.1:8b": {"temperature": 0.2}}`
+      (a stored per-model config, `save_model_config`, takes precedence).
+    """
 
     default_model: str = "llama3.1:latest"
     backends: list[str] = field(default_factory=lambda: ["http://127.0.0.1:11434"])
@@ -247,7 +260,16 @@ class ConfigManager(DatabaseUser):
     # -- presets ---------------------------------------------------------------------
 
     def get_execution_presets(self) -> dict[str, ExecutionOptions]:
-        """fast, creative, balanced, precise and long_form (see EXECUTION_PRESETS)."""
+        """The presets, as fresh copies a caller may change:
+
+        - fast: temperature 0.3, top_p 0.8, top_k 20, max_tokens 256, timeout 60 s;
+        - creative: temperature 0.9, top_p 0.95, top_k 80, repeat_penalty 1.05,
+          max_tokens 1024;
+        - balanced: the ExecutionOptions defaults (0.7, 0.9, 40, 1.1, 2048 tokens);
+        - precise: temperature 0.1, top_p 0.5, top_k 10, repeat_penalty 1.15,
+          max_tokens 1024;
+        - long_form: max_tokens 4096, context_window 8192, timeout 600 s.
+        """
         return {name: ExecutionOptions(**asdict(opts)) for name, opts in EXECUTION_PRESETS.items()}
 
     # -- import and export -----------------------------------------------------------
