@@ -102,7 +102,7 @@ def test_migrate_command_creates_the_database_and_its_directory(
     assert again.exit_code == 0 and "-> " + migrations.head_revision() in again.output
 
 
-def test_migrate_command_upgrades_postgresql_too(
+def test_migrate_command_upgrades_an_empty_database(
     empty_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GATEWAY_DATABASE_URL", empty_db_url)
