@@ -239,6 +239,15 @@ class OllamaManager:
 
     # -- backends --------------------------------------------------------------------
 
+    async def amodel_locations(self) -> dict[str, list[str]]:
+        """Which backends (by name) have each model, keyed by the normalised model name."""
+        await self.pool.refresh_stale(force=len(self.pool.states) == 1)
+        where: dict[str, list[str]] = {}
+        for state in self.pool.states:
+            for name in state.models or []:
+                where.setdefault(model_key(name), []).append(state.spec.name)
+        return where
+
     async def abackend_status(self) -> list[dict[str, Any]]:
         """Each backend's health (`url`, `healthy`, `version`, `models`, `error`) and load
         (`name`, `circuit`, `outstanding`, `queued`, `max_concurrency`, `loaded`, ...).

@@ -7,13 +7,14 @@ import httpx
 PROBLEM = "application/problem+json"
 
 
-async def test_lists_the_backends_models(client: httpx.AsyncClient) -> None:
+async def test_lists_the_backends_models(client: httpx.AsyncClient, emulator_url: str) -> None:
     r = await client.get("/gateway/models")
     assert r.status_code == 200
     names = {m["name"] for m in r.json()}
     assert {"llama3.1:8b", "qwen2.5:0.5b", "nomic-embed-text:latest"} <= names
     llama = next(m for m in r.json() if m["name"] == "llama3.1:8b")
     assert llama["family"] == "llama" and llama["format"] == "gguf"
+    assert llama["backends"] == [emulator_url.removeprefix("http://")]
     assert len(llama["id"]) == 12 and llama["size"] > 0
 
 

@@ -212,3 +212,15 @@ async def test_pulls_and_deletes_target_one_backend_or_all() -> None:
         with pytest.raises(ValueError, match="no backend named"):
             await manager.adownload_model("phi3:mini", backend="middle")
         await manager.aclose()
+
+
+async def test_model_locations_name_every_backend_that_has_it() -> None:
+    with (
+        running_emulator(models=["llama3.1:8b"]) as a,
+        running_emulator(models=["llama3.1:8b", "qwen2.5:0.5b"]) as b,
+    ):
+        manager = manager_for([f"left={a}", f"right={b}"])
+        where = await manager.amodel_locations()
+        assert where["llama3.1:8b"] == ["left", "right"]
+        assert where["qwen2.5:0.5b"] == ["right"]
+        await manager.aclose()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Query, Response, status
 from app.api.deps import ConfigDep, ManagerDep
 from app.api.errors import ApiError, Problem
 from app.api.schemas.models import ModelOut, ModelStats
+from app.ollama import model_key
 
 router = APIRouter(prefix="/gateway/models", tags=["models"])
 
@@ -23,7 +24,9 @@ async def list_models(
     refresh: bool = Query(default=False, description="Ask the backends again, skipping the cache."),
 ) -> list[ModelOut]:
     """The models installed on the backends (cached for a few seconds)."""
-    return [ModelOut.from_model(m) for m in await manager.alist_models(force_refresh=refresh)]
+    models = await manager.alist_models(force_refresh=refresh)
+    where = await manager.amodel_locations()
+    return [ModelOut.from_model(m, where.get(model_key(m.name))) for m in models]
 
 
 @router.get("/stats", operation_id="get_model_stats", response_model=ModelStats)
@@ -64,7 +67,8 @@ async def get_model(name: str, manager: ManagerDep) -> ModelOut:
     model = await manager.aget_model_by_name(name)
     if model is None:
         raise ApiError(404, "Model not found", f"model '{name}' is not installed on any backend")
-    return ModelOut.from_model(model)
+    where = await manager.amodel_locations()
+    return ModelOut.from_model(model, where.get(model_key(model.name)))
 
 
 @router.delete(

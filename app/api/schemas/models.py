@@ -20,10 +20,13 @@ class ModelOut(BaseModel):
     family: str | None = Field(default=None, examples=["llama"])
     format: str | None = Field(default=None, examples=["gguf"])
     status: str = "available"
+    backends: list[str] = Field(
+        default_factory=list, description="The backends (by name) that have the model."
+    )
 
     @classmethod
-    def from_model(cls, model: OllamaModel) -> ModelOut:
-        return cls(**model.to_dict())
+    def from_model(cls, model: OllamaModel, backends: list[str] | None = None) -> ModelOut:
+        return cls(**model.to_dict(), backends=backends or [])
 
 
 class ModelStats(BaseModel):
