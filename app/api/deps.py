@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from app.api.errors import ApiError
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.settings import Settings
 
@@ -59,3 +60,13 @@ ManagerDep = Annotated[OllamaManager, Depends(get_manager)]
 RunnerDep = Annotated[ModelRunner, Depends(get_runner)]
 OutputsDep = Annotated[OutputManager, Depends(get_outputs)]
 ConfigDep = Annotated[ConfigManager, Depends(get_config)]
+
+
+def require_backend(manager: OllamaManager, backend: str | None) -> None:
+    """404 for a backend name or URL that is not configured (None means "any")."""
+    if backend is None:
+        return
+    try:
+        manager.check_backend(backend)
+    except ValueError as exc:
+        raise ApiError(404, "Backend not found", str(exc)) from exc

@@ -17,10 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.ollama import (
-    BackendBusy,
     BackendError,
-    BackendTimeout,
-    BackendUnavailable,
     ModelExecutionResult,
 )
 
@@ -212,14 +209,8 @@ def failed_run_problem(result: ModelExecutionResult) -> ApiError:
 
 async def _backend_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BackendError)
-    kind = (
-        "BackendUnavailable"
-        if isinstance(exc, BackendUnavailable | BackendBusy)
-        else "BackendTimeout"
-        if isinstance(exc, BackendTimeout)
-        else type(exc).__name__
-    )
-    return await _api_error(_, backend_problem(kind, exc.status, str(exc)))
+    # The class name is the kind backend_problem maps (BackendUnavailable, BackendBusy, ...).
+    return await _api_error(_, backend_problem(type(exc).__name__, exc.status, str(exc)))
 
 
 def install_error_handlers(app: FastAPI) -> None:

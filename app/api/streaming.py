@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.errors import failed_run_problem
+from app.api.jobs import Job, Jobs
 from app.api.openapi import sse_response
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import ChunkEvent, ErrorEvent
@@ -100,3 +102,20 @@ async def stream_response(chunks: AsyncIterator[StreamingChunk]) -> EventSourceR
         if chunk.done and chunk.result is not None and not chunk.result.success:
             raise failed_run_problem(chunk.result)
     return EventSourceResponse(_events(first, chunks), ping=PING_SECONDS)
+
+
+def job_events(
+    jobs: Jobs,
+    job: Job,
+    done: Callable[[], BaseModel],
+    keep: Callable[[dict[str, Any]], bool] = lambda event: True,
+) -> EventSourceResponse:
+    """A job's events as SSE: `progress` for each kept event, then one `done` event."""
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        async for event in jobs.follow(job):
+            if keep(event):
+                yield _event("progress", event)
+        yield ServerSentEvent(data=done().model_dump_json(), event="done")
+
+    return EventSourceResponse(events(), ping=PING_SECONDS)

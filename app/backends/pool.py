@@ -206,6 +206,11 @@ class BackendPool:
         state.inventory_at = time.monotonic()
         self.record_success(state)
 
+    def mark_stale(self) -> None:
+        """Forget every inventory's age (after a pull or delete changed what is installed)."""
+        for state in self.states:
+            state.inventory_at = 0.0
+
     async def refresh_stale(self, *, force: bool = False) -> None:
         now = time.monotonic()
         stale = [

@@ -239,9 +239,16 @@ class OllamaManager:
 
     # -- backends --------------------------------------------------------------------
 
-    async def amodel_locations(self) -> dict[str, list[str]]:
-        """Which backends (by name) have each model, keyed by the normalised model name."""
-        await self.pool.refresh_stale(force=len(self.pool.states) == 1)
+    def check_backend(self, backend: str) -> None:
+        """Raise ValueError unless `backend` is a configured backend's name or URL, or "all"."""
+        self.pool.targets(backend)
+
+    async def amodel_locations(self, force_refresh: bool = False) -> dict[str, list[str]]:
+        """Which backends (by name) have each model, keyed by the normalised model name.
+
+        The pool's inventory is reused for `inventory_ttl` seconds unless `force_refresh`.
+        """
+        await self.pool.refresh_stale(force=force_refresh)
         where: dict[str, list[str]] = {}
         for state in self.pool.states:
             for name in state.models or []:
@@ -396,6 +403,7 @@ class OllamaManager:
                 progress_callback({"error": str(exc)})
             return False
         self._models_cache = None
+        self.pool.mark_stale()
         return True
 
     async def _pull_http(
@@ -445,6 +453,7 @@ class OllamaManager:
             raise
         finally:
             self._models_cache = None
+            self.pool.mark_stale()
         return deleted
 
     # -- runs ------------------------------------------------------------------------

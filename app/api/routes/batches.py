@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from app.api.deps import OutputsDep, RunnerDep, ServicesDep
 from app.api.errors import ApiError, Problem
@@ -20,7 +18,7 @@ from app.api.routes.generate import RUN_ERRORS
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import BatchJobOut, BatchOut, BatchProgress, BatchRequest
 from app.api.schemas.stored import ReportDetail, ReportPage
-from app.api.streaming import PING_SECONDS
+from app.api.streaming import job_events
 from app.ollama import ModelExecutionResult
 from app.ollama.outputs import CURSOR_PATTERN
 
@@ -155,13 +153,7 @@ async def get_batch_job(job_id: str, services: ServicesDep) -> BatchJobOut:
 async def follow_batch_job(job_id: str, services: ServicesDep) -> EventSourceResponse:
     """Progress of a background batch, from its start; ends with a `done` event."""
     job = _job(services, job_id)
-
-    async def events() -> AsyncIterator[ServerSentEvent]:
-        async for event in services.jobs.follow(job):
-            yield ServerSentEvent(data=json.dumps(event), event="progress")
-        yield ServerSentEvent(data=job_out(job).model_dump_json(), event="done")
-
-    return EventSourceResponse(events(), ping=PING_SECONDS)
+    return job_events(services.jobs, job, lambda: job_out(job))
 
 
 @router.get("", operation_id="list_batches", response_model=ReportPage)

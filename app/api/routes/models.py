@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from app.api.deps import ConfigDep, ManagerDep
+from app.api.deps import ConfigDep, ManagerDep, require_backend
 from app.api.errors import ApiError, Problem
 from app.api.schemas.models import ModelOut, ModelStats
 from app.ollama import model_key
@@ -25,7 +25,7 @@ async def list_models(
 ) -> list[ModelOut]:
     """The models installed on the backends (cached for a few seconds)."""
     models = await manager.alist_models(force_refresh=refresh)
-    where = await manager.amodel_locations()
+    where = await manager.amodel_locations(force_refresh=refresh)
     return [ModelOut.from_model(m, where.get(model_key(m.name))) for m in models]
 
 
@@ -85,11 +85,7 @@ async def delete_model(
     ),
 ) -> Response:
     """Remove a model from every backend that has it (or from `backend` only)."""
-    if backend is not None:
-        try:
-            manager.pool.targets(backend)
-        except ValueError as exc:
-            raise ApiError(404, "Backend not found", str(exc)) from exc
+    require_backend(manager, backend)
     if not await manager.adelete_model(name, backend=backend):
         raise ApiError(404, "Model not found", f"model '{name}' is not installed on any backend")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
-from app.api.deps import ServicesDep
+from app.api.deps import ServicesDep, require_backend
 from app.api.errors import ApiError, Problem
 from app.api.jobs import Job, Jobs, JobStatus
 from app.api.openapi import sse_response
 from app.api.schemas.common import MODEL_NAME, Schema
-from app.api.streaming import PING_SECONDS
+from app.api.streaming import job_events
 from app.ollama import normalize_model_name
 
 router = APIRouter(prefix="/gateway/pulls", tags=["pulls"])
@@ -89,11 +87,7 @@ async def start_pull(body: PullRequest, services: ServicesDep) -> PullOut:
     """Start pulling a model in the background; follow it at `/gateway/pulls/{id}/events`."""
     model = normalize_model_name(body.model)
     manager = services.manager
-    if body.backend is not None:
-        try:
-            manager.pool.targets(body.backend)  # an unknown backend: 404 now, not a failed job
-        except ValueError as exc:
-            raise ApiError(404, "Backend not found", str(exc)) from exc
+    require_backend(manager, body.backend)  # an unknown backend: 404 now, not a failed job
 
     async def pull(job: Job) -> bool:
         def on_progress(line: dict[str, Any]) -> None:
@@ -127,14 +121,8 @@ async def get_pull(pull_id: str, services: ServicesDep) -> PullOut:
 )
 async def follow_pull(pull_id: str, services: ServicesDep) -> EventSourceResponse:
     """Progress of a pull as server-sent events, from its start; ends with a `done` event."""
-    jobs = services.jobs
-    job = _job(jobs, pull_id)
-
-    async def events() -> AsyncIterator[ServerSentEvent]:
-        async for line in jobs.follow(job):
-            if "error" not in line:
-                yield ServerSentEvent(data=json.dumps(line), event="progress")
-        final = PullOut.from_job(job).model_dump(mode="json")
-        yield ServerSentEvent(data=json.dumps(final), event="done")
-
-    return EventSourceResponse(events(), ping=PING_SECONDS)
+    job = _job(services.jobs, pull_id)
+    # A failure's {"error": ...} line is not progress: the `done` event carries the error.
+    return job_events(
+        services.jobs, job, lambda: PullOut.from_job(job), keep=lambda line: "error" not in line
+    )
