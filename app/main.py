@@ -26,6 +26,8 @@ from app.api.routes import (
     generate,
     health,
     models,
+    ollama_api,
+    openai_api,
     pulls,
     results,
 )
@@ -41,7 +43,9 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """\
 A gateway in front of one or more Ollama servers.
 
-`/gateway/*` is the gateway's own API (this document). Errors are RFC 9457 problem
+`/gateway/*` is the gateway's own API (this document). The gateway also serves Ollama's
+own API at `/api/*` and the OpenAI API at `/v1/*` (chat/completions, completions,
+embeddings, models), described by those projects' documents rather than this one. Errors are RFC 9457 problem
 details (`application/problem+json`). Streamed runs are server-sent events: `chunk`
 events, then exactly one `result` or `error` event.
 """
@@ -127,4 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         backends,
     ):
         app.include_router(module.router, responses=COMMON_ERRORS)
+    # The drop-in surfaces: the OpenAI API, then Ollama's (its catch-all route goes last).
+    app.include_router(openai_api.router)
+    app.include_router(ollama_api.router)
     return app

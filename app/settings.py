@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     health_interval: float = Field(
         default=10.0, gt=0, description="Seconds between background backend health checks."
     )
+    store_ollama_api: bool = Field(
+        default=True,
+        description="Store generations and chats that come through Ollama's API (`/api`).",
+    )
+    store_openai_api: bool = Field(
+        default=True,
+        description="Store completions and chats that come through the OpenAI API (`/v1`).",
+    )
     auto_migrate: bool = Field(
         default=False,
         description="Upgrade the database schema at start instead of refusing to start.",

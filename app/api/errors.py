@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -99,9 +99,69 @@ def _status_title(status: int) -> str:
         return "Error"
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+def surface_of(request: Request) -> str | None:
+    """`ollama` for Ollama's API (`/api`), `openai` for the OpenAI API (`/v1`), else None.
+
+    Clients of those two surfaces are other projects' SDKs, which read errors in their own
+    shapes; the gateway's own routes answer problem details.
+    """
+    path = request.url.path
+    if path == "/api" or path.startswith("/api/"):
+        return "ollama"
+    if path == "/v1" or path.startswith("/v1/"):
+        return "openai"
+    return None
+
+
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+def ollama_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Ollama's error shape: `{"error": "<message>"}`."""
+    return JSONResponse(
+        {"error": message},
+        status_code=status,
+        media_type="application/json; charset=utf-8",
+        headers=headers,
+    )
+
+
+def openai_error(
+    status: int, message: str, headers: dict[str, str] | None = None, *, param: str | None = None
+) -> JSONResponse:
+    """The OpenAI API's error shape (`error.message`, `type`, `param`, `code`)."""
+    kind = OPENAI_ERROR_TYPES.get(status)
+    if kind is None:
+        kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+            status, "invalid_request_error" if 400 <= status < 500 else "api_error"
+        )
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_response(
+    request: Request,
+    status: int,
+    title: str,
+    detail: str | None = None,
+    **problem: Any,
+) -> JSONResponse:
+    """An error in the shape the request's surface uses (see `surface_of`)."""
+    surface = surface_of(request)
+    headers = problem.get("headers")
+    if surface is not None and status == 422:
+        status = 400  # both APIs answer a malformed request with 400
+    if surface == "ollama":
+        return ollama_error(status, detail or title, headers)
+    if surface == "openai":
+        return openai_error(status, detail or title, headers)
+    return problem_response(status, title, detail, **problem)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return problem_response(
+    return error_response(
+        request,
         exc.status,
         exc.title,
         exc.detail,
@@ -122,13 +182,18 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)
-    return problem_response(
+    if surface_of(request) == "ollama" and exc.status_code in (404, 405):
+        # gin's own plain-text answers for an unknown path or method
+        text = "404 page not found" if exc.status_code == 404 else "405 method not allowed"
+        return PlainTextResponse(text, status_code=exc.status_code, headers=headers or None)
+    return error_response(
+        request,
         exc.status_code,
         _status_title(exc.status_code),
         detail,
@@ -136,7 +201,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
         {
@@ -150,16 +215,18 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     detail = (
         f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else "invalid request"
     )
-    return problem_response(422, "Validation error", detail, errors=errors)
+    return error_response(request, 422, "Validation error", detail, errors=errors)
 
 
-async def _value_error(_: Request, exc: Exception) -> JSONResponse:
-    return problem_response(422, "Invalid request", str(exc))
+async def _value_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(request, 422, "Invalid request", str(exc))
 
 
-async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
-    return problem_response(500, "Internal error", "the gateway failed; the error was logged")
+    return error_response(
+        request, 500, "Internal error", "the gateway failed; the error was logged"
+    )
 
 
 RETRY_AFTER_SECONDS = "5"
@@ -207,10 +274,13 @@ def failed_run_problem(result: ModelExecutionResult) -> ApiError:
     )
 
 
-async def _backend_error(_: Request, exc: Exception) -> JSONResponse:
+async def _backend_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BackendError)
     # The class name is the kind backend_problem maps (BackendUnavailable, BackendBusy, ...).
-    return await _api_error(_, backend_problem(type(exc).__name__, exc.status, str(exc)))
+    problem = backend_problem(type(exc).__name__, exc.status, str(exc))
+    if surface_of(request) is not None and exc.status is not None and exc.status < 500:
+        problem.status = exc.status  # the backend's own 4xx, as Ollama would answer it
+    return await _api_error(request, problem)
 
 
 def install_error_handlers(app: FastAPI) -> None:

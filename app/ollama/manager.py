@@ -15,13 +15,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
-from app.backends.client import OllamaClient, RelayResponse
+from app.backends.client import OllamaClient
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
-from app.backends.pool import BackendPool
+from app.backends.pool import BackendPool, BackendState
 from app.ollama._execution import (
     ChunkCallback,
     RunSpec,
@@ -35,6 +36,7 @@ from app.ollama._sync import LoopThread
 from app.ollama.cli_mode import OllamaCli
 from app.ollama.names import model_key, normalize_model_name, same_model
 from app.ollama.options import plan_from_dict
+from app.ollama.relay import Relayed, RunRecorder
 from app.ollama.server_process import ServerProcess, is_local_url
 from app.ollama.types import ModelExecutionResult, OllamaModel
 from app.settings import Settings
@@ -744,6 +746,34 @@ class OllamaManager:
         result.metadata["result_id"] = result_id
         return result_id
 
+    async def aembed(
+        self,
+        model_name: str,
+        inputs: str | list[str],
+        *,
+        dimensions: int | None = None,
+        truncate: bool | None = None,
+    ) -> dict[str, Any]:
+        """Embeddings of `inputs` (`POST /api/embed` on a backend that has the model):
+        Ollama's reply, `embeddings` and `prompt_eval_count` among its keys."""
+        model_name = require_model_name(model_name)
+        extra: dict[str, Any] = {}
+        if dimensions is not None:
+            extra["dimensions"] = dimensions
+        if truncate is not None:
+            extra["truncate"] = truncate
+        await self._ensure_server()
+        state = self.pool.state_of(await self._pick(model_name))
+        async with self.pool.lease(state):
+            try:
+                reply = await state.client.embed(model_name, inputs, **extra)
+            except BackendError as exc:
+                if exc.status is None or exc.status >= 500:
+                    self.pool.record_failure(state, exc)
+                raise
+        self.pool.record_success(state)
+        return reply
+
     async def arelay(
         self,
         method: str,
@@ -752,16 +782,136 @@ class OllamaManager:
         model: str | None = None,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> RelayResponse:
+        record: RunSpec | None = None,
+        store_kind: str = "generate",
+    ) -> Relayed:
         """Forward one raw request to the backend that should serve `model`.
 
-        The narrow door for the Ollama-compatible `/api` passthrough: the reply comes back
-        unparsed (status, headers, streamed body) so the wire format stays Ollama's own.
-        Transport failures raise `BackendError`; error statuses are returned as they are.
+        The door for the Ollama-compatible `/api` surface: the reply comes back unparsed
+        (status, headers, streamed body), so the wire format stays Ollama's own. Routing
+        is the pool's; a backend that fails before answering (no connection, 5xx, full
+        queue) is given up for the next, at most `MAX_ATTEMPTS` in all. A model no backend
+        has goes to any healthy backend, which answers in Ollama's own words. With
+        `record` (see `relay.spec_of_body`) a generate or chat reply is read on the side
+        and the run stored as `store_kind`. Raises `BackendError` when no backend answers.
         """
         await self._ensure_server()
-        client = await self._pick(model)
-        return await client.relay(method, path, content=content, headers=headers)
+        try:
+            candidates = await self.pool.candidates(model, has_model=same_model)
+        except BackendError as exc:
+            if exc.status != 404:
+                raise
+            candidates = await self.pool.candidates(None)
+        attempts = candidates[:MAX_ATTEMPTS]
+        for attempt, state in enumerate(attempts):
+            last = attempt == len(attempts) - 1
+            stack = contextlib.AsyncExitStack()
+            try:
+                await stack.enter_async_context(self.pool.lease(state))
+                reply = await state.client.relay(method, path, content=content, headers=headers)
+            except BackendError as exc:
+                await stack.aclose()
+                if not isinstance(exc, BackendBusy):
+                    self.pool.record_failure(state, exc)
+                if last:
+                    raise
+                continue
+            stack.push_async_callback(reply.aclose)
+            if reply.status >= 500 and not last:
+                await stack.aclose()
+                self.pool.record_failure(
+                    state, BackendError(f"HTTP {reply.status}", status=reply.status)
+                )
+                continue
+            if reply.status < 500:
+                self.pool.record_success(state)
+            body: AsyncIterator[bytes] = reply.body
+            if record is not None and record.kind in ("generate", "chat"):
+                recorder = RunRecorder(
+                    record,
+                    reply.status,
+                    build=partial(self._build_result, mode="relay", backend=[state.spec.url]),
+                    store=partial(self.store_result, kind=store_kind),
+                )
+                body = recorder.tee(body)
+            return Relayed(
+                status=reply.status,
+                headers=reply.headers,
+                body=_released(body, stack),
+                backend=state.spec.name,
+                _closers=[stack.aclose],
+            )
+        raise BackendUnavailable("no backend to relay to")  # unreachable: candidates is non-empty
+
+    async def arelay_each(
+        self,
+        method: str,
+        path: str,
+        *,
+        model: str,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[tuple[str, int, dict[str, str], bytes]]:
+        """Send one request to every backend that has `model` (a delete, a copy).
+
+        Returns `(backend, status, headers, body)` per backend. When none has the model,
+        the request goes to one backend, whose own error is returned.
+        """
+        await self._ensure_server()
+        await self.pool.refresh_stale(force=True)
+        holders = [
+            s
+            for s in self.pool.states
+            if s.available and any(same_model(m, model) for m in s.models or [])
+        ]
+        if not holders:
+            holders = (await self.pool.candidates(None))[:1]
+
+        async def one(state: BackendState) -> tuple[str, int, dict[str, str], bytes]:
+            async with self.pool.lease(state):
+                reply = await state.client.relay(method, path, content=content, headers=headers)
+                relayed = Relayed(reply.status, reply.headers, reply.body, state.spec.name)
+                return state.spec.name, reply.status, reply.headers, await relayed.read()
+
+        try:
+            return list(await asyncio.gather(*(one(s) for s in holders)))
+        finally:
+            self._models_cache = None
+            self.pool.mark_stale()
+
+    async def aunion(self, listing: Literal["tags", "ps"]) -> list[dict[str, Any]]:
+        """`/api/tags` or `/api/ps` of every backend, merged by model name (first wins).
+
+        Backends that do not answer within `Settings.health_timeout` are left out;
+        `BackendError` when none answers.
+        """
+        states = self.pool.states
+
+        async def one(state: BackendState) -> list[dict[str, Any]]:
+            async with asyncio.timeout(self.settings.health_timeout):
+                if listing == "tags":
+                    return await state.client.tags(timeout=self.settings.health_timeout)
+                return await state.client.ps()
+
+        answers = await asyncio.gather(*(one(s) for s in states), return_exceptions=True)
+        merged: dict[str, dict[str, Any]] = {}
+        errors: list[str] = []
+        for state, answer in zip(states, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, BackendError | TimeoutError):
+                    raise answer
+                errors.append(f"{state.spec.name}: {answer or 'timed out'}")
+                continue
+            for entry in answer:
+                merged.setdefault(model_key(str(entry.get("name") or entry.get("model"))), entry)
+        if errors and len(errors) == len(states):
+            raise BackendUnavailable("no backend answered: " + "; ".join(errors))
+        return list(merged.values())
+
+    def mark_inventory_stale(self) -> None:
+        """Forget cached model lists (after a pull, delete or copy that went around them)."""
+        self._models_cache = None
+        self.pool.mark_stale()
 
     @staticmethod
     def normalize_model_name(model_name: str) -> str:
@@ -778,3 +928,17 @@ def _tag_progress(callback: ProgressCallback | None, backend: str) -> ProgressCa
         callback({**line, "backend": backend})
 
     return tagged
+
+
+async def _released(
+    body: AsyncIterator[bytes], stack: contextlib.AsyncExitStack
+) -> AsyncIterator[bytes]:
+    """`body`, then the backend's connection and request slot given back."""
+    try:
+        async for piece in body:
+            yield piece
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await stack.aclose()

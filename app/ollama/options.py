@@ -68,10 +68,12 @@ class RequestPlan:
     keep_alive: str | int | float | None = None
     timeout: float | None = None
     stream: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other request fields passed on as they are (`tools`, `think`, `suffix`, ...)."""
 
     def request_fields(self) -> dict[str, Any]:
         """The body fields besides model and prompt/messages (`options`, `format`, ...)."""
-        body: dict[str, Any] = {}
+        body: dict[str, Any] = dict(self.extra)
         if self.options:
             body["options"] = dict(self.options)
         if self.format is not None:
@@ -89,6 +91,7 @@ class RequestPlan:
             "keep_alive": self.keep_alive,
             "timeout": self.timeout,
             "stream": self.stream,
+            **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
 

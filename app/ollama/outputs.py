@@ -77,6 +77,7 @@ def execution_row(
     row = Execution(
         id=new_id(),
         kind=kind,
+        surface=str(meta.get("surface") or "gateway"),
         model=clean_text(result.model_name),
         backend=_str_or_none(meta.get("backend")),
         prompt=clean_text(result.prompt),
@@ -109,6 +110,7 @@ def execution_dict(row: Execution) -> dict[str, Any]:
     return {
         "id": row.id,
         "kind": row.kind,
+        "surface": row.surface,
         "model_name": row.model,
         "prompt": row.prompt,
         "response": row.response,
@@ -348,6 +350,7 @@ class OutputManager(DatabaseUser):
         *,
         model: str | None = None,
         kind: str | None = None,
+        surface: str | None = None,
         success: bool | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
@@ -363,6 +366,7 @@ class OutputManager(DatabaseUser):
         where = ExecutionFilter(
             models=model_spellings(model) if model is not None else None,
             kind=kind,
+            surface=surface,
             success=success,
             since=since,
             until=until,

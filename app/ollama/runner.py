@@ -19,6 +19,7 @@ from typing import Any
 
 from app.ollama._execution import (
     ChunkCallback,
+    Kind,
     RunSpec,
     require_model_name,
     require_prompt,
@@ -26,7 +27,7 @@ from app.ollama._execution import (
 )
 from app.ollama._store import ResultStore
 from app.ollama.manager import OllamaManager
-from app.ollama.options import plan_from_execution_options
+from app.ollama.options import RequestPlan, plan_from_execution_options
 from app.ollama.types import ExecutionOptions, ModelExecutionResult, StreamingChunk
 
 __all__ = ["CONTEXT_TEMPLATE", "ModelRunner", "build_context_prompt"]
@@ -337,6 +338,41 @@ class ModelRunner:
         return self.manager.run_sync(  # type: ignore[no-any-return]
             self.manager.execute(spec, save_output=save_output, store_kind="chat")
         )
+
+    def request_spec(
+        self,
+        kind: Kind,
+        model_name: str,
+        *,
+        plan: RequestPlan,
+        prompt: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        surface: str = "gateway",
+    ) -> RunSpec:
+        """A validated run of a request already translated to Ollama's terms (`plan`),
+        filed under the API it came through (`surface`: gateway, ollama or openai)."""
+        if kind == "generate":
+            spec = RunSpec(
+                kind="generate",
+                model=require_model_name(model_name),
+                prompt=require_prompt(prompt),
+                plan=plan,
+            )
+        else:
+            spec = self._chat_spec(model_name, list(messages or []), None)
+            spec.plan = plan
+        spec.metadata["surface"] = surface
+        return spec
+
+    async def arun_spec(self, spec: RunSpec, *, save_output: bool = True) -> ModelExecutionResult:
+        """Run a `request_spec` to its result (stored as its kind)."""
+        return await self.manager.execute(spec, save_output=save_output, store_kind=spec.kind)
+
+    def astream_spec(
+        self, spec: RunSpec, *, save_output: bool = True
+    ) -> AsyncIterator[StreamingChunk]:
+        """Stream a `request_spec`: the chunks of `async_generate_stream`."""
+        return self._stream(spec, save_output=save_output, store_kind="stream")
 
     async def async_chat(
         self,

@@ -93,6 +93,7 @@ class ExecutionFilter:
     models: Sequence[str] | None = None
     """Any of these names (the spellings of one model)."""
     kind: str | None = None
+    surface: str | None = None
     success: bool | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -128,6 +129,8 @@ class Executions:
             query = query.where(Execution.model.in_(where.models))
         if where.kind is not None:
             query = query.where(Execution.kind == where.kind)
+        if where.surface is not None:
+            query = query.where(Execution.surface == where.surface)
         if where.success is not None:
             query = query.where(Execution.success == where.success)
         if where.since is not None:

@@ -124,6 +124,12 @@ class Execution(Base):
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
+    surface: Mapped[str] = mapped_column(
+        String(16),
+        default="gateway",
+        server_default="gateway",
+        doc="The API the run came through: gateway (/gateway), ollama (/api) or openai (/v1)",
+    )
     model: Mapped[str] = mapped_column(String(512))
     backend: Mapped[str | None] = mapped_column(String(512))
     prompt: Mapped[str] = mapped_column(Text, default="")
@@ -156,6 +162,7 @@ class Execution(Base):
         Index("ix_executions_created_at", "created_at"),
         Index("ix_executions_model_created_at", "model", "created_at"),
         Index("ix_executions_kind_created_at", "kind", "created_at"),
+        Index("ix_executions_surface_created_at", "surface", "created_at"),
         Index("ix_executions_batch_id", "batch_id"),
         Index("ix_executions_benchmark_id", "benchmark_id"),
         Index("ix_executions_comparison_id", "comparison_id"),

@@ -16,6 +16,7 @@ from app.api.schemas.stored import (
     OutputStats,
     ResultPage,
     StoredResult,
+    Surface,
 )
 from app.ollama.outputs import CURSOR_PATTERN
 
@@ -31,6 +32,9 @@ async def list_results(
     outputs: OutputsDep,
     model: str | None = Query(default=None, max_length=512, description="Only this model."),
     kind: Kind | None = Query(default=None, description="Only runs of this kind."),
+    surface: Surface | None = Query(
+        default=None, description="Only runs that came through this API."
+    ),
     success: bool | None = Query(default=None, description="Only successes, or failures."),
     since: IsoDateTime | None = Query(default=None, description="Created at or after."),
     until: IsoDateTime | None = Query(default=None, description="Created before."),
@@ -44,6 +48,7 @@ async def list_results(
         items, next_cursor = await outputs.alist_results(
             model=model,
             kind=kind,
+            surface=surface,
             success=success,
             since=since,
             until=until,

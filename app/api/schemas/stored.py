@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.api.schemas.common import JsonInt, Schema
 
+Surface = Literal["gateway", "ollama", "openai"]
 Kind = Literal[
     "generate", "chat", "stream", "batch_item", "benchmark", "comparison", "context", "output"
 ]
@@ -19,6 +20,11 @@ class StoredResult(BaseModel):
 
     id: str
     kind: Kind
+    surface: Surface = Field(
+        default="gateway",
+        description="The API the run came through: `gateway` (/gateway), `ollama` (/api), "
+        "`openai` (/v1).",
+    )
     status: Literal["succeeded", "failed", "cancelled"]
     model_name: str
     prompt: str

@@ -1,0 +1,178 @@
+"""Ollama's own API at `/api`, served through the pool, so Ollama's clients work unchanged.
+
+Requests are passed on as sent (unknown fields included) to the backend the pool picks
+for their model; replies come back as the backend wrote them: status, error bodies and
+NDJSON streams line by line. `/api/tags` and `/api/ps` are the union over the backends;
+deletes and copies reach every backend that has the model. Generations and chats are
+stored like any other run, as surface `ollama` (`GATEWAY_STORE_OLLAMA_API`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+from app.api.deps import ManagerDep, SettingsDep
+from app.ollama import OllamaManager
+from app.ollama.relay import Relayed, spec_of_body
+
+router = APIRouter(include_in_schema=False)
+
+JSON_TYPE = "application/json; charset=utf-8"
+FORWARDED_HEADERS = {"content-type": "application/json"}
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def go_json(value: Any) -> bytes:
+    """JSON as Go's encoding/json writes it: compact, with `<`, `>` and `&` escaped."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def json_object(content: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or {} (the backend answers for a body it cannot read)."""
+    try:
+        data = json.loads(content) if content else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_of(body: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+async def relayed_response(relayed: Relayed, on_done: Callable[[], None] | None = None) -> Response:
+    """The backend's reply as the client's: streamed when it is NDJSON, else whole."""
+    media_type = relayed.headers.get("content-type", "")
+    headers = {k: v for k, v in relayed.headers.items() if k.lower() not in ("date", "server")}
+    if "ndjson" not in media_type:
+        content = await relayed.read()
+        if on_done is not None:
+            on_done()
+        return Response(content, status_code=relayed.status, headers=headers)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for piece in relayed.body:
+                yield piece
+        finally:
+            await relayed.aclose()
+            if on_done is not None:
+                on_done()
+
+    return StreamingResponse(body(), status_code=relayed.status, headers=headers)
+
+
+@router.api_route("/", methods=["GET", "HEAD"])
+async def root() -> PlainTextResponse:
+    """`Ollama is running`, as Ollama answers its clients' liveness probe."""
+    return PlainTextResponse("Ollama is running")
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
+async def version(request: Request, manager: ManagerDep) -> Response:
+    return await relayed_response(await manager.arelay(request.method, "/api/version"))
+
+
+@router.get("/api/tags")
+async def tags(manager: ManagerDep) -> Response:
+    """Every backend's models, once each."""
+    return Response(go_json({"models": await manager.aunion("tags")}), media_type=JSON_TYPE)
+
+
+@router.get("/api/ps")
+async def ps(manager: ManagerDep) -> Response:
+    """The models loaded in memory on any backend."""
+    return Response(go_json({"models": await manager.aunion("ps")}), media_type=JSON_TYPE)
+
+
+async def _run(
+    kind: Literal["generate", "chat"], request: Request, manager: OllamaManager, store: bool
+) -> Response:
+    content = await request.body()
+    body = json_object(content)
+    record = spec_of_body(kind, body, "ollama") if store else None
+    streamed = body.get("stream") is not False
+    relayed = await manager.arelay(
+        "POST",
+        f"/api/{kind}",
+        model=model_of(body, "model"),
+        content=content,
+        headers=FORWARDED_HEADERS,
+        record=record,
+        store_kind="stream" if streamed else kind,
+    )
+    return await relayed_response(relayed)
+
+
+@router.post("/api/generate")
+async def generate(request: Request, manager: ManagerDep, settings: SettingsDep) -> Response:
+    return await _run("generate", request, manager, settings.store_ollama_api)
+
+
+@router.post("/api/chat")
+async def chat(request: Request, manager: ManagerDep, settings: SettingsDep) -> Response:
+    return await _run("chat", request, manager, settings.store_ollama_api)
+
+
+@router.post("/api/pull")
+async def pull(request: Request, manager: ManagerDep) -> Response:
+    """Pulled on the backend that has the model (an update), else the least busy one."""
+    content = await request.body()
+    model = model_of(json_object(content), "model", "name")
+    relayed = await manager.arelay(
+        "POST", "/api/pull", model=model, content=content, headers=FORWARDED_HEADERS
+    )
+    return await relayed_response(relayed, on_done=manager.mark_inventory_stale)
+
+
+async def _each(request: Request, manager: OllamaManager, path: str, *keys: str) -> Response:
+    """Sent to every backend that has the model: the first success, else the first reply."""
+    content = await request.body()
+    model = model_of(json_object(content), *keys)
+    if model is None:
+        relayed = await manager.arelay(
+            request.method, path, content=content, headers=FORWARDED_HEADERS
+        )
+        return await relayed_response(relayed)
+    replies = await manager.arelay_each(
+        request.method, path, model=model, content=content, headers=FORWARDED_HEADERS
+    )
+    _, status, headers, reply = next((r for r in replies if r[1] < 300), replies[0])
+    headers = {k: v for k, v in headers.items() if k.lower() not in ("date", "server")}
+    return Response(reply, status_code=status, headers=headers)
+
+
+@router.delete("/api/delete")
+async def delete(request: Request, manager: ManagerDep) -> Response:
+    return await _each(request, manager, "/api/delete", "model", "name")
+
+
+@router.post("/api/copy")
+async def copy(request: Request, manager: ManagerDep) -> Response:
+    return await _each(request, manager, "/api/copy", "source")
+
+
+@router.api_route("/api/{path:path}", methods=ALL_METHODS)
+async def passthrough(path: str, request: Request, manager: ManagerDep) -> Response:
+    """show, embed, embeddings and the rest: to a backend that has the body's model."""
+    content = await request.body()
+    body = json_object(content)
+    query = f"?{request.url.query}" if request.url.query else ""
+    relayed = await manager.arelay(
+        request.method,
+        f"/api/{path}{query}",
+        model=model_of(body, "model", "name"),
+        content=content or None,
+        headers=FORWARDED_HEADERS if content else None,
+    )
+    return await relayed_response(relayed)

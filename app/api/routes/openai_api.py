@@ -1,0 +1,167 @@
+"""The OpenAI API at `/v1`: chat completions, completions, embeddings and models.
+
+Requests are translated to the core's runs (`app.api.openai_format`), so they are routed,
+failed over and stored like any other run, as surface `openai`
+(`GATEWAY_STORE_OPENAI_API`). Streams are SSE `data:` lines ending in `data: [DONE]`; an
+error found before the stream starts is a JSON error reply, one found later is a last
+`data: {"error": ...}` event (which OpenAI's SDKs raise) and no `[DONE]`. Errors have
+OpenAI's shape (see `app.api.errors.openai_error`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.api.deps import ManagerDep, RunnerDep, SettingsDep
+from app.api.errors import ApiError, failed_run_problem
+from app.api.openai_format import (
+    ChatCompletionRequest,
+    ChunkWriter,
+    CompletionRequest,
+    EmbeddingRequest,
+    chat_completion,
+    chat_messages,
+    chat_plan,
+    completion,
+    completion_plan,
+    embedding_list,
+    invalid,
+    model_object,
+)
+from app.api.streaming import EARLY_ERROR_SECONDS
+from app.ollama import ModelRunner
+from app.ollama.names import same_model
+from app.ollama.types import StreamingChunk
+
+router = APIRouter(prefix="/v1", include_in_schema=False)
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _streamed(
+    chunks: AsyncIterator[StreamingChunk], writer: ChunkWriter, include_usage: bool
+) -> StreamingResponse:
+    """Start the SSE stream unless the run fails at once (then a JSON error reply)."""
+    first: asyncio.Future[StreamingChunk] = asyncio.ensure_future(anext(chunks))
+    await asyncio.wait({first}, timeout=EARLY_ERROR_SECONDS)
+    if first.done() and not first.cancelled():
+        chunk = first.result()
+        if chunk.done and chunk.result is not None and not chunk.result.success:
+            raise failed_run_problem(chunk.result)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            chunk = await first
+            while True:
+                if chunk.done:
+                    result = chunk.result
+                    if result is None or not result.success:
+                        message = result.error_message if result else "the run failed"
+                        problem = failed_run_problem(result) if result else None
+                        yield _sse(
+                            {
+                                "error": {
+                                    "message": message,
+                                    "type": "api_error",
+                                    "param": None,
+                                    "code": problem.status if problem else None,
+                                }
+                            }
+                        )
+                        return
+                    for closing in writer.ending(result):
+                        yield _sse(closing)
+                    if include_usage:
+                        yield _sse(writer.usage(result))
+                    yield b"data: [DONE]\n\n"
+                    return
+                if chunk.content or chunk.thinking:
+                    yield _sse(writer.piece(chunk.content, chunk.thinking))
+                chunk = await anext(chunks)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def _run(
+    runner: ModelRunner, body: ChatCompletionRequest | CompletionRequest, store: bool
+) -> StreamingResponse | JSONResponse:
+    chat = isinstance(body, ChatCompletionRequest)
+    try:
+        if isinstance(body, ChatCompletionRequest):
+            spec = runner.request_spec(
+                "chat",
+                body.model,
+                plan=chat_plan(body),
+                messages=chat_messages(body.messages),
+                surface="openai",
+            )
+        else:
+            spec = runner.request_spec(
+                "generate", body.model, plan=completion_plan(body), prompt=body.prompt,
+                surface="openai",
+            )  # fmt: skip
+    except ValueError as exc:
+        raise invalid(str(exc)) from exc
+    if body.stream:
+        writer = ChunkWriter(body.model, chat=chat)
+        return await _streamed(
+            runner.astream_spec(spec, save_output=store), writer, body.include_usage
+        )
+    result = await runner.arun_spec(spec, save_output=store)
+    if not result.success:
+        raise failed_run_problem(result)
+    reply = chat_completion(body.model, result) if chat else completion(body.model, result)
+    return JSONResponse(reply)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, runner: RunnerDep, settings: SettingsDep
+) -> StreamingResponse | JSONResponse:
+    return await _run(runner, body, settings.store_openai_api)
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, runner: RunnerDep, settings: SettingsDep
+) -> StreamingResponse | JSONResponse:
+    return await _run(runner, body, settings.store_openai_api)
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, manager: ManagerDep) -> JSONResponse:
+    if body.input in ("", []):
+        raise invalid("invalid input")
+    if body.encoding_format not in ("float", "base64"):
+        raise invalid(
+            f"Invalid value for 'encoding_format' = {body.encoding_format}. "
+            "Supported values: ['float', 'base64']."
+        )
+    reply = await manager.aembed(body.model, body.input, dimensions=body.dimensions)
+    return JSONResponse(embedding_list(body.model, reply, body.encoding_format))
+
+
+@router.get("/models")
+async def list_models(manager: ManagerDep) -> JSONResponse:
+    tags = await manager.aunion("tags")
+    return JSONResponse({"object": "list", "data": [model_object(t) for t in tags]})
+
+
+@router.get("/models/{model:path}")
+async def get_model(model: str, manager: ManagerDep) -> JSONResponse:
+    for tag in await manager.aunion("tags"):
+        if same_model(str(tag.get("name") or ""), model):
+            return JSONResponse(model_object(tag, model))
+    raise ApiError(404, "Not found", f"model '{model}' not found")
