@@ -1,12 +1,15 @@
-"""The `ollama-gateway` command: serve, emulator, openapi, migrate."""
+"""The `ollama-gateway` command: serve, keys, migrate, emulator, openapi."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 cli = typer.Typer(
     name="ollama-gateway",
@@ -44,12 +47,122 @@ def serve(
         raise typer.Exit(1) from exc
     if outcome != "up to date":
         typer.echo(f"database schema {outcome}", err=True)
+    refusal = exposure_refusal(settings)
+    if refusal is not None:
+        typer.echo(f"Error: {refusal}", err=True)
+        raise typer.Exit(2)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
     )
+
+
+def exposure_refusal(settings: Settings) -> str | None:
+    """Why `serve` must not start (anonymous access off loopback), or None."""
+    from app.access import KeyStore, is_loopback
+
+    if is_loopback(settings.host) or settings.allow_anonymous:
+        return None
+    store = KeyStore(settings.database_url)
+    try:
+        has_keys = bool(store.list())
+    finally:
+        store.close()
+    if has_keys:
+        return None
+    return (
+        f"refusing to serve on {settings.host} without API keys: anyone who can reach it "
+        "could use it. Create a key first (ollama-gateway keys create --scope admin "
+        "--name NAME), bind to 127.0.0.1, or set GATEWAY_ALLOW_ANONYMOUS=true."
+    )
+
+
+keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name for the key (its principal in logs).")],
+    scope: Annotated[str, typer.Option(help="admin or user.")] = "user",
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated glob patterns of the models it may use."),
+    ] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute it may make.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute it may use.")] = None,
+) -> None:
+    """Create a key; it is printed once, as the last word of the output."""
+    from app.access import KeyStore
+
+    store = KeyStore(_settings().database_url)
+    try:
+        new = store.create(
+            name,
+            scope,
+            models=models.split(",") if models is not None else None,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+        )
+    except ValueError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        store.close()
+    record = new.record
+    allowed = ",".join(record["models"]) if record["models"] else "any model"
+    typer.echo(f"created {record['scope']} key {record['name']!r} (id {record['id']}, {allowed})")
+    typer.echo("store it now: it cannot be shown again")
+    typer.echo(new.key)
+
+
+@keys_cli.command("list")
+def keys_list(
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+) -> None:
+    """List keys (never the keys themselves: their first characters)."""
+    from app.access import KeyStore
+
+    store = KeyStore(_settings().database_url)
+    try:
+        records = store.list(include_revoked=all_keys)
+    finally:
+        store.close()
+    typer.echo(f"{'ID':32}  {'NAME':20}  {'SCOPE':5}  {'PREFIX':12}  MODELS  LIMITS  REVOKED")
+    for r in records:
+        limits = f"{r['requests_per_minute'] or '-'} rpm/{r['tokens_per_minute'] or '-'} tpm"
+        models = ",".join(r["models"]) if r["models"] else "*"
+        revoked = r["revoked_at"] or "-"
+        typer.echo(
+            f"{r['id']:32}  {r['name']:20}  {r['scope']:5}  {r['prefix']:12}  "
+            f"{models}  {limits}  {revoked}"
+        )
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id or name.")],
+) -> None:
+    """Revoke a key (other gateway processes notice within GATEWAY_KEY_CACHE_SECONDS)."""
+    from app.access import KeyStore
+
+    store = KeyStore(_settings().database_url)
+    try:
+        record = store.revoke(key)
+    finally:
+        store.close()
+    if record is None:
+        typer.echo(f"Error: no active key with id or name {key!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked key {record['name']!r} (id {record['id']})")
+
+
+def _settings() -> Settings:
+    from app.settings import Settings
+
+    return Settings()
 
 
 @cli.command()

@@ -8,15 +8,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app import __version__
+from app.access import AuditWriter, KeyStore, MemoryRateLimiter, RedisRateLimiter, is_loopback
+from app.api.audit_log import AuditMiddleware
+from app.api.auth import require_admin, require_user
 from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
 from app.api.jobs import Jobs
 from app.api.limits import BodySizeLimit
 from app.api.openapi import install_openapi
 from app.api.routes import (
+    audit,
     backends,
     batches,
     benchmarks,
@@ -25,6 +29,7 @@ from app.api.routes import (
     config,
     generate,
     health,
+    keys,
     models,
     ollama_api,
     openai_api,
@@ -59,6 +64,13 @@ COMMON_ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
+AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": Problem, "description": "No API key, or one that is unknown or revoked."},
+    403: {"model": Problem, "description": "The key's scope or model allowlist forbids it."},
+    429: {"model": Problem, "description": "The key is over its rate limit (`Retry-After`)."},
+}
+
+
 def build_services(settings: Settings) -> Services:
     """The core objects for one app instance (nothing touches the network here)."""
     outputs = OutputManager(database_url=settings.database_url)
@@ -76,6 +88,11 @@ def build_services(settings: Settings) -> Services:
         outputs=outputs,
         config=ConfigManager(database_url=settings.database_url, settings=settings),
         jobs=Jobs(),
+        keys=KeyStore(settings.database_url, cache_seconds=settings.key_cache_seconds),
+        limiter=(
+            RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
+        ),
+        audit=AuditWriter(outputs),
     )
 
 
@@ -89,7 +106,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ensure_schema, settings.database_url, upgrade_old=settings.auto_migrate
         )
         services = build_services(settings)
+        exposed = not is_loopback(settings.host) and not settings.allow_anonymous
+        if exposed and not await services.keys.ahas_keys():
+            raise RuntimeError(
+                f"refusing to serve on {settings.host} without API keys "
+                "(create one, bind to loopback, or set GATEWAY_ALLOW_ANONYMOUS)"
+            )
         await services.config.aload_config()
+        services.audit.start()
         app.state.services = services
         watcher = asyncio.create_task(
             services.manager.pool.watch(settings.health_interval), name="backend-health"
@@ -101,6 +125,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await services.jobs.aclose()
+            await services.audit.aclose()
+            await services.limiter.aclose()
+            await services.keys.aclose()
             await services.manager.aclose()
             await services.outputs.aclose()
             await services.config.aclose()
@@ -117,21 +144,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app,
         [ChunkEvent, ErrorEvent, ResultOut, PullProgress, PullOut, BatchProgress, BatchJobOut],
     )
-    for module in (
-        health,
-        models,
-        pulls,
-        generate,
-        chat,
-        batches,
-        benchmarks,
-        comparisons,
-        results,
-        config,
-        backends,
+    app.add_middleware(AuditMiddleware)
+    app.include_router(health.router, responses=COMMON_ERRORS)
+    user = [Depends(require_user)]
+    admin = [Depends(require_admin)]
+    for module, needs in (
+        (models, user),
+        (pulls, admin),
+        (generate, user),
+        (chat, user),
+        (batches, user),
+        (benchmarks, user),
+        (comparisons, user),
+        (results, user),
+        (config, admin),
+        (backends, admin),
+        (keys, admin),
+        (audit, admin),
     ):
-        app.include_router(module.router, responses=COMMON_ERRORS)
+        app.include_router(
+            module.router, responses={**COMMON_ERRORS, **AUTH_ERRORS}, dependencies=needs
+        )
     # The drop-in surfaces: the OpenAI API, then Ollama's (its catch-all route goes last).
-    app.include_router(openai_api.router)
+    app.include_router(openai_api.router, dependencies=user)
     app.include_router(ollama_api.router)
     return app

@@ -86,6 +86,26 @@ class Settings(BaseSettings):
         default=True,
         description="Store completions and chats that come through the OpenAI API (`/v1`).",
     )
+    require_auth: bool = Field(
+        default=False,
+        description="Demand an API key on every request, even on a loopback address.",
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Serve requests without a key while no key exists, even when bound to "
+        "an address other than loopback (otherwise `serve` refuses to start there).",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for rate limits shared by several gateway processes "
+        "(e.g. `redis://127.0.0.1:6379/0`); unset: limits are kept per process.",
+    )
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds an API key lookup is reused; a key revoked by another process "
+        "stops working within this time.",
+    )
     auto_migrate: bool = Field(
         default=False,
         description="Upgrade the database schema at start instead of refusing to start.",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from app.access import AuditWriter, KeyStore, RateLimiter
 from app.api.errors import ApiError
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.settings import Settings
@@ -25,6 +27,11 @@ class Services:
     outputs: OutputManager
     config: ConfigManager
     jobs: Jobs
+    keys: KeyStore
+    limiter: RateLimiter
+    audit: AuditWriter
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    """Fire-and-forget work (token charges) kept referenced until done."""
 
 
 def get_services(request: Request) -> Services:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import PrincipalDep, check_models
 from app.api.deps import SettingsDep
 from app.api.errors import problem_response
 from app.api.schemas.common import OptionsIn
@@ -119,13 +121,19 @@ class BodySizeLimit:
 # and receives a body that passed both its schema and the deployment's limits.
 
 
-def generate_body(body: GenerateRequest, settings: SettingsDep) -> GenerateRequest:
+async def generate_body(
+    body: GenerateRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> GenerateRequest:
+    check_models(request, principal, [body.model])
     checker = LimitChecker(settings).text(("prompt",), body.prompt).options(body.options)
     checker.texts(("context_docs",), body.context_docs, settings.max_context_docs).check()
     return body
 
 
-def chat_body(body: ChatRequest, settings: SettingsDep) -> ChatRequest:
+async def chat_body(
+    body: ChatRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> ChatRequest:
+    check_models(request, principal, [body.model])
     checker = LimitChecker(settings).options(body.options)
     checker.count(("messages",), body.messages, settings.max_messages)
     for i, message in enumerate(body.messages):
@@ -134,19 +142,28 @@ def chat_body(body: ChatRequest, settings: SettingsDep) -> ChatRequest:
     return body
 
 
-def batch_body(body: BatchRequest, settings: SettingsDep) -> BatchRequest:
+async def batch_body(
+    body: BatchRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> BatchRequest:
+    check_models(request, principal, [body.model])
     checker = LimitChecker(settings).options(body.options)
     checker.texts(("prompts",), body.prompts, settings.max_batch_prompts).check()
     return body
 
 
-def benchmark_body(body: BenchmarkRequest, settings: SettingsDep) -> BenchmarkRequest:
+async def benchmark_body(
+    body: BenchmarkRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> BenchmarkRequest:
+    check_models(request, principal, [body.model])
     checker = LimitChecker(settings).options(body.options)
     checker.texts(("test_prompts",), body.test_prompts, settings.max_batch_prompts).check()
     return body
 
 
-def comparison_body(body: ComparisonRequest, settings: SettingsDep) -> ComparisonRequest:
+async def comparison_body(
+    body: ComparisonRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> ComparisonRequest:
+    check_models(request, principal, body.models)
     checker = LimitChecker(settings).options(body.options).text(("prompt",), body.prompt)
     checker.count(("models",), body.models, settings.max_comparison_models).check()
     return body

@@ -39,6 +39,7 @@ from app.ollama.options import plan_from_dict
 from app.ollama.relay import Relayed, RunRecorder
 from app.ollama.server_process import ServerProcess, is_local_url
 from app.ollama.types import ModelExecutionResult, OllamaModel
+from app.ollama.usage import UsageObserver, run_principal, usage_of, usage_sink
 from app.settings import Settings
 
 __all__ = ["OllamaManager", "ProgressCallback"]
@@ -124,6 +125,8 @@ class OllamaManager:
         self._models_cache: tuple[float, list[OllamaModel]] | None = None
         self._server: ServerProcess | None = None
         self._server_checked: concurrent.futures.Future[None] | None = None
+        self.usage_observers: list[UsageObserver] = []
+        """Called with the `RunUsage` of every finished run (metrics hang here)."""
 
     def __repr__(self) -> str:
         mode = "http" if self.use_http_api else "cli"
@@ -657,6 +660,27 @@ class OllamaManager:
         error_type: str | None,
         error_status: int | None,
     ) -> ModelExecutionResult:
+        """The result of a finished run, reported to the usage observers (see `usage`)."""
+        result = self._result_of(spec, acc, mode, backend, error, error_type, error_status)
+        usage = usage_of(result)
+        sink = usage_sink.get()
+        for observer in (*self.usage_observers, *([sink] if sink is not None else [])):
+            try:
+                observer(usage)
+            except Exception:  # an observer's bug must not fail the run
+                logger.exception("a usage observer failed")
+        return result
+
+    def _result_of(
+        self,
+        spec: RunSpec,
+        acc: StreamAccumulator,
+        mode: str,
+        backend: list[str],
+        error: str | None,
+        error_type: str | None,
+        error_status: int | None,
+    ) -> ModelExecutionResult:
         execution_time = time.perf_counter() - acc.started
         metadata: dict[str, Any] = {
             "kind": spec.kind,
@@ -667,6 +691,9 @@ class OllamaManager:
         if spec.messages is not None:
             metadata["messages"] = spec.messages
         metadata.update(spec.metadata)
+        principal = run_principal.get()
+        if principal is not None:
+            metadata.setdefault("principal", principal)
         metrics = ollama_metrics(acc.final)
         metadata.update(metrics)
         if acc.time_to_first_token is not None:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +27,7 @@ from app.storage.db import masked
 from app.storage.repositories import (
     CURSOR_PATTERN,
     Audit,
+    AuditFilter,
     ExecutionFilter,
     Executions,
     ModelConfigs,
@@ -78,6 +79,7 @@ def execution_row(
         id=new_id(),
         kind=kind,
         surface=str(meta.get("surface") or "gateway"),
+        principal=_str_or_none(meta.get("principal")),
         model=clean_text(result.model_name),
         backend=_str_or_none(meta.get("backend")),
         prompt=clean_text(result.prompt),
@@ -111,6 +113,7 @@ def execution_dict(row: Execution) -> dict[str, Any]:
         "id": row.id,
         "kind": row.kind,
         "surface": row.surface,
+        "principal": row.principal,
         "model_name": row.model,
         "prompt": row.prompt,
         "response": row.response,
@@ -351,6 +354,7 @@ class OutputManager(DatabaseUser):
         model: str | None = None,
         kind: str | None = None,
         surface: str | None = None,
+        principal: str | None = None,
         success: bool | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
@@ -367,6 +371,7 @@ class OutputManager(DatabaseUser):
             models=model_spellings(model) if model is not None else None,
             kind=kind,
             surface=surface,
+            principal=principal,
             success=success,
             since=since,
             until=until,
@@ -689,33 +694,81 @@ class OutputManager(DatabaseUser):
         outcome: str,
         duration_ms: float | None = None,
         detail: dict[str, Any] | None = None,
+        surface: str | None = None,
+        status: int | None = None,
+        client: str | None = None,
+        created_at: datetime | None = None,
     ) -> str:
         """Note who did what to which target, with what outcome and how long it took."""
-        entry = AuditEntry(
-            id=new_id(),
-            actor=clean_text(actor)[:200],
-            action=clean_text(action)[:100],
-            target=clean_text(target)[:512] if target is not None else None,
-            outcome=clean_text(outcome)[:32],
-            duration_ms=duration_ms,
-            detail=_jsonable(detail) if detail else None,
-            created_at=datetime.now(UTC),
+        ids = await self.arecord_audit_many(
+            [
+                {
+                    "actor": actor,
+                    "action": action,
+                    "target": target,
+                    "outcome": outcome,
+                    "duration_ms": duration_ms,
+                    "detail": detail,
+                    "surface": surface,
+                    "status": status,
+                    "client": client,
+                    "created_at": created_at,
+                }
+            ]
         )
+        return ids[0]
 
-        async def write() -> str:
+    async def arecord_audit_many(self, entries: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Store several audit entries (the `arecord_audit` fields) in one transaction."""
+        rows = [
+            AuditEntry(
+                id=new_id(),
+                actor=clean_text(str(e["actor"]))[:200],
+                action=clean_text(str(e["action"]))[:100],
+                target=clean_text(str(e["target"]))[:512] if e.get("target") else None,
+                outcome=clean_text(str(e["outcome"]))[:32],
+                duration_ms=e.get("duration_ms"),
+                detail=_jsonable(e["detail"]) if e.get("detail") else None,
+                surface=e.get("surface"),
+                status=e.get("status"),
+                client=clean_text(str(e["client"]))[:64] if e.get("client") else None,
+                created_at=e.get("created_at") or datetime.now(UTC),
+            )
+            for e in entries
+        ]
+
+        async def write() -> list[str]:
             await self._prepare()
             async with self.db.session() as session:
-                return await Audit(session).add(entry)
+                return await Audit(session).add_all(rows)
 
         return await self._shielded(write())
 
     async def alist_audit(
-        self, *, actor: str | None = None, limit: int = 100
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        target: str | None = None,
+        surface: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """The newest audit entries (of one actor), newest first."""
+        """The newest audit entries matching every filter given, newest first."""
         await self._prepare()
+        where = AuditFilter(
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            target=target,
+            surface=surface,
+            since=since,
+            until=until,
+        )
         async with self.db.session() as session:
-            rows = await Audit(session).recent(limit, actor)
+            rows = await Audit(session).recent(limit, where)
             return [audit_dict(r) for r in rows]
 
     async def aexport_outputs(
@@ -756,6 +809,9 @@ def audit_dict(row: AuditEntry) -> dict[str, Any]:
         "outcome": row.outcome,
         "duration_ms": row.duration_ms,
         "detail": row.detail,
+        "surface": row.surface,
+        "status": row.status,
+        "client": row.client,
     }
 
 

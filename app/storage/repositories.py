@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.tables import (
+    ApiKey,
     AuditEntry,
     Base,
     Batch,
@@ -94,6 +95,7 @@ class ExecutionFilter:
     """Any of these names (the spellings of one model)."""
     kind: str | None = None
     surface: str | None = None
+    principal: str | None = None
     success: bool | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -131,6 +133,8 @@ class Executions:
             query = query.where(Execution.kind == where.kind)
         if where.surface is not None:
             query = query.where(Execution.surface == where.surface)
+        if where.principal is not None:
+            query = query.where(Execution.principal == where.principal)
         if where.success is not None:
             query = query.where(Execution.success == where.success)
         if where.since is not None:
@@ -276,6 +280,56 @@ class GatewayConfigs:
         await self.session.execute(statement)
 
 
+@dataclass
+class AuditFilter:
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    target: str | None = None
+    surface: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class ApiKeys:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, row: ApiKey) -> str:
+        self.session.add(row)
+        await self.session.flush()
+        return row.id
+
+    async def by_hash(self, key_hash: str) -> ApiKey | None:
+        query = select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        return (await self.session.scalars(query)).first()
+
+    async def active_named(self, name: str) -> ApiKey | None:
+        query = select(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+        return (await self.session.scalars(query)).first()
+
+    async def all(self, include_revoked: bool = False) -> Sequence[ApiKey]:
+        query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+        if not include_revoked:
+            query = query.where(ApiKey.revoked_at.is_(None))
+        return (await self.session.scalars(query)).all()
+
+    async def count_active(self) -> int:
+        query = select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+        return int((await self.session.execute(query)).scalar_one())
+
+    async def revoke(self, key_id_or_name: str, at: datetime) -> ApiKey | None:
+        """Revoke the active key with this id (or, failing that, this name)."""
+        for column in (ApiKey.id, ApiKey.name):
+            query = select(ApiKey).where(column == key_id_or_name, ApiKey.revoked_at.is_(None))
+            row = (await self.session.scalars(query)).first()
+            if row is not None:
+                row.revoked_at = at
+                await self.session.flush()
+                return row
+        return None
+
+
 class Audit:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -285,10 +339,27 @@ class Audit:
         await self.session.flush()
         return entry.id
 
-    async def recent(self, limit: int, actor: str | None = None) -> Sequence[AuditEntry]:
+    async def add_all(self, entries: Sequence[AuditEntry]) -> list[str]:
+        self.session.add_all(entries)
+        await self.session.flush()
+        return [entry.id for entry in entries]
+
+    async def recent(self, limit: int, where: AuditFilter | None = None) -> Sequence[AuditEntry]:
         query = select(AuditEntry)
-        if actor is not None:
-            query = query.where(AuditEntry.actor == actor)
+        where = where or AuditFilter()
+        for column, value in (
+            (AuditEntry.actor, where.actor),
+            (AuditEntry.action, where.action),
+            (AuditEntry.outcome, where.outcome),
+            (AuditEntry.target, where.target),
+            (AuditEntry.surface, where.surface),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if where.since is not None:
+            query = query.where(AuditEntry.created_at >= where.since)
+        if where.until is not None:
+            query = query.where(AuditEntry.created_at < where.until)
         query = query.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc()).limit(limit)
         return (await self.session.scalars(query)).all()
 

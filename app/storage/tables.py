@@ -131,6 +131,9 @@ class Execution(Base):
         doc="The API the run came through: gateway (/gateway), ollama (/api) or openai (/v1)",
     )
     model: Mapped[str] = mapped_column(String(512))
+    principal: Mapped[str | None] = mapped_column(
+        String(200), doc="The API key (by name) the run was made with; None when anonymous"
+    )
     backend: Mapped[str | None] = mapped_column(String(512))
     prompt: Mapped[str] = mapped_column(Text, default="")
     messages: Mapped[list[Any] | None] = mapped_column(JSON)
@@ -163,6 +166,7 @@ class Execution(Base):
         Index("ix_executions_model_created_at", "model", "created_at"),
         Index("ix_executions_kind_created_at", "kind", "created_at"),
         Index("ix_executions_surface_created_at", "surface", "created_at"),
+        Index("ix_executions_principal_created_at", "principal", "created_at"),
         Index("ix_executions_batch_id", "batch_id"),
         Index("ix_executions_benchmark_id", "benchmark_id"),
         Index("ix_executions_comparison_id", "comparison_id"),
@@ -206,8 +210,33 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     duration_ms: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    surface: Mapped[str | None] = mapped_column(String(16), doc="gateway, ollama or openai")
+    status: Mapped[int | None] = mapped_column(Integer, doc="The HTTP status answered")
+    client: Mapped[str | None] = mapped_column(String(64), doc="The client's address")
 
     __table_args__ = (
         Index("ix_audit_log_created_at", "created_at"),
         Index("ix_audit_log_actor_created_at", "actor", "created_at"),
+        Index("ix_audit_log_action_created_at", "action", "created_at"),
     )
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is kept; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(16), doc="admin or user")
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(
+        String(16), doc="The key's first characters, to tell keys apart"
+    )
+    models: Mapped[list[str] | None] = mapped_column(JSON, doc="Glob patterns; None = any model")
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_api_keys_name", "name"),)

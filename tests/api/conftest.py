@@ -16,15 +16,15 @@ from tests.support.servers import free_port, running_process, serving_in_thread
 
 
 def gateway_settings(backends: list[str], tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(
-        backends=backends,
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
-        request_timeout=30,
-        connect_timeout=2,
-        health_timeout=1,
-        _env_file=None,
+    values: dict[str, Any] = {
+        "backends": backends,
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
+        "request_timeout": 30,
+        "connect_timeout": 2,
+        "health_timeout": 1,
         **extra,
-    )
+    }
+    return Settings(_env_file=None, **values)
 
 
 ClientFactory = Callable[..., Any]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Response, status
 
+from app.api.auth import require_admin
 from app.api.deps import ConfigDep, ManagerDep, require_backend
 from app.api.errors import ApiError, Problem
 from app.api.schemas.models import ModelOut, ModelStats
@@ -49,7 +50,12 @@ async def get_model_config(name: str, config: ConfigDep) -> dict[str, Any]:
     return found
 
 
-@router.put("/{name:path}/config", operation_id="put_model_config", response_model=dict[str, Any])
+@router.put(
+    "/{name:path}/config",
+    operation_id="put_model_config",
+    response_model=dict[str, Any],
+    dependencies=[Depends(require_admin)],
+)
 async def put_model_config(
     name: str,
     config: ConfigDep,
@@ -76,6 +82,7 @@ async def get_model(name: str, manager: ManagerDep) -> ModelOut:
     operation_id="delete_model",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=NOT_FOUND,
+    dependencies=[Depends(require_admin)],
 )
 async def delete_model(
     name: str,

@@ -16,7 +16,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
+from app.access import Principal
+from app.api.auth import AdminDep, UserDep, check_models
 from app.api.deps import ManagerDep, SettingsDep
+from app.api.errors import ApiError
 from app.ollama import OllamaManager
 from app.ollama.relay import Relayed, spec_of_body
 
@@ -24,6 +27,7 @@ router = APIRouter(include_in_schema=False)
 
 JSON_TYPE = "application/json; charset=utf-8"
 FORWARDED_HEADERS = {"content-type": "application/json"}
+USER_PATHS = {"show", "embed", "embeddings"}
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -79,27 +83,34 @@ async def root() -> PlainTextResponse:
 
 
 @router.api_route("/api/version", methods=["GET", "HEAD"])
-async def version(request: Request, manager: ManagerDep) -> Response:
+async def version(request: Request, manager: ManagerDep, _: UserDep) -> Response:
     return await relayed_response(await manager.arelay(request.method, "/api/version"))
 
 
 @router.get("/api/tags")
-async def tags(manager: ManagerDep) -> Response:
-    """Every backend's models, once each."""
-    return Response(go_json({"models": await manager.aunion("tags")}), media_type=JSON_TYPE)
+async def tags(manager: ManagerDep, principal: UserDep) -> Response:
+    """Every backend's models, once each (those the key may use)."""
+    models = [m for m in await manager.aunion("tags") if principal.allows(str(m.get("name")))]
+    return Response(go_json({"models": models}), media_type=JSON_TYPE)
 
 
 @router.get("/api/ps")
-async def ps(manager: ManagerDep) -> Response:
-    """The models loaded in memory on any backend."""
-    return Response(go_json({"models": await manager.aunion("ps")}), media_type=JSON_TYPE)
+async def ps(manager: ManagerDep, principal: UserDep) -> Response:
+    """The models loaded in memory on any backend (those the key may use)."""
+    models = [m for m in await manager.aunion("ps") if principal.allows(str(m.get("name")))]
+    return Response(go_json({"models": models}), media_type=JSON_TYPE)
 
 
 async def _run(
-    kind: Literal["generate", "chat"], request: Request, manager: OllamaManager, store: bool
+    kind: Literal["generate", "chat"],
+    request: Request,
+    manager: OllamaManager,
+    principal: Principal,
+    store: bool,
 ) -> Response:
     content = await request.body()
     body = json_object(content)
+    check_models(request, principal, [model_of(body, "model") or ""])
     record = spec_of_body(kind, body, "ollama") if store else None
     streamed = body.get("stream") is not False
     relayed = await manager.arelay(
@@ -115,17 +126,21 @@ async def _run(
 
 
 @router.post("/api/generate")
-async def generate(request: Request, manager: ManagerDep, settings: SettingsDep) -> Response:
-    return await _run("generate", request, manager, settings.store_ollama_api)
+async def generate(
+    request: Request, manager: ManagerDep, settings: SettingsDep, principal: UserDep
+) -> Response:
+    return await _run("generate", request, manager, principal, settings.store_ollama_api)
 
 
 @router.post("/api/chat")
-async def chat(request: Request, manager: ManagerDep, settings: SettingsDep) -> Response:
-    return await _run("chat", request, manager, settings.store_ollama_api)
+async def chat(
+    request: Request, manager: ManagerDep, settings: SettingsDep, principal: UserDep
+) -> Response:
+    return await _run("chat", request, manager, principal, settings.store_ollama_api)
 
 
 @router.post("/api/pull")
-async def pull(request: Request, manager: ManagerDep) -> Response:
+async def pull(request: Request, manager: ManagerDep, _: AdminDep) -> Response:
     """Pulled on the backend that has the model (an update), else the least busy one."""
     content = await request.body()
     model = model_of(json_object(content), "model", "name")
@@ -153,20 +168,30 @@ async def _each(request: Request, manager: OllamaManager, path: str, *keys: str)
 
 
 @router.delete("/api/delete")
-async def delete(request: Request, manager: ManagerDep) -> Response:
+async def delete(request: Request, manager: ManagerDep, _: AdminDep) -> Response:
     return await _each(request, manager, "/api/delete", "model", "name")
 
 
 @router.post("/api/copy")
-async def copy(request: Request, manager: ManagerDep) -> Response:
+async def copy(request: Request, manager: ManagerDep, _: AdminDep) -> Response:
     return await _each(request, manager, "/api/copy", "source")
 
 
 @router.api_route("/api/{path:path}", methods=ALL_METHODS)
-async def passthrough(path: str, request: Request, manager: ManagerDep) -> Response:
-    """show, embed, embeddings and the rest: to a backend that has the body's model."""
+async def passthrough(
+    path: str, request: Request, manager: ManagerDep, principal: UserDep
+) -> Response:
+    """show, embed, embeddings and the rest: to a backend that has the body's model.
+
+    show, embed and embeddings are a user key's (for its models); anything else (push,
+    create, blobs) changes a backend and needs an admin key.
+    """
     content = await request.body()
     body = json_object(content)
+    if path in USER_PATHS:
+        check_models(request, principal, [model_of(body, "model", "name") or ""])
+    elif not principal.is_admin:
+        raise ApiError(403, "Forbidden", f"/api/{path} needs an admin key")
     query = f"?{request.url.query}" if request.url.query else ""
     relayed = await manager.arelay(
         request.method,

@@ -15,9 +15,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app.access import Principal
+from app.api.auth import UserDep, check_models
 from app.api.deps import ManagerDep, RunnerDep, SettingsDep
 from app.api.errors import ApiError, failed_run_problem
 from app.api.openai_format import (
@@ -95,8 +97,13 @@ async def _streamed(
 
 
 async def _run(
-    runner: ModelRunner, body: ChatCompletionRequest | CompletionRequest, store: bool
+    runner: ModelRunner,
+    body: ChatCompletionRequest | CompletionRequest,
+    store: bool,
+    request: Request,
+    principal: Principal,
 ) -> StreamingResponse | JSONResponse:
+    check_models(request, principal, [body.model])
     chat = isinstance(body, ChatCompletionRequest)
     try:
         if isinstance(body, ChatCompletionRequest):
@@ -128,20 +135,31 @@ async def _run(
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, runner: RunnerDep, settings: SettingsDep
+    body: ChatCompletionRequest,
+    runner: RunnerDep,
+    settings: SettingsDep,
+    request: Request,
+    principal: UserDep,
 ) -> StreamingResponse | JSONResponse:
-    return await _run(runner, body, settings.store_openai_api)
+    return await _run(runner, body, settings.store_openai_api, request, principal)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, runner: RunnerDep, settings: SettingsDep
+    body: CompletionRequest,
+    runner: RunnerDep,
+    settings: SettingsDep,
+    request: Request,
+    principal: UserDep,
 ) -> StreamingResponse | JSONResponse:
-    return await _run(runner, body, settings.store_openai_api)
+    return await _run(runner, body, settings.store_openai_api, request, principal)
 
 
 @router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, manager: ManagerDep) -> JSONResponse:
+async def embeddings(
+    body: EmbeddingRequest, manager: ManagerDep, request: Request, principal: UserDep
+) -> JSONResponse:
+    check_models(request, principal, [body.model])
     if body.input in ("", []):
         raise invalid("invalid input")
     if body.encoding_format not in ("float", "base64"):
@@ -154,13 +172,14 @@ async def embeddings(body: EmbeddingRequest, manager: ManagerDep) -> JSONRespons
 
 
 @router.get("/models")
-async def list_models(manager: ManagerDep) -> JSONResponse:
-    tags = await manager.aunion("tags")
+async def list_models(manager: ManagerDep, principal: UserDep) -> JSONResponse:
+    tags = [t for t in await manager.aunion("tags") if principal.allows(str(t.get("name")))]
     return JSONResponse({"object": "list", "data": [model_object(t) for t in tags]})
 
 
 @router.get("/models/{model:path}")
-async def get_model(model: str, manager: ManagerDep) -> JSONResponse:
+async def get_model(model: str, manager: ManagerDep, principal: UserDep) -> JSONResponse:
+    check_models(request=None, principal=principal, models=[model])
     for tag in await manager.aunion("tags"):
         if same_model(str(tag.get("name") or ""), model):
             return JSONResponse(model_object(tag, model))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
+from app.access import Principal
+from app.api.auth import UserDep, require_admin
 from app.api.deps import OutputsDep
 from app.api.errors import ApiError, Problem
 from app.api.schemas.common import IsoDateTime
@@ -27,9 +29,15 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _visible(item: dict[str, Any], principal: Principal) -> bool:
+    """Admins see every run; a user key the runs made with it."""
+    return principal.is_admin or item.get("principal") == principal.name
+
+
 @router.get("", operation_id="list_results", response_model=ResultPage)
 async def list_results(
     outputs: OutputsDep,
+    principal: UserDep,
     model: str | None = Query(default=None, max_length=512, description="Only this model."),
     kind: Kind | None = Query(default=None, description="Only runs of this kind."),
     surface: Surface | None = Query(
@@ -43,9 +51,11 @@ async def list_results(
         default=None, pattern=CURSOR_PATTERN, description="The `next_cursor` of the page before."
     ),
 ) -> ResultPage:
-    """Stored runs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    """Stored runs, newest first; pass `next_cursor` back as `cursor` for the next page.
+    A user key sees only the runs made with it."""
     try:
         items, next_cursor = await outputs.alist_results(
+            principal=None if principal.is_admin else principal.name,
             model=model,
             kind=kind,
             surface=surface,
@@ -68,7 +78,12 @@ async def get_result_stats(outputs: OutputsDep) -> OutputStats:
     return OutputStats.model_validate(await outputs.aget_output_stats())
 
 
-@router.post("/cleanup", operation_id="cleanup_results", response_model=CleanupOut)
+@router.post(
+    "/cleanup",
+    operation_id="cleanup_results",
+    response_model=CleanupOut,
+    dependencies=[Depends(require_admin)],
+)
 async def cleanup_results(body: CleanupRequest, outputs: OutputsDep) -> CleanupOut:
     """Delete runs and reports older than `days_old` days (model configs are kept)."""
     return CleanupOut(removed=await outputs.acleanup_old_outputs(body.days_old))
@@ -77,10 +92,10 @@ async def cleanup_results(body: CleanupRequest, outputs: OutputsDep) -> CleanupO
 @router.get(
     "/{result_id}", operation_id="get_result", response_model=StoredResult, responses=NOT_FOUND
 )
-async def get_result(result_id: str, outputs: OutputsDep) -> StoredResult:
-    """One stored run."""
+async def get_result(result_id: str, outputs: OutputsDep, principal: UserDep) -> StoredResult:
+    """One stored run (a user key sees only its own)."""
     item = await outputs.aget_result(result_id)
-    if item is None:
+    if item is None or not _visible(item, principal):
         raise ApiError(404, "Result not found", f"no stored result with id '{result_id}'")
     return StoredResult.model_validate(item)
 
@@ -91,8 +106,9 @@ async def get_result(result_id: str, outputs: OutputsDep) -> StoredResult:
     status_code=status.HTTP_204_NO_CONTENT,
     responses=NOT_FOUND,
 )
-async def delete_result(result_id: str, outputs: OutputsDep) -> Response:
-    """Delete one stored run."""
-    if not await outputs.adelete_result(result_id):
+async def delete_result(result_id: str, outputs: OutputsDep, principal: UserDep) -> Response:
+    """Delete one stored run (a user key only its own)."""
+    item = await outputs.aget_result(result_id)
+    if item is None or not _visible(item, principal) or not await outputs.adelete_result(result_id):
         raise ApiError(404, "Result not found", f"no stored result with id '{result_id}'")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

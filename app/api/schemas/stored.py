@@ -25,6 +25,9 @@ class StoredResult(BaseModel):
         description="The API the run came through: `gateway` (/gateway), `ollama` (/api), "
         "`openai` (/v1).",
     )
+    principal: str | None = Field(
+        default=None, description="The API key (by name) the run was made with; null: anonymous."
+    )
     status: Literal["succeeded", "failed", "cancelled"]
     model_name: str
     prompt: str

@@ -1,0 +1,200 @@
+"""API keys: created (shown once), listed, revoked; only their SHA-256 is stored.
+
+A key is `ogw_` and 43 URL-safe characters (256 random bits). Looking a key up goes by
+its SHA-256 through a unique index, and the stored digest is compared again with
+`hmac.compare_digest`: no comparison of the key itself whose time depends on how much of
+it is right. Lookups are cached for `cache_seconds` per process, so a key revoked by
+another process (the `keys revoke` command) stops working within that time; revoking
+through this process's `revoke` takes effect at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from app.access.principal import SCOPES, Principal, Scope
+from app.ollama._database_user import DatabaseUser
+from app.storage.repositories import ApiKeys, new_id
+from app.storage.tables import ApiKey
+
+__all__ = ["KEY_PREFIX", "KeyStore", "NewKey", "hash_key"]
+
+KEY_PREFIX = "ogw_"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_dict(row: ApiKey) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "scope": row.scope,
+        "prefix": row.prefix,
+        "models": row.models,
+        "requests_per_minute": row.requests_per_minute,
+        "tokens_per_minute": row.tokens_per_minute,
+        "created_at": row.created_at.isoformat(),
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created: `key` is the only time the secret is seen."""
+
+    key: str
+    record: dict[str, Any]
+
+
+def _principal(row: ApiKey) -> Principal:
+    scope: Scope = "admin" if row.scope == "admin" else "user"
+    return Principal(
+        name=row.name,
+        scope=scope,
+        key_id=row.id,
+        models=tuple(row.models) if row.models is not None else None,
+        requests_per_minute=row.requests_per_minute,
+        tokens_per_minute=row.tokens_per_minute,
+    )
+
+
+class KeyStore(DatabaseUser):
+    """The API keys of one database."""
+
+    def __init__(self, database_url: str, *, cache_seconds: float = 5.0) -> None:
+        super().__init__(database_url, name="key-store")
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._count: tuple[float, int] | None = None
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._count = None
+
+    async def acreate(
+        self,
+        name: str,
+        scope: str,
+        *,
+        models: Sequence[str] | None = None,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+    ) -> NewKey:
+        """A new key. ValueError for a bad name, scope or pattern, or a name in use."""
+        if not NAME_PATTERN.match(name):
+            raise ValueError(
+                "name must be 1-100 letters, digits or . _ @ - (starting with a letter or digit)"
+            )
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        patterns = None
+        if models is not None:
+            patterns = [m.strip() for m in models if m.strip()]
+            if not patterns or any(len(p) > 200 for p in patterns):
+                raise ValueError("models must be one or more glob patterns such as 'llama3*'")
+        for limit in (requests_per_minute, tokens_per_minute):
+            if limit is not None and limit < 1:
+                raise ValueError("rate limits must be positive numbers per minute")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKey(
+            id=new_id(),
+            name=name,
+            scope=scope,
+            key_hash=hash_key(key),
+            prefix=key[:12],
+            models=patterns,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            created_at=datetime.now(UTC),
+        )
+        await self._prepare()
+        async with self.db.session() as session:
+            keys = ApiKeys(session)
+            if await keys.active_named(name) is not None:
+                raise ValueError(f"an active key named {name!r} exists; revoke it first")
+            await keys.add(row)
+        self._forget()
+        return NewKey(key=key, record=key_dict(row))
+
+    async def alist(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+        await self._prepare()
+        async with self.db.session() as session:
+            return [key_dict(r) for r in await ApiKeys(session).all(include_revoked)]
+
+    async def arevoke(self, key_id_or_name: str) -> dict[str, Any] | None:
+        """Revoke an active key by id or name; None when there is no such active key."""
+        await self._prepare()
+        async with self.db.session() as session:
+            row = await ApiKeys(session).revoke(key_id_or_name, datetime.now(UTC))
+            record = key_dict(row) if row is not None else None
+        self._forget()
+        return record
+
+    async def ahas_keys(self) -> bool:
+        """Whether any active key exists (cached like lookups)."""
+        now = time.monotonic()
+        if self._count is None or now - self._count[0] > self.cache_seconds:
+            await self._prepare()
+            async with self.db.session() as session:
+                self._count = (now, await ApiKeys(session).count_active())
+        return self._count[1] > 0
+
+    async def aauthenticate(self, key: str) -> Principal | None:
+        """The principal of an active key, or None for an unknown or revoked one."""
+        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+            return None
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] <= self.cache_seconds:
+            return cached[1]
+        await self._prepare()
+        async with self.db.session() as session:
+            row = await ApiKeys(session).by_hash(digest)
+            principal = (
+                _principal(row)
+                if row is not None and hmac.compare_digest(row.key_hash, digest)
+                else None
+            )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now, principal)
+        return principal
+
+    # -- sync doors, for the command line ----------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        scope: str,
+        *,
+        models: Sequence[str] | None = None,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+    ) -> NewKey:
+        return self._run(
+            self.acreate(
+                name,
+                scope,
+                models=models,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+            )
+        )
+
+    def list(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+        return self._run(self.alist(include_revoked))
+
+    def revoke(self, key_id_or_name: str) -> dict[str, Any] | None:
+        return self._run(self.arevoke(key_id_or_name))

@@ -1,0 +1,55 @@
+"""What each finished run used, for whoever counts it (metrics, per-key token limits).
+
+The manager reports a `RunUsage` for every run it finishes (any surface, stored or not)
+to its `usage_observers` (process-wide: metrics) and to the `usage_sink` of the current
+context (request-scoped: the caller's token budget). Context variables are copied into
+the tasks a request starts, so a run in a background job reports to the request that
+started it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from app.ollama.types import ModelExecutionResult
+
+__all__ = ["RunUsage", "UsageObserver", "run_principal", "usage_of", "usage_sink"]
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    model: str
+    surface: str
+    kind: str
+    success: bool
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token: float | None
+    duration: float
+
+
+UsageObserver = Callable[[RunUsage], None]
+
+usage_sink: ContextVar[UsageObserver | None] = ContextVar("usage_sink", default=None)
+"""The current request's observer, set by the API layer (None outside a request)."""
+
+
+run_principal: ContextVar[str | None] = ContextVar("run_principal", default=None)
+"""Who the current context's runs are for (an API key's name), kept with each stored run."""
+
+
+def usage_of(result: ModelExecutionResult) -> RunUsage:
+    meta = result.metadata or {}
+    ttft = meta.get("time_to_first_token")
+    return RunUsage(
+        model=result.model_name,
+        surface=str(meta.get("surface") or "gateway"),
+        kind=str(meta.get("kind") or "generate"),
+        success=result.success,
+        prompt_tokens=int(meta.get("prompt_eval_count") or 0),
+        completion_tokens=int(meta.get("eval_count") or result.tokens_used or 0),
+        time_to_first_token=float(ttft) if isinstance(ttft, int | float) else None,
+        duration=float(result.execution_time),
+    )
