@@ -17,6 +17,7 @@ import difflib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,8 @@ class BackendState:
     models: list[str] | None = None
     loaded: list[str] = field(default_factory=list)
     inventory_at: float = 0.0
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    """Recent queue waits in seconds (requests that had to wait for a slot)."""
     _gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = field(default_factory=dict)
 
     @property
@@ -109,6 +112,10 @@ class BackendState:
             "circuit": "closed" if self.available else "open",
             "outstanding": self.outstanding,
             "queued": self.waiting,
+            "queue_wait_ms_mean": round(sum(self.waits) / len(self.waits) * 1000, 3)
+            if self.waits
+            else None,
+            "queue_wait_ms_max": round(max(self.waits) * 1000, 3) if self.waits else None,
             "consecutive_failures": self.failures,
             "last_error": self.last_error,
             "models": self.models,
@@ -142,12 +149,46 @@ class BackendPool:
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
         self._lock = threading.Lock()
-        self.states = [
-            BackendState(
-                spec, OllamaClient(spec.url, timeout=timeout, connect_timeout=connect_timeout)
-            )
-            for spec in specs
-        ]
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.states = [self._state(spec) for spec in specs]
+
+    def _state(self, spec: BackendSpec) -> BackendState:
+        client = OllamaClient(spec.url, timeout=self.timeout, connect_timeout=self.connect_timeout)
+        return BackendState(spec, client)
+
+    def add(self, backend: str | BackendSpec) -> BackendState:
+        """Add a backend at run time (its inventory is fetched on first use).
+
+        ValueError for a bad spec, or a name or URL already in the pool.
+        """
+        spec = backend if isinstance(backend, BackendSpec) else parse_backend(backend)
+        with self._lock:
+            for state in self.states:
+                if spec.name == state.spec.name or spec.url == state.spec.url:
+                    raise ValueError(
+                        f"backend {spec.name!r} ({spec.url}) clashes with {state.spec.name!r} "
+                        f"({state.spec.url}), which is already in the pool"
+                    )
+            state = self._state(spec)
+            # a new list, so a request iterating over the old one is not disturbed
+            self.states = [*self.states, state]
+        return state
+
+    def remove(self, backend: str) -> BackendState:
+        """Take a backend (by name or URL) out of the pool; its requests in flight finish.
+
+        ValueError when it is not in the pool or is the last one. The caller closes its
+        client (`await state.client.aclose()`).
+        """
+        if backend == "all":
+            raise ValueError("name one backend to remove, not 'all'")
+        with self._lock:
+            state = self.targets(backend)[0]
+            if len(self.states) == 1:
+                raise ValueError(f"backend {state.spec.name!r} is the last one; add another first")
+            self.states = [s for s in self.states if s is not state]
+        return state
 
     @property
     def clients(self) -> list[OllamaClient]:
@@ -275,7 +316,12 @@ class BackendPool:
         try:
             if gate is not None:
                 try:
-                    async with asyncio.timeout(self.queue_timeout):
+                    if gate.locked():
+                        queued_at = time.monotonic()
+                        async with asyncio.timeout(self.queue_timeout):
+                            await gate.acquire()
+                        state.waits.append(time.monotonic() - queued_at)
+                    else:
                         await gate.acquire()
                 except TimeoutError:
                     raise BackendBusy(

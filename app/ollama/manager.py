@@ -248,6 +248,32 @@ class OllamaManager:
         """Raise ValueError unless `backend` is a configured backend's name or URL, or "all"."""
         self.pool.targets(backend)
 
+    async def aadd_backend(self, backend: str) -> dict[str, Any]:
+        """Add a backend at run time (`name=url;max=N;weight=W`); returns its status.
+
+        ValueError for a bad spec or a name or URL already in use. Not persisted: the
+        configured `GATEWAY_BACKENDS` is what a restart begins with.
+        """
+        state = self.pool.add(backend)
+        self._models_cache = None
+        await self.pool.refresh(state)
+        return state.describe()
+
+    async def aremove_backend(self, backend: str) -> None:
+        """Take a backend (name or URL) out of the pool; requests in flight on it finish.
+
+        ValueError when it is unknown or the last one.
+        """
+        state = self.pool.remove(backend)
+        self._models_cache = None
+        # Requests may run on any event loop (sync doors use a private one), so the
+        # in-flight counter is polled rather than awaited; bounded by the request timeout.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.request_timeout):
+                while state.outstanding:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        await state.client.aclose()
+
     async def amodel_locations(self, force_refresh: bool = False) -> dict[str, list[str]]:
         """Which backends (by name) have each model, keyed by the normalised model name.
 

@@ -1,11 +1,12 @@
-"""The Ollama servers behind the gateway."""
+"""The Ollama servers behind the gateway: their state, and changes at run time (admin)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
 from app.api.deps import ManagerDep
+from app.api.errors import ApiError, Problem
 
 router = APIRouter(prefix="/gateway/backends", tags=["backends"])
 
@@ -17,6 +18,12 @@ class BackendOut(BaseModel):
     circuit: str = Field(description="closed (in use) or open (taken out after failures).")
     outstanding: int = Field(description="Requests in flight now.")
     queued: int = Field(description="Requests waiting for a slot now.")
+    queue_wait_ms_mean: float | None = Field(
+        default=None, description="Mean wait for a slot of the last requests that waited."
+    )
+    queue_wait_ms_max: float | None = Field(
+        default=None, description="Longest wait for a slot of the last requests that waited."
+    )
     max_concurrency: int | None = None
     weight: float = 1.0
     consecutive_failures: int = 0
@@ -27,7 +34,53 @@ class BackendOut(BaseModel):
     error: str | None = Field(default=None, description="Why it is unhealthy.")
 
 
+class BackendAdd(BaseModel):
+    backend: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="As in GATEWAY_BACKENDS: `[name=]url[;max=N][;weight=W]`.",
+        examples=["gpu2=http://10.0.0.6:11434;max=4;weight=2"],
+    )
+
+
 @router.get("", operation_id="list_backends", response_model=list[BackendOut])
 async def list_backends(manager: ManagerDep) -> list[BackendOut]:
-    """Each configured backend: health, version and installed models."""
+    """Each backend: health, version, installed and loaded models, load and queue."""
     return [BackendOut(**status) for status in await manager.abackend_status()]
+
+
+@router.post(
+    "",
+    operation_id="add_backend",
+    response_model=BackendOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"model": Problem, "description": "Its name or URL is already in use."}},
+)
+async def add_backend(body: BackendAdd, manager: ManagerDep) -> BackendOut:
+    """Add a backend now (not persisted: a restart begins with GATEWAY_BACKENDS)."""
+    try:
+        added = await manager.aadd_backend(body.backend)
+    except ValueError as exc:
+        code = 409 if "already in the pool" in str(exc) else 422
+        raise ApiError(code, "Backend not added", str(exc)) from exc
+    name = added["name"]
+    return next(BackendOut(**s) for s in await manager.abackend_status() if s["name"] == name)
+
+
+@router.delete(
+    "/{backend:path}",
+    operation_id="remove_backend",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        404: {"model": Problem, "description": "No backend of that name or URL."},
+        409: {"model": Problem, "description": "It is the last backend."},
+    },
+)
+async def remove_backend(backend: str, manager: ManagerDep) -> Response:
+    """Take a backend out (requests in flight on it finish first)."""
+    try:
+        await manager.aremove_backend(backend)
+    except ValueError as exc:
+        code = 409 if "last one" in str(exc) else 404
+        raise ApiError(code, "Backend not removed", str(exc)) from exc
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
