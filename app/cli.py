@@ -31,6 +31,7 @@ def serve(
     """Run the gateway under uvicorn."""
     import uvicorn
 
+    from app.logging_setup import log_config
     from app.main import create_app
     from app.settings import Settings
     from app.storage.migrations import SchemaOutOfDate, ensure_schema
@@ -56,6 +57,8 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config(settings.log_format, settings.log_level),
+        access_log=False,
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.access import AuditWriter, KeyStore, MemoryRateLimiter, RedisRateLimiter, is_loopback
@@ -18,6 +19,7 @@ from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
 from app.api.jobs import Jobs
 from app.api.limits import BodySizeLimit
+from app.api.observability import Metrics, ObservabilityMiddleware
 from app.api.openapi import install_openapi
 from app.api.routes import (
     audit,
@@ -30,6 +32,7 @@ from app.api.routes import (
     generate,
     health,
     keys,
+    metrics,
     models,
     ollama_api,
     openai_api,
@@ -93,6 +96,7 @@ def build_services(settings: Settings) -> Services:
             RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
         ),
         audit=AuditWriter(outputs),
+        metrics=Metrics(manager.pool),
     )
 
 
@@ -114,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         await services.config.aload_config()
         services.audit.start()
+        services.manager.usage_observers.append(services.metrics.observe_run)
         app.state.services = services
         watcher = asyncio.create_task(
             services.manager.pool.watch(settings.health_interval), name="backend-health"
@@ -145,7 +150,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         [ChunkEvent, ErrorEvent, ResultOut, PullProgress, PullOut, BatchProgress, BatchJobOut],
     )
     app.add_middleware(AuditMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    # Outermost: it sees every response, the middlewares' own (413, CORS) included.
+    app.add_middleware(ObservabilityMiddleware)
     app.include_router(health.router, responses=COMMON_ERRORS)
+    app.include_router(metrics.router, dependencies=[Depends(require_admin)])
     user = [Depends(require_user)]
     admin = [Depends(require_admin)]
     for module, needs in (

@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `serve` listens on.")
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="`json`: one JSON object per log line; `text`: plain lines."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the gateway from a browser (comma-separated); "
+        "empty: CORS is off.",
+    )
     request_timeout: float = Field(
         default=300.0, gt=0, description="Seconds a backend request may take in all."
     )
@@ -118,6 +126,13 @@ class Settings(BaseSettings):
             return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
         if isinstance(value, list):
             return [str(part).strip().rstrip("/") for part in value if str(part).strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("log_level", mode="before")

@@ -15,6 +15,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.api.jobs import Jobs
+    from app.api.observability import Metrics
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Services:
     keys: KeyStore
     limiter: RateLimiter
     audit: AuditWriter
+    metrics: Metrics
     background: set[asyncio.Task[None]] = field(default_factory=set)
     """Fire-and-forget work (token charges) kept referenced until done."""
 

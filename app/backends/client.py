@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
+from app.request_context import request_id
 
 __all__ = ["OllamaClient", "RelayResponse"]
 
@@ -86,6 +87,7 @@ class OllamaClient:
                     timeout=self._timeout(None),
                     limits=self._limits,
                     trust_env=False,
+                    event_hooks={"request": [_pass_request_id]},
                 )
                 self._clients[loop] = client
             return client
@@ -354,3 +356,10 @@ class OllamaClient:
             f"request to backend {self.base_url} failed: {exc or type(exc).__name__}",
             url=self.base_url,
         )
+
+
+async def _pass_request_id(request: httpx.Request) -> None:
+    """Send the id of the request being served along (`X-Request-ID`), for tracing."""
+    current = request_id.get()
+    if current is not None:
+        request.headers["X-Request-ID"] = current

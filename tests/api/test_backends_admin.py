@@ -43,7 +43,9 @@ def test_a_backend_added_at_run_time_serves_its_models_and_can_be_removed(
             clash = httpx.post(f"{url}/gateway/backends", json={"backend": f"three={second}"})
             assert clash.status_code == 409 and "already in the pool" in clash.json()["detail"]
             bad = httpx.post(f"{url}/gateway/backends", json={"backend": "not a url"})
-            assert bad.status_code == 422 and "expected a URL" in bad.json()["detail"]
+            assert bad.status_code == 422 and bad.json()["errors"][0]["loc"][-1] == "backend"
+            zero = httpx.post(f"{url}/gateway/backends", json={"backend": f"z={second};max=0"})
+            assert zero.status_code == 422 and "bad parameter" in zero.json()["detail"]
 
             assert httpx.delete(f"{url}/gateway/backends/two").status_code == 204
             names = [b["name"] for b in httpx.get(f"{url}/gateway/backends").json()]

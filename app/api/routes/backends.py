@@ -38,6 +38,7 @@ class BackendAdd(BaseModel):
     backend: str = Field(
         min_length=1,
         max_length=2048,
+        pattern=r"^([^=;\s]+=)?https?://[^;\s]+(;(max|weight)=[0-9.]+)*$",
         description="As in GATEWAY_BACKENDS: `[name=]url[;max=N][;weight=W]`.",
         examples=["gpu2=http://10.0.0.6:11434;max=4;weight=2"],
     )

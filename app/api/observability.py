@@ -1,0 +1,188 @@
+"""Request ids, Prometheus metrics, access lines and safe response headers.
+
+`ObservabilityMiddleware` (pure ASGI, so streams pass through unbuffered) wraps every
+request: it takes the client's `X-Request-ID` when it is sane, else makes one; echoes it
+on the response and puts it in `app.request_context.request_id` (logs and the requests
+sent to backends carry it); adds `X-Content-Type-Options: nosniff`; counts the request by
+route template and status, times it, tracks streams in flight; and writes one access line.
+
+`Metrics` holds one app's Prometheus registry (each app its own: no global state): HTTP
+metrics, per-model run metrics fed by the core's usage observers, and the backend pool's
+state read at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.backends.pool import BackendPool
+from app.ollama.usage import RunUsage
+from app.request_context import request_id
+
+__all__ = ["Metrics", "ObservabilityMiddleware"]
+
+access_log = logging.getLogger("ollama_gateway.access")
+
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class PoolCollector(Collector):
+    """Each backend's health, requests in flight and queue depth, read at scrape time."""
+
+    def __init__(self, pool: BackendPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "gateway_backend_up",
+            "1 when the backend's circuit is closed and its last check answered",
+            labels=["backend"],
+        )
+        outstanding = GaugeMetricFamily(
+            "gateway_backend_outstanding", "Requests in flight on the backend", labels=["backend"]
+        )
+        queued = GaugeMetricFamily(
+            "gateway_backend_queue_depth",
+            "Requests waiting for one of the backend's slots",
+            labels=["backend"],
+        )
+        for state in self.pool.states:
+            name = state.spec.name
+            up.add_metric([name], 1.0 if state.available and state.failures == 0 else 0.0)
+            outstanding.add_metric([name], float(state.outstanding))
+            queued.add_metric([name], float(state.waiting))
+        yield up
+        yield outstanding
+        yield queued
+
+
+class Metrics:
+    def __init__(self, pool: BackendPool) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time to answer a request (to the end of a streamed body)",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.streams = Gauge(
+            "gateway_inflight_streams", "Streamed responses (SSE or NDJSON) in flight", registry=r
+        )
+        self.runs = Counter(
+            "gateway_runs", "Generations and chats finished", ["model", "surface", "outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "gateway_tokens", "Tokens by model: in (prompt) and out (generated)",
+            ["model", "direction"], registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "From the request to the backend to its first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        r.register(PoolCollector(pool))
+
+    def observe_run(self, usage: RunUsage) -> None:
+        """A usage observer (`OllamaManager.usage_observers`)."""
+        outcome = "succeeded" if usage.success else "failed"
+        self.runs.labels(usage.model, usage.surface, outcome).inc()
+        if usage.prompt_tokens:
+            self.tokens.labels(usage.model, "in").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            self.tokens.labels(usage.model, "out").inc(usage.completion_tokens)
+        if usage.time_to_first_token is not None:
+            self.ttft.labels(usage.model).observe(usage.time_to_first_token)
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        rid = given if given and REQUEST_ID_PATTERN.match(given) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+        streaming = False
+        metrics: Metrics | None = _metrics(scope)
+
+        async def wrapped(message: Message) -> None:
+            nonlocal status, streaming
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message["headers"] = headers
+                content_type = dict(headers).get(b"content-type", b"")
+                streaming = content_type.startswith(STREAM_TYPES)
+                if streaming and metrics is not None:
+                    metrics.streams.inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            duration = time.perf_counter() - started
+            if streaming and metrics is not None:
+                metrics.streams.dec()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if metrics is not None:
+                metrics.requests.labels(route, scope["method"], str(status)).inc()
+                metrics.latency.labels(route).observe(duration)
+            principal = (scope.get("state") or {}).get("principal")
+            client = scope.get("client")
+            access_log.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 3),
+                    "client": client[0] if client else None,
+                    "principal": getattr(principal, "name", None),
+                },
+            )
+            request_id.reset(token)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _metrics(scope: Scope) -> Metrics | None:
+    app = scope.get("app")
+    services = getattr(getattr(app, "state", None), "services", None)
+    metrics = getattr(services, "metrics", None)
+    return metrics if isinstance(metrics, Metrics) else None

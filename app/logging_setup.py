@@ -1,0 +1,72 @@
+"""Structured logs: one JSON object per line, with the request id when there is one.
+
+`GATEWAY_LOG_FORMAT=json` (the default) makes the app's and uvicorn's loggers write
+`{"ts", "level", "logger", "msg", "request_id", ...}` and whatever `extra=` fields a call
+passes; `text` keeps a plain format. uvicorn's own access log is off: the gateway writes
+one access line per request itself (`ollama_gateway.access`), with the route, status,
+duration, principal and request id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from app.request_context import request_id
+
+__all__ = ["JsonFormatter", "log_config"]
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        current = request_id.get()
+        if current is not None:
+            entry["request_id"] = current
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def log_config(log_format: str, level: str) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for uvicorn's `log_config` (app and uvicorn loggers)."""
+    formatter: dict[str, Any] = (
+        {"()": JsonFormatter}
+        if log_format == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "default",
+        "stream": "ext://sys.stderr",
+    }
+    upper = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"default": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": upper, "propagate": False},
+            "uvicorn.error": {"handlers": ["default"], "level": upper, "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+            "app": {"handlers": ["default"], "level": upper, "propagate": False},
+            "ollama_gateway": {"handlers": ["default"], "level": upper, "propagate": False},
+        },
+    }
