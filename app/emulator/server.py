@@ -15,13 +15,14 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from app.emulator import text
 from app.emulator.catalog import lookup
 from app.emulator.config import EmulatorConfig
 from app.emulator.errors import CutConnection, OllamaError, decode_error, go_quote, json_type
+from app.emulator.llama_engine import GenerationStats, LlamaEngine, load_engine
 from app.emulator.names import ModelName, parse
 from app.emulator.state import Installed, State
 from app.emulator.wire import dumps, local_time, utc_now
@@ -91,6 +92,11 @@ class Emulator:
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
+        self.engine: LlamaEngine | None = None
+        if config.engine == "llama-cpp":
+            self.engine = load_engine(config)
+        elif config.engine != "filler":
+            raise ValueError(f"unknown engine {config.engine!r} (filler or llama-cpp)")
         self.state = State.fresh(config)
         self.routes: dict[str, dict[str, Callable[[Scope, bytes, Send], Awaitable[None]]]] = {
             "/": {"GET": self.root, "HEAD": self.root},
@@ -179,6 +185,17 @@ class Emulator:
         lines: Iterable[Callable[[], Awaitable[JSON | None]]],
     ) -> None:
         """Send NDJSON lines as produced; honour the cut-connection fault."""
+
+        async def objects() -> AsyncIterator[JSON]:
+            for produce in lines:
+                obj = await produce()
+                if obj is not None:
+                    yield obj
+
+        await self.stream_objects(send, objects())
+
+    async def stream_objects(self, send: Send, objects: AsyncIterator[JSON]) -> None:
+        """Send each object as an NDJSON line as it comes; honour the cut-connection fault."""
         await send(
             {
                 "type": "http.response.start",
@@ -188,10 +205,7 @@ class Emulator:
         )
         cut = self.state.faults.cut_after_chunks
         sent = 0
-        for produce in lines:
-            obj = await produce()
-            if obj is None:
-                continue
+        async for obj in objects:
             if cut is not None and sent >= cut:
                 raise CutConnection(f"emulated connection cut after {sent} chunks")
             await send(
@@ -560,6 +574,17 @@ class Emulator:
 
         cold = not self.state.was_loaded(name)
         self.state.touch_loaded(name, installed, keep_alive, num_ctx)
+        if self.engine is not None:
+            if kind == "generate":
+                turns = (
+                    [{"role": "system", "content": str(req["system"])}] if req.get("system") else []
+                )
+                turns.append({"role": "user", "content": prompt})
+                text_in = prompt if req.get("raw") else self.engine.chat_prompt(turns)
+            else:
+                text_in = self.engine.chat_prompt(req.get("messages") or [])
+            await self.infer_with_engine(send, req, kind, raw, text_in, options, wants_json, schema)
+            return
         seed_value = options.get("seed", -1)
         seed = int(seed_value) if isinstance(seed_value, int | float) and seed_value >= 0 else 0
         temperature = float(options.get("temperature", 0.8))
@@ -650,6 +675,59 @@ class Emulator:
         )
         await self.stream_lines(send, lines)
 
+    async def infer_with_engine(
+        self,
+        send: Send,
+        req: JSON,
+        kind: str,
+        raw: str,
+        prompt: str,
+        options: JSON,
+        wants_json: bool,
+        schema: JSON | None,
+    ) -> None:
+        """A real run by the llama.cpp engine, in Ollama's wire format."""
+        assert self.engine is not None
+        run = self.engine.stream(prompt, options, json_schema=schema, wants_json=wants_json)
+
+        def line(piece: str) -> JSON:
+            body: JSON = {"model": raw, "created_at": utc_now()}
+            if kind == "generate":
+                body["response"] = piece
+            else:
+                body["message"] = {"role": "assistant", "content": piece}
+            return body
+
+        def final(stats: GenerationStats, text_out: str) -> JSON:
+            reply = line(text_out)
+            reply.update({"done": True, "done_reason": stats.done_reason, **stats.metrics()})
+            return reply
+
+        if req.get("stream") is False:
+            pieces: list[str] = []
+            async for item in run:
+                if isinstance(item, GenerationStats):
+                    await self.send_json(send, final(item, "".join(pieces)))
+                    return
+                pieces.append(item)
+            return
+
+        async def objects() -> AsyncIterator[JSON]:
+            async for item in run:
+                if isinstance(item, GenerationStats):
+                    yield final(item, "")
+                    return
+                yield {**line(item), "done": False}
+
+        first = await anext(objects_iter := objects())  # a full queue is an error reply
+
+        async def all_objects() -> AsyncIterator[JSON]:
+            yield first
+            async for obj in objects_iter:
+                yield obj
+
+        await self.stream_objects(send, all_objects())
+
     def inference_lines(
         self,
         kind: str,
@@ -734,6 +812,23 @@ class Emulator:
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise OllamaError(400, "invalid input type")
         spec = installed.spec
+        if self.engine is not None:
+            self.state.touch_loaded(
+                name, installed, self.keep_alive_ns(req.get("keep_alive")), 2048
+            )
+            started = time.perf_counter_ns()
+            vectors, tokens = await self.engine.embed(items)
+            await self.send_json(
+                send,
+                {
+                    "model": raw,
+                    "embeddings": vectors,
+                    "total_duration": time.perf_counter_ns() - started,
+                    "load_duration": 1,
+                    "prompt_eval_count": tokens,
+                },
+            )
+            return
         if req.get("truncate") is False and any(
             text.tokens_of(i) > spec.context_length for i in items
         ):
@@ -776,6 +871,10 @@ class Emulator:
             return
         spec = installed.spec
         self.state.touch_loaded(name, installed, self.keep_alive_ns(req.get("keep_alive")), 2048)
+        if self.engine is not None:
+            vectors, _ = await self.engine.embed([prompt])
+            await self.send_json(send, {"embedding": vectors[0]})
+            return
         vector = [v * 3.0 for v in text.embedding(spec.name, prompt, spec.embedding_length)]
         await self.send_json(send, {"embedding": vector})
 
