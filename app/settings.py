@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(
         default=131_072, ge=1, le=131_072, description="Largest `max_tokens` a request may ask."
     )
+    http_transport: Literal["httpx", "aiohttp"] = Field(
+        default="aiohttp",
+        description="How the gateway talks to backends: httpx's own transport, or aiohttp "
+        "under httpx's API (`httpx-aiohttp`); see bench/RESULTS.md.",
+    )
     health_interval: float = Field(
         default=10.0, gt=0, description="Seconds between background backend health checks."
     )

@@ -1,4 +1,8 @@
-"""What routes receive through `Depends`: the core's objects, built once in the lifespan."""
+"""What routes receive through `Depends`: the core's objects, built once in the lifespan.
+
+The getters are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
+thread, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ class Services:
     """Fire-and-forget work (token charges) kept referenced until done."""
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -44,23 +48,23 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings(services: ServicesDep) -> Settings:
+async def get_settings(services: ServicesDep) -> Settings:
     return services.settings
 
 
-def get_manager(services: ServicesDep) -> OllamaManager:
+async def get_manager(services: ServicesDep) -> OllamaManager:
     return services.manager
 
 
-def get_runner(services: ServicesDep) -> ModelRunner:
+async def get_runner(services: ServicesDep) -> ModelRunner:
     return services.runner
 
 
-def get_outputs(services: ServicesDep) -> OutputManager:
+async def get_outputs(services: ServicesDep) -> OutputManager:
     return services.outputs
 
 
-def get_config(services: ServicesDep) -> ConfigManager:
+async def get_config(services: ServicesDep) -> ConfigManager:
     return services.config
 
 

@@ -25,6 +25,7 @@ from app.request_context import request_id
 __all__ = ["OllamaClient", "RelayResponse"]
 
 JSONDict = dict[str, Any]
+TRANSPORTS = ("httpx", "aiohttp")
 
 
 @dataclass
@@ -59,7 +60,11 @@ class OllamaClient:
         timeout: float = 300.0,
         connect_timeout: float = 5.0,
         max_connections: int = 100,
+        transport: str = "httpx",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        self.transport = transport
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -88,9 +93,18 @@ class OllamaClient:
                     limits=self._limits,
                     trust_env=False,
                     event_hooks={"request": [_pass_request_id]},
+                    transport=self._make_transport(),
                 )
                 self._clients[loop] = client
             return client
+
+    def _make_transport(self) -> httpx.AsyncBaseTransport | None:
+        """httpx's own (None), or aiohttp under httpx's API (`httpx-aiohttp`)."""
+        if self.transport == "httpx":
+            return None
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(limits=self._limits, trust_env=False)
 
     def _timeout(self, total: float | None) -> httpx.Timeout:
         seconds = self.timeout if total is None else total

@@ -138,6 +138,7 @@ class BackendPool:
         cooldown: float = 5.0,
         max_queue: int = 64,
         queue_timeout: float = 30.0,
+        transport: str = "aiohttp",
     ) -> None:
         if not backends:
             raise ValueError("BackendPool needs at least one backend URL")
@@ -151,10 +152,16 @@ class BackendPool:
         self._lock = threading.Lock()
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.transport = transport
         self.states = [self._state(spec) for spec in specs]
 
     def _state(self, spec: BackendSpec) -> BackendState:
-        client = OllamaClient(spec.url, timeout=self.timeout, connect_timeout=self.connect_timeout)
+        client = OllamaClient(
+            spec.url,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            transport=self.transport,
+        )
         return BackendState(spec, client)
 
     def add(self, backend: str | BackendSpec) -> BackendState:

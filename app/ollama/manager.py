@@ -114,6 +114,7 @@ class OllamaManager:
                 timeout=self.settings.request_timeout,
                 connect_timeout=self.settings.connect_timeout,
                 health_timeout=self.settings.health_timeout,
+                transport=self.settings.http_transport,
             )
             self._owns_pool = True
         # Only a manager that talks to its own base_url may start a server for it.

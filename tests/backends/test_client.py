@@ -16,12 +16,20 @@ from app.backends import (
     OllamaClient,
     StreamInterrupted,
 )
+from app.backends.client import TRANSPORTS
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every client test runs on httpx's own transport and on aiohttp's (httpx-aiohttp)."""
+    return str(request.param)
+
 
 MODEL = "llama3.1:8b"
 
 
-async def test_version_ping_and_tags(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_version_ping_and_tags(transport: str, emulator_url: str) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     assert await client.ping()
     assert await client.version()
     names = {m["name"] for m in await client.tags()}
@@ -29,8 +37,8 @@ async def test_version_ping_and_tags(emulator_url: str) -> None:
     await client.aclose()
 
 
-async def test_show_and_ps(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_show_and_ps(transport: str, emulator_url: str) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     shown = await client.show(MODEL)
     assert "details" in shown and "capabilities" in shown
     await client.generate({"model": MODEL, "prompt": "load me"})
@@ -38,8 +46,8 @@ async def test_show_and_ps(emulator_url: str) -> None:
     await client.aclose()
 
 
-async def test_unknown_model_is_a_404_with_ollamas_text(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_unknown_model_is_a_404_with_ollamas_text(transport: str, emulator_url: str) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     with pytest.raises(BackendError) as caught:
         await client.show("nonexistent-model")
     assert caught.value.status == 404
@@ -47,8 +55,10 @@ async def test_unknown_model_is_a_404_with_ollamas_text(emulator_url: str) -> No
     await client.aclose()
 
 
-async def test_generate_stream_ends_with_done_and_matches_non_stream(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_generate_stream_ends_with_done_and_matches_non_stream(
+    transport: str, emulator_url: str
+) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     body = {"model": MODEL, "prompt": "Tell me a story", "options": {"seed": 3}}
     chunks = [c async for c in client.generate_stream(body)]
     whole = await client.generate(body)
@@ -58,8 +68,8 @@ async def test_generate_stream_ends_with_done_and_matches_non_stream(emulator_ur
     await client.aclose()
 
 
-async def test_chat_stream_and_chat(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_chat_stream_and_chat(transport: str, emulator_url: str) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     chunks = [c async for c in client.chat_stream(body)]
     whole = await client.chat(body)
@@ -68,10 +78,10 @@ async def test_chat_stream_and_chat(emulator_url: str) -> None:
 
 
 async def test_a_cut_stream_raises_stream_interrupted(
-    emulator_url: str, faults: Callable[..., None]
+    transport: str, emulator_url: str, faults: Callable[..., None]
 ) -> None:
     faults(cut_after_chunks=2)
-    client = OllamaClient(emulator_url)
+    client = OllamaClient(emulator_url, transport=transport)
     received: list[dict[str, Any]] = []
     with pytest.raises(StreamInterrupted):
         async for chunk in client.generate_stream({"model": MODEL, "prompt": "Tell a story"}):
@@ -81,10 +91,10 @@ async def test_a_cut_stream_raises_stream_interrupted(
 
 
 async def test_a_500_carries_the_backend_message(
-    emulator_url: str, faults: Callable[..., None]
+    transport: str, emulator_url: str, faults: Callable[..., None]
 ) -> None:
     faults(fail_next=1, fail_status=500, fail_message="runner crashed")
-    client = OllamaClient(emulator_url)
+    client = OllamaClient(emulator_url, transport=transport)
     with pytest.raises(BackendError) as caught:
         async for _ in client.generate_stream({"model": MODEL, "prompt": "x"}):
             pass
@@ -93,32 +103,34 @@ async def test_a_500_carries_the_backend_message(
 
 
 async def test_a_stall_beyond_the_timeout_raises_backend_timeout(
-    emulator_url: str, faults: Callable[..., None]
+    transport: str, emulator_url: str, faults: Callable[..., None]
 ) -> None:
     faults(stall_ms=5000)
-    client = OllamaClient(emulator_url, timeout=0.5)
+    client = OllamaClient(emulator_url, transport=transport, timeout=0.5)
     with pytest.raises(BackendTimeout):
         await client.generate({"model": MODEL, "prompt": "x"})
     await client.aclose()
 
 
-async def test_nobody_listening_is_backend_unavailable(down_url: str) -> None:
-    client = OllamaClient(down_url)
+async def test_nobody_listening_is_backend_unavailable(transport: str, down_url: str) -> None:
+    client = OllamaClient(down_url, transport=transport)
     assert not await client.ping()
     with pytest.raises(BackendUnavailable):
         await client.tags()
     await client.aclose()
 
 
-async def test_pull_streams_progress_to_success(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_pull_streams_progress_to_success(transport: str, emulator_url: str) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     statuses = [line["status"] async for line in client.pull("phi3:mini")]
     assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
     await client.aclose()
 
 
-async def test_pull_of_an_unknown_model_raises_the_error_line(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_pull_of_an_unknown_model_raises_the_error_line(
+    transport: str, emulator_url: str
+) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     with pytest.raises(BackendError) as caught:
         async for _ in client.pull("no-such-model-anywhere:1b"):
             pass
@@ -126,8 +138,8 @@ async def test_pull_of_an_unknown_model_raises_the_error_line(emulator_url: str)
     await client.aclose()
 
 
-async def test_copy_embed_and_delete(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_copy_embed_and_delete(transport: str, emulator_url: str) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     await client.copy(MODEL, "mycopy:latest")
     embedded = await client.embed("nomic-embed-text", ["a", "b"])
     assert len(embedded["embeddings"]) == 2
@@ -139,8 +151,8 @@ async def test_copy_embed_and_delete(emulator_url: str) -> None:
     await client.aclose()
 
 
-def test_one_client_serves_several_event_loops(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+def test_one_client_serves_several_event_loops(transport: str, emulator_url: str) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
 
     async def use() -> int:
         return len(await client.tags())
@@ -150,8 +162,10 @@ def test_one_client_serves_several_event_loops(emulator_url: str) -> None:
     asyncio.run(client.aclose())
 
 
-async def test_leaving_a_stream_early_releases_the_connection(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url, max_connections=1)
+async def test_leaving_a_stream_early_releases_the_connection(
+    transport: str, emulator_url: str
+) -> None:
+    client = OllamaClient(emulator_url, transport=transport, max_connections=1)
     for _ in range(3):
         async with contextlib.aclosing(
             client.generate_stream({"model": MODEL, "prompt": "Tell a long story"})
@@ -163,8 +177,8 @@ async def test_leaving_a_stream_early_releases_the_connection(emulator_url: str)
     await client.aclose()
 
 
-async def test_relay_passes_replies_through_unparsed(emulator_url: str) -> None:
-    client = OllamaClient(emulator_url)
+async def test_relay_passes_replies_through_unparsed(transport: str, emulator_url: str) -> None:
+    client = OllamaClient(emulator_url, transport=transport)
     reply = await client.relay(
         "POST",
         "/api/generate",
