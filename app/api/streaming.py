@@ -93,14 +93,21 @@ async def _events(
                 await aclose()
 
 
-async def stream_response(chunks: AsyncIterator[StreamingChunk]) -> EventSourceResponse:
-    """Start the SSE stream, unless the run fails within the early-error window."""
+async def first_chunk(chunks: AsyncIterator[StreamingChunk]) -> asyncio.Future[StreamingChunk]:
+    """The stream's first chunk, waited for up to `EARLY_ERROR_SECONDS`: a run that has
+    failed by then raises its problem (a status reply, not a stream that opens to fail)."""
     first: asyncio.Future[StreamingChunk] = asyncio.ensure_future(anext(chunks))
     await asyncio.wait({first}, timeout=EARLY_ERROR_SECONDS)
     if first.done() and not first.cancelled():
         chunk = first.result()
         if chunk.done and chunk.result is not None and not chunk.result.success:
             raise failed_run_problem(chunk.result)
+    return first
+
+
+async def stream_response(chunks: AsyncIterator[StreamingChunk]) -> EventSourceResponse:
+    """Start the SSE stream, unless the run fails within the early-error window."""
+    first = await first_chunk(chunks)
     return EventSourceResponse(_events(first, chunks), ping=PING_SECONDS)
 
 

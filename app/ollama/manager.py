@@ -687,27 +687,6 @@ class OllamaManager:
         error_type: str | None,
         error_status: int | None,
     ) -> ModelExecutionResult:
-        """The result of a finished run, reported to the usage observers (see `usage`)."""
-        result = self._result_of(spec, acc, mode, backend, error, error_type, error_status)
-        usage = usage_of(result)
-        sink = usage_sink.get()
-        for observer in (*self.usage_observers, *([sink] if sink is not None else [])):
-            try:
-                observer(usage)
-            except Exception:  # an observer's bug must not fail the run
-                logger.exception("a usage observer failed")
-        return result
-
-    def _result_of(
-        self,
-        spec: RunSpec,
-        acc: StreamAccumulator,
-        mode: str,
-        backend: list[str],
-        error: str | None,
-        error_type: str | None,
-        error_status: int | None,
-    ) -> ModelExecutionResult:
         execution_time = time.perf_counter() - acc.started
         metadata: dict[str, Any] = {
             "kind": spec.kind,
@@ -736,7 +715,7 @@ class OllamaManager:
             if error_status is not None:
                 metadata["error_status"] = error_status
             metadata["partial_response"] = acc.text
-            return ModelExecutionResult(
+            result = ModelExecutionResult(
                 model_name=spec.model,
                 prompt=spec.prompt,
                 response="",
@@ -746,15 +725,28 @@ class OllamaManager:
                 error_message=error,
                 metadata=metadata,
             )
-        return ModelExecutionResult(
-            model_name=spec.model,
-            prompt=spec.prompt,
-            response=acc.text,
-            execution_time=execution_time,
-            tokens_used=tokens,
-            success=True,
-            metadata=metadata,
-        )
+        else:
+            result = ModelExecutionResult(
+                model_name=spec.model,
+                prompt=spec.prompt,
+                response=acc.text,
+                execution_time=execution_time,
+                tokens_used=tokens,
+                success=True,
+                metadata=metadata,
+            )
+        self._report_usage(result)
+        return result
+
+    def _report_usage(self, result: ModelExecutionResult) -> None:
+        """Tell the usage observers and the context's sink what a finished run used."""
+        usage = usage_of(result)
+        sink = usage_sink.get()
+        for observer in (*self.usage_observers, *([sink] if sink is not None else [])):
+            try:
+                observer(usage)
+            except Exception:  # an observer's bug must not fail the run
+                logger.exception("a usage observer failed")
 
     # -- storage ---------------------------------------------------------------------
 

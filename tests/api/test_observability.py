@@ -14,7 +14,7 @@ import pytest
 
 from app.main import create_app
 from tests.api.conftest import gateway_settings, set_faults
-from tests.support.servers import free_port, running_process, serving_in_thread
+from tests.support.servers import answer_lifespan, free_port, running_process, serving_in_thread
 
 RUN = {"model": "llama3.1:8b", "prompt": "hello", "options": {"max_tokens": 4}}
 
@@ -84,9 +84,7 @@ class HeaderRecorder:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         self.seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
         body = (

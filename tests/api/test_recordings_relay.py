@@ -18,7 +18,7 @@ import pytest
 
 from app.main import create_app
 from tests.api.conftest import gateway_settings
-from tests.support.servers import serving_in_thread
+from tests.support.servers import answer_lifespan, serving_in_thread
 
 RECORDINGS = Path(__file__).resolve().parents[3] / "shared" / "ollama-recordings"
 RELAYED_PATHS = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show",
@@ -54,9 +54,7 @@ class ReplayBackend:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         more = True
         while more:

@@ -116,3 +116,10 @@ def serving_in_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """The lifespan protocol for a tiny test ASGI app that has nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})

@@ -10,7 +10,6 @@ OpenAI's shape (see `app.api.errors.openai_error`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,7 +35,7 @@ from app.api.openai_format import (
     invalid,
     model_object,
 )
-from app.api.streaming import EARLY_ERROR_SECONDS
+from app.api.streaming import first_chunk
 from app.ollama import ModelRunner
 from app.ollama.names import same_model
 from app.ollama.types import StreamingChunk
@@ -52,12 +51,7 @@ async def _streamed(
     chunks: AsyncIterator[StreamingChunk], writer: ChunkWriter, include_usage: bool
 ) -> StreamingResponse:
     """Start the SSE stream unless the run fails at once (then a JSON error reply)."""
-    first: asyncio.Future[StreamingChunk] = asyncio.ensure_future(anext(chunks))
-    await asyncio.wait({first}, timeout=EARLY_ERROR_SECONDS)
-    if first.done() and not first.cancelled():
-        chunk = first.result()
-        if chunk.done and chunk.result is not None and not chunk.result.success:
-            raise failed_run_problem(chunk.result)
+    first = await first_chunk(chunks)
 
     async def events() -> AsyncIterator[bytes]:
         try:
