@@ -4,7 +4,8 @@ A request only appends its entry to a queue (no database round trip on its path)
 background task stores what has queued every `interval` seconds, or at once when
 `batch_size` entries are waiting. `flush()` stores everything queued so far (the audit
 endpoint calls it, so a reader sees every request answered before its own); `aclose()`
-flushes and stops. Entries that fail to store are logged, never raised to a request.
+flushes and stops. Entries that fail to store are logged and kept for the next round,
+never raised to a request.
 """
 
 from __future__ import annotations
@@ -24,9 +25,15 @@ logger = logging.getLogger(__name__)
 
 class AuditWriter:
     def __init__(
-        self, outputs: OutputManager, *, interval: float = 0.5, batch_size: int = 200
+        self,
+        outputs: OutputManager,
+        *,
+        interval: float = 0.5,
+        batch_size: int = 200,
+        max_pending: int = 100_000,
     ) -> None:
         self.outputs = outputs
+        self.max_pending = max_pending
         self.interval = interval
         self.batch_size = batch_size
         self._pending: list[dict[str, Any]] = []
@@ -39,8 +46,16 @@ class AuditWriter:
             self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     def record(self, **entry: Any) -> None:
-        """Queue one entry (the `OutputManager.arecord_audit` fields)."""
+        """Queue one entry (the `OutputManager.arecord_audit` fields).
+
+        At most `max_pending` wait (the database may be down): beyond that the oldest are
+        dropped, and the drop is logged.
+        """
         entry.setdefault("created_at", datetime.now(UTC))
+        if len(self._pending) >= self.max_pending:
+            dropped = len(self._pending) - self.max_pending + 1
+            del self._pending[:dropped]
+            logger.error("audit log backlog full: %d oldest entries dropped", dropped)
         self._pending.append(entry)
         if len(self._pending) >= self.batch_size:
             self._wake.set()
@@ -53,7 +68,9 @@ class AuditWriter:
             try:
                 await self.outputs.arecord_audit_many(batch)
             except Exception:
-                logger.exception("storing %d audit entries failed", len(batch))
+                # kept for the next round (the backlog is bounded by `max_pending`)
+                logger.exception("storing %d audit entries failed; will retry", len(batch))
+                self._pending[:0] = batch
 
     async def _run(self) -> None:
         while True:

@@ -8,11 +8,13 @@ and the key then waits until it has refilled.
 
 `MemoryRateLimiter` keeps the buckets in this process; `RedisRateLimiter` keeps them in
 Redis, updated by one Lua script (atomic, on Redis's clock), so several gateway replicas
-enforce one limit together.
+enforce one limit together; while Redis does not answer, requests pass (and a warning is
+logged) rather than all being refused.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from typing import Protocol
 from app.access.principal import Principal
 
 __all__ = ["MemoryRateLimiter", "RateLimited", "RateLimiter", "RedisRateLimiter"]
+
+logger = logging.getLogger(__name__)
 
 
 class RateLimited(Exception):
@@ -130,11 +134,19 @@ class RedisRateLimiter:
     async def _take_from(
         self, key_id: str, what: str, per_minute: int, cost: float, strict: bool
     ) -> float:
+        """Seconds to wait (0: taken). Redis unreachable: logged, and the request passes
+        (a limiter outage must not stop every request; the audit log still sees them)."""
+        from redis.exceptions import RedisError
+
         lifetime_ms = 120_000 + int(60_000 * max(cost, 1) / per_minute)
-        taken, wait_ms = await self._take(
-            keys=[f"{self.prefix}:{key_id}:{what}"],
-            args=[per_minute, cost, "1" if strict else "0", lifetime_ms],
-        )
+        try:
+            taken, wait_ms = await self._take(
+                keys=[f"{self.prefix}:{key_id}:{what}"],
+                args=[per_minute, cost, "1" if strict else "0", lifetime_ms],
+            )
+        except (RedisError, OSError) as exc:
+            logger.warning("rate limits not enforced: Redis did not answer (%s)", exc)
+            return 0.0
         return 0.0 if int(taken) else int(wait_ms) / 1000
 
     async def acquire(self, principal: Principal) -> None:

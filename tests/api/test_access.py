@@ -325,3 +325,18 @@ def test_settings_name_the_secure_defaults() -> None:
     settings = Settings(_env_file=None)
     assert settings.require_auth is False and settings.allow_anonymous is False
     assert settings.redis_url is None
+
+
+def test_a_redis_outage_lets_requests_through(emulator_url: str, tmp_path: Path) -> None:
+    settings = gateway_settings(
+        [emulator_url], tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        key_cache_seconds=0,
+    )  # fmt: skip
+    env = {"GATEWAY_DATABASE_URL": settings.database_url}
+    key = cli("keys", "create", "--name", "limited", "--rpm", "1", env=env).stdout.split()[-1]
+    with serving_in_thread(create_app(settings)) as url:
+        codes = [
+            httpx.post(f"{url}/gateway/generate", json=RUN, headers=bearer(key)).status_code
+            for _ in range(3)
+        ]
+    assert codes == [200, 200, 200]
