@@ -24,6 +24,7 @@ from app.ollama.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, norma
 from app.ollama.types import ModelExecutionResult
 from app.settings import Settings
 from app.storage.db import masked
+from app.storage.group_commit import GroupCommit
 from app.storage.repositories import (
     CURSOR_PATTERN,
     Audit,
@@ -217,6 +218,7 @@ class OutputManager(DatabaseUser):
             ensure=ensure_schema_on_first_use,
         )
         self.base_output_dir = Path(base_output_dir) if base_output_dir else None
+        self._committers: dict[asyncio.AbstractEventLoop, GroupCommit] = {}
 
     def __repr__(self) -> str:
         return f"OutputManager({masked(self.database_url)!r})"
@@ -268,14 +270,28 @@ class OutputManager(DatabaseUser):
 
         async def write() -> str:
             await self._prepare()
-            async with self.db.session() as session:
-                result_id = await Executions(session).add(row)
+            result_id = await self._group_commit().add(row)
             if result.metadata is None:
                 result.metadata = {}
             result.metadata["result_id"] = result_id
             return result_id
 
         return await self._shielded(write())
+
+    def _group_commit(self) -> GroupCommit:
+        """This loop's group commit (concurrent runs share a transaction)."""
+        loop = asyncio.get_running_loop()
+        committer = self._committers.get(loop)
+        if committer is None:
+            for stale in [lp for lp in self._committers if lp.is_closed()]:
+                del self._committers[stale]
+
+            async def write_rows(rows: Sequence[Execution]) -> None:
+                async with self.db.session() as session:
+                    await Executions(session).add_all(rows)
+
+            committer = self._committers[loop] = GroupCommit(write_rows)
+        return committer
 
     async def asave_execution_result(
         self, result: ModelExecutionResult, output_dir: str | None = None

@@ -138,3 +138,25 @@ def test_processes_upgrading_one_new_database_at_once_all_succeed(empty_db_url: 
     outputs = [p.communicate(timeout=60)[0].decode(errors="replace") for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(outputs)
     assert migrations.is_up_to_date(empty_db_url)
+
+
+async def test_concurrent_saves_share_transactions_and_a_bad_row_fails_alone(
+    outputs: OutputManager,
+) -> None:
+    """Runs stored together go in shared transactions (group commit); a row that breaks
+    its batch (a link to a batch that does not exist) fails only its own save."""
+
+    async def save(i: int) -> str | BaseException:
+        link = {"batch_id": "no-such-batch"} if i == 17 else {}
+        try:
+            return await outputs.arecord_execution(result(i), kind="generate", **link)
+        except Exception as exc:  # the one bad row
+            return exc
+
+    saved = await asyncio.gather(*(save(i) for i in range(60)))
+    failed = [s for s in saved if isinstance(s, BaseException)]
+    assert len(failed) == 1 and saved[17] is failed[0]
+    ids = [s for s in saved if isinstance(s, str)]
+    assert len(set(ids)) == 59
+    stored = {item["prompt"] for item in (await outputs.alist_results(limit=500))[0]}
+    assert stored == {f"prompt {i}" for i in range(60) if i != 17}

@@ -1,0 +1,70 @@
+"""Group commit: runs stored at the same time share one transaction.
+
+Each caller still waits until its own row is committed (a result id is never handed out
+for a row that could be lost), but while one transaction is in flight the rows that
+arrive queue up and go in the next one together. Under concurrency that replaces one
+transaction (and one commit, one connection checkout) per run by one per batch; alone, a
+row is written at once, as before. When a batch fails, its rows are retried one by one,
+so one bad row fails only its own caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from app.storage.tables import Execution
+
+__all__ = ["GroupCommit"]
+
+WriteRows = Callable[[Sequence[Execution]], Awaitable[None]]
+
+
+class GroupCommit:
+    """One per event loop (futures belong to their loop)."""
+
+    def __init__(self, write: WriteRows, max_batch: int = 500) -> None:
+        self._write = write
+        self.max_batch = max_batch
+        self._pending: list[tuple[Execution, asyncio.Future[str]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def add(self, row: Execution) -> str:
+        """Store `row`; returns its id once its transaction has committed."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            try:
+                await self._write([row for row, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], error=exc)
+                    continue
+                for row, future in batch:  # find the bad row: each on its own
+                    try:
+                        await self._write([row])
+                    except Exception as single:
+                        _settle(future, error=single)
+                    else:
+                        _settle(future, value=row.id)
+            else:
+                for row, future in batch:
+                    _settle(future, value=row.id)
+
+
+def _settle(
+    future: asyncio.Future[str], value: str | None = None, error: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value or "")
