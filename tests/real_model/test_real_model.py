@@ -162,3 +162,28 @@ def test_embeddings_are_real_vectors(engine_url: str) -> None:
         return sum(x * y for x, y in zip(a, b, strict=True))
 
     assert cos(cat, kitten) > cos(cat, tax)
+
+
+def test_serve_with_a_local_model_answers_a_chat(tmp_path: Path) -> None:
+    """The README's real-model command: `serve --local-model` starts the engine and the
+    gateway together, and a chat comes back written by the model."""
+    import sys
+
+    from tests.support.servers import free_port, running_process
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/local.db",
+           "GATEWAY_LOG_LEVEL": "warning"}  # fmt: skip
+    args = [sys.executable, "-m", "app.cli", "serve", "--local-model", "--port", str(port)]
+    with running_process(args, url + "/healthz", env=env):
+        reply = httpx.post(
+            f"{url}/api/chat",
+            json={"model": MODEL, "stream": False, "options": {"num_predict": 12},
+                  "messages": [{"role": "user", "content": "Name three colors."}]},
+            timeout=120,
+        )  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        answer = reply.json()
+        assert answer["message"]["content"].strip() and answer["eval_count"] <= 12
+        assert answer["prompt_eval_count"] > 5  # counted by the engine's tokenizer
