@@ -222,3 +222,23 @@ def test_a_stream_cut_by_the_backend_ends_with_an_error_line_and_a_failed_run(
     run = stored(gateway_url, surface="ollama")[0]
     assert run["prompt"] == "cut short" and run["status"] == "failed"
     assert run["metadata"]["partial_response"] == "".join(received)
+
+
+def test_a_client_that_leaves_mid_stream_leaves_a_cancelled_run(
+    emulator_url: str, gateway_url: str
+) -> None:
+    import time
+
+    set_faults(emulator_url, token_delay_ms=50)
+    body = {"model": "llama3.1:8b", "prompt": "left early", "options": {"num_predict": 40}}
+    with httpx.stream("POST", f"{gateway_url}/api/generate", json=body, timeout=30) as reply:
+        lines = reply.iter_lines()
+        received = [json.loads(next(lines))["response"] for _ in range(3)]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        runs = [r for r in stored(gateway_url, surface="ollama") if r["prompt"] == "left early"]
+        if runs:
+            break
+        time.sleep(0.1)
+    assert runs and runs[0]["status"] == "cancelled"
+    assert runs[0]["metadata"]["partial_response"].startswith("".join(received))
