@@ -146,8 +146,11 @@ def test_a_full_queue_answers_503_like_ollama(tmp_path: Path) -> None:
 
         codes = asyncio.run(two_at_once())
         assert codes[0] == 200 and codes[-1] == 503
-        busy = httpx.post(f"{engine}/api/generate", json={"model": MODEL, "prompt": "x",
-                                                          "stream": False})  # fmt: skip
+        busy = httpx.post(
+            f"{engine}/api/generate",
+            json={"model": MODEL, "prompt": "x", "stream": False, "options": {"num_predict": 4}},
+            timeout=120,
+        )
         assert busy.status_code == 200  # the queue drained
 
 
