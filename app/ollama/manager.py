@@ -13,9 +13,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal
@@ -926,7 +928,8 @@ class OllamaManager:
             self.pool.mark_stale()
 
     async def aunion(self, listing: Literal["tags", "ps"]) -> list[dict[str, Any]]:
-        """`/api/tags` or `/api/ps` of every backend, merged by model name (first wins).
+        """`/api/tags` or `/api/ps` of every backend, merged by model name (first wins);
+        tags newest first by `modified_at`, as Ollama lists them.
 
         Backends that do not answer within `Settings.health_timeout` are left out;
         `BackendError` when none answers.
@@ -952,7 +955,10 @@ class OllamaManager:
                 merged.setdefault(model_key(str(entry.get("name") or entry.get("model"))), entry)
         if errors and len(errors) == len(states):
             raise BackendUnavailable("no backend answered: " + "; ".join(errors))
-        return list(merged.values())
+        entries = list(merged.values())
+        if listing == "tags" and len(states) > 1:
+            entries.sort(key=lambda e: _timestamp(e.get("modified_at")), reverse=True)
+        return entries
 
     def mark_inventory_stale(self) -> None:
         """Forget cached model lists (after a pull, delete or copy that went around them)."""
@@ -988,3 +994,12 @@ async def _released(
         if aclose is not None:
             await aclose()
         await stack.aclose()
+
+
+def _timestamp(value: Any) -> float:
+    """Seconds since the epoch of an RFC 3339 time as Go writes it (0 when unreadable)."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", str(value or "")).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0

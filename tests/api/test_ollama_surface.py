@@ -195,8 +195,11 @@ def test_two_backends_are_one_ollama(tmp_path: Path) -> None:
         settings = gateway_settings([f"one={first}", f"two={second}"], tmp_path)
         with serving_in_thread(create_app(settings)) as url:
             client = ollama.Client(host=url)
-            names = [m.model for m in client.list().models]
+            listed = client.list().models
+            names = [m.model for m in listed]
             assert sorted(names) == ["llama3.1:8b", "qwen2.5:0.5b", "smollm2:135m"]
+            modified = [m.modified_at for m in listed]
+            assert modified == sorted(modified, reverse=True)  # newest first, as Ollama
             reply = client.chat(
                 model="smollm2:135m", messages=[{"role": "user", "content": "which?"}]
             )
