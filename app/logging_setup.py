@@ -69,4 +69,6 @@ def log_config(log_format: str, level: str) -> dict[str, Any]:
             "app": {"handlers": ["default"], "level": upper, "propagate": False},
             "ollama_gateway": {"handlers": ["default"], "level": upper, "propagate": False},
         },
+        # Other libraries' warnings and errors (asyncio, httpx, SQLAlchemy) in the same format.
+        "root": {"handlers": ["default"], "level": "WARNING"},
     }
