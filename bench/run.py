@@ -3,15 +3,29 @@
 Run by hand (not in CI), from the repository root:
 
     python bench/run.py [--duration 5] [--litellm /path/to/venv/bin/litellm]
-                        [--transport httpx|aiohttp] [--engine filler|llama-cpp]
+                        [--transport aiohttp|httpx] [--engine filler|llama-cpp]
+                        [--only REGEX] [--concurrency 1,32,128] [--stream-concurrency 1,8]
+                        [--stream-delay-ms 5] [--profile 32 [--profile-dir DIR]]
 
-Non-streaming load comes from `wrk` (Debian's package; a Python client would be the
-bottleneck at 128 connections) at concurrency 1, 32 and 128: requests/s, p50 and p99
-latency, and the gateway process's CPU milliseconds per request (from /proc). Streaming is
-measured with httpx at concurrency 1 and 8: time to first chunk and chunks/s per stream.
-LiteLLM (`pip install 'litellm[proxy]'` in a venv of its own) runs with one worker and its
-`ollama_chat/` provider against the same emulator; its rows are left out without
-`--litellm`. Quote ratios from one run: these machines are noisy.
+It starts the emulator (`ollama-gateway emulator`), the gateway in front of it
+(`ollama-gateway serve`: one uvicorn worker, SQLite, an API key on every request) and,
+with `--litellm`, LiteLLM's proxy (one worker, its `ollama_chat/` provider, pointed at the
+same emulator), all on 127.0.0.1, and prints one table:
+
+- non-streaming (32 tokens a reply) at concurrency 1, 32 and 128, load from `wrk`
+  (Debian's package, a Lua script for the POST body; one Python process would be the
+  bottleneck at 128 connections): requests/s, p50 and p99 latency, non-2xx replies, and
+  the CPU milliseconds per request of the gateway's (or LiteLLM's) process, from /proc;
+- streaming (64 tokens a stream) at concurrency 1 and 8, from an aiohttp client: time to
+  first chunk, chunks/s per stream and over all streams, CPU milliseconds per stream;
+  once with no delay between tokens (the relay's own cost per chunk) and once with
+  `--stream-delay-ms` between tokens (a fast GPU's pace), set on the emulator.
+
+The gateway's `/v1/chat/completions` rows are left out, with a note, when it does not
+serve that route. `--profile C` then loads each gateway case again at concurrency C under
+`py-spy` and prints where the gateway's CPU goes (by package, by function, and the
+inclusive time of the gateway's functions and of the library calls they make).
+Quote ratios from one run: these machines are noisy.
 """
 
 from __future__ import annotations
@@ -20,17 +34,23 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,12 +61,69 @@ MODEL = "llama3.1:8b"
 LITELLM_KEY = "sk-bench-" + "0" * 32
 PROMPT = "Explain recursion."
 TOKENS = 32
+STREAM_TOKENS = 64
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+@dataclass
+class Case:
+    name: str
+    url: str
+    body: dict[str, Any]
+    key: str | None = None
+    pid: int | None = None  # the process whose CPU is charged to this case
+    note: str | None = None  # why the case is skipped
+
+
+@dataclass
+class Row:
+    case: Case
+    concurrency: int
+    values: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of `pid` and its descendants (LiteLLM may fork)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    user, system, todo = 0, 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime
+    return user / TICKS, system / TICKS
+
+
+def cpu_total(pid: int) -> float:
+    return sum(cpu_seconds(pid))
+
+
+def quiesce(pid: int, limit: float = 30.0) -> None:
+    """Wait until `pid` is about idle: a load generator stops on time, and what the server
+    still has queued (LiteLLM's backlog, the gateway's last audit batch) belongs to the row
+    that caused it, not the next one."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = cpu_total(pid)
+        time.sleep(0.3)
+        if cpu_total(pid) - before < 0.03:  # under 10% of a core
+            return
+
+
+def loaded(pid: int, *names: str) -> list[str]:
+    """Which of `names` appear among the shared objects `pid` has mapped."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return [name for name in names if f"/{name}/" in maps]
 
 
 def wrk(
@@ -61,12 +138,14 @@ def wrk(
         if key:
             script.write(f"wrk.headers['Authorization'] = 'Bearer {key}'\n")
     threads = min(2, connections)
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(int(duration), 1)}s", "--latency",
-         "--timeout", "30s", "-s", script.name, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    os.unlink(script.name)
+    try:
+        out = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(int(duration), 1)}s",
+             "--latency", "--timeout", "30s", "-s", script.name, url],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
 
     def ms(label: str) -> float:
         match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -75,51 +154,102 @@ def wrk(
         value, unit = float(match.group(1)), match.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    def number(pattern: str) -> float:
+        match = re.search(pattern, out)
+        if match is None:
+            raise RuntimeError(f"unexpected wrk output:\n{out}")
+        return float(match.group(1))
+
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
-        "requests": requests,
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": number(r"(\d+) requests in"),
+        "rps": number(r"Requests/sec:\s+([\d.]+)"),
         "p50": ms("50%"),
         "p99": ms("99%"),
         "errors": int(errors.group(1)) if errors else 0,
+        "socket_errors": sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+        if socket_errors
+        else 0,
     }
 
 
 async def streams(
     url: str, body: dict[str, Any], concurrency: int, count: int, key: str | None
 ) -> dict[str, float]:
-    """Time to first chunk and chunks/s per stream, over `count` streams."""
+    """Time to first chunk, chunks/s per stream and in all, over `count` streams.
+
+    A chunk is an NDJSON line or an SSE `data:` line (OpenAI's `[DONE]` excluded).
+    """
     ttfts: list[float] = []
     rates: list[float] = []
+    total_chunks = 0
+    failures = 0
     gate = asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(
+        headers=headers, timeout=timeout, connector=connector
+    ) as session:
 
         async def one() -> None:
+            nonlocal total_chunks, failures
             async with gate:
                 started = time.perf_counter()
                 first: float | None = None
                 chunks = 0
-                async with client.stream("POST", url, json=body) as reply:
-                    async for line in reply.aiter_lines():
-                        if not line or line.startswith((":", "event:")):
+                async with session.post(url, json=body) as reply:
+                    if reply.status != 200:
+                        failures += 1
+                        await reply.read()
+                        return
+                    async for raw in reply.content:
+                        line = raw.strip()
+                        if not line or line.startswith((b":", b"event:", b"data: [DONE]")):
                             continue
                         if first is None:
                             first = time.perf_counter()
                         chunks += 1
                 ended = time.perf_counter()
-                if first is not None:
+                total_chunks += chunks
+                if first is not None and chunks > 1:
                     ttfts.append(first - started)
-                    rates.append(chunks / max(ended - first, 1e-6))
+                    rates.append((chunks - 1) / max(ended - first, 1e-6))
 
+        started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(count)))
-    return {"ttft": statistics.median(ttfts) * 1000, "rate": statistics.median(rates)}
+        elapsed = time.perf_counter() - started
+    if not rates:
+        raise RuntimeError(f"no stream succeeded ({failures} non-200 replies)")
+    return {
+        "ttft": statistics.median(ttfts) * 1000,
+        "rate": statistics.median(rates),
+        "all": total_chunks / elapsed,
+        "streams": len(rates),
+        "errors": failures,
+    }
+
+
+def keep_streaming(case: Case, concurrency: int, seconds: float) -> None:
+    """Streams from `case`, `concurrency` at a time, for about `seconds` (for profiles)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        asyncio.run(streams(case.url, case.body, concurrency, 4 * concurrency, case.key))
+
+
+def set_token_delay(emulator: str, delay_ms: float) -> None:
+    httpx.post(f"{emulator}/_emulator/faults", json={"token_delay_ms": delay_ms}).raise_for_status()
+
+
+def serves(url: str, body: dict[str, Any], key: str) -> bool:
+    """Whether the gateway has a route for `url` (anything but a 404/405 says so)."""
+    reply = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return reply.status_code not in (404, 405)
 
 
 @contextmanager
-def litellm_proxy(binary: str, emulator: str) -> Iterator[str]:
+def litellm_proxy(binary: str, emulator: str) -> Iterator[tuple[str, int]]:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "litellm.yaml"
         config.write_text(
@@ -134,29 +264,147 @@ def litellm_proxy(binary: str, emulator: str) -> Iterator[str]:
         url = f"http://127.0.0.1:{port}"
         args = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
                 "--num_workers", "1"]  # fmt: skip
-        env = {"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "NO_DOCS": "True",
-               "LITELLM_MASTER_KEY": LITELLM_KEY}  # fmt: skip
-        with running_process(args, url + "/health/liveliness", env=env):
-            yield url
+        # No telemetry, no model-cost map fetched from GitHub at start, no debug logs.
+        env = {"LITELLM_TELEMETRY": "False", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+               "LITELLM_LOG": "ERROR", "NO_DOCS": "True", "LITELLM_MASTER_KEY": LITELLM_KEY}  # fmt: skip
+        with running_process(args, url + "/health/liveliness", env=env) as proc:
+            yield url, proc.pid
+
+
+def litellm_version(binary: str) -> str:
+    found = sorted(
+        Path(binary).resolve().parent.parent.glob("lib/python*/site-packages/litellm-*.dist-info")
+    )
+    return found[-1].name.removeprefix("litellm-").removesuffix(".dist-info") if found else "?"
+
+
+def profile(pid: int, seconds: float, out: Path) -> None:
+    """Sample `pid`'s threads while they hold the GIL (Python-level CPU work; idle waits
+    release the GIL and are left out) with py-spy, into collapsed stacks. py-spy pauses the
+    process for each sample (its non-blocking mode tears coroutine stacks apart), which
+    slows the gateway down by about a third: the shares hold, the throughput does not."""
+    beside = Path(sys.executable).parent / "py-spy"
+    command = str(beside) if beside.exists() else "py-spy"
+    subprocess.run(
+        [command, "record", "--pid", str(pid), "--duration", str(max(int(seconds), 1)),
+         "--rate", "200", "--gil", "--format", "raw", "--output", str(out)],
+        capture_output=True, check=True,
+    )  # fmt: skip
+
+
+# Frames every sample passes through: process start-up, uvicorn, the event loop.
+SCAFFOLD = ("<frozen runpy>", "typer/", "click/", "uvicorn/main.py", "uvicorn/server.py",
+            "uvicorn/_compat.py", "asyncio/runners.py", "app/cli.py", "threading.py",
+            "(ollama-gateway")  # fmt: skip
+FRAMEWORK = ("fastapi/", "starlette/", "uvicorn/", "pydantic/")
+
+
+def source(frame: str) -> str:
+    """The file of a py-spy frame, `function (path)`."""
+    return frame.rpartition(" (")[2].rstrip(")")
+
+
+def summarize(raw: Path, top: int = 12) -> list[str]:
+    """Where py-spy's samples are: self time by package and by function; inclusive time
+    (a function and all it calls) of the gateway's functions, of the framework's, and of
+    the library calls the gateway makes."""
+    own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        own[frames[-1]] += count
+        packages[source(frames[-1]).split("/")[0]] += count
+        for frame in set(frames):
+            if not any(part in frame for part in SCAFFOLD):
+                inclusive[frame] += count
+        called, from_app = set(), False
+        for frame in frames:
+            path = source(frame)
+            if path == "contextlib.py":  # `async with` wrappers: see what they enter
+                continue
+            if from_app and not path.startswith(("app/", *FRAMEWORK, *SCAFFOLD)):
+                called.add(frame)
+            from_app = path.startswith("app/") and path != "app/cli.py"
+        for frame in called:
+            calls[frame] += count
+    if not total:
+        return ["  (no samples)"]
+
+    def share(counter: Counter[str], limit: int) -> list[str]:
+        return [f"    {n * 100 / total:5.1f}%  {f}" for f, n in counter.most_common(limit)]
+
+    ours = Counter({f: n for f, n in inclusive.items() if source(f).startswith("app/")})
+    framework = Counter(
+        {f: n for f, n in inclusive.items() if source(f).startswith(FRAMEWORK) and n < 0.5 * total}
+    )  # fmt: skip
+    return [
+        f"  {total} samples with the GIL held, all threads; self time by package:",
+        "    " + ", ".join(f"{p} {n * 100 / total:.0f}%" for p, n in packages.most_common(10)),
+        "  self time by function:",
+        *share(own, top),
+        "  inclusive time of the gateway's own functions:",
+        *share(ours, top + 4),
+        "  inclusive time of library calls made from the gateway's code:",
+        *share(calls, top),
+        "  inclusive time of framework functions (under 50%: the layers every request",
+        "  passes through left out):",
+        *share(framework, top),
+    ]
+
+
+def machine() -> str:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = Path("/proc/meminfo").read_text().split()[1]
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {int(memory) // 1024**2} GiB, "
+        f"Linux {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk row")
     parser.add_argument("--litellm", help="the litellm command of a venv with litellm[proxy]")
     parser.add_argument("--transport", default="aiohttp", choices=["httpx", "aiohttp"])
     parser.add_argument("--engine", default="filler", choices=["filler", "llama-cpp"])
     parser.add_argument("--concurrency", default="1,32,128")
+    parser.add_argument("--stream-concurrency", default="1,8")
+    parser.add_argument("--stream-delay-ms", type=float, default=5.0)
+    parser.add_argument("--only", help="run only the cases whose name matches this regex")
+    parser.add_argument("--profile", type=int, help="py-spy each gateway case at this concurrency")
+    parser.add_argument("--profile-dir", type=Path, help="keep py-spy's collapsed stacks here")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    stream_levels = [int(c) for c in args.stream_concurrency.split(",")]
     model = MODEL if args.engine == "filler" else "smollm2:135m"
     generate = {"model": model, "prompt": PROMPT, "stream": False,
                 "options": {"num_predict": TOKENS}}  # fmt: skip
     chat = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
-    rows: list[tuple[str, int, dict[str, float], float | None]] = []
-    stream_rows: list[tuple[str, int, dict[str, float]]] = []
+    rows: list[Row] = []
+    stream_rows: list[tuple[float, Row]] = []
+    profiles: list[tuple[str, list[str]]] = []
+    notes: list[str] = []
     extra = ("--engine", "llama-cpp") if args.engine == "llama-cpp" else ()
-    settle = 1.0 if args.engine == "llama-cpp" else 0.0
+    settle = 4.0 if args.engine == "llama-cpp" else 0.5
+    started = datetime.now(UTC)
+    if args.profile_dir:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
     with ExitStack() as stack:
         emulator = stack.enter_context(running_emulator(models=[model], extra_args=extra))
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
@@ -175,69 +423,176 @@ def main() -> None:
         )  # fmt: skip
         key = made.stdout.split()[-1]
         serve = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-        proc = stack.enter_context(running_process(serve, gateway + "/healthz", env=env))
-        litellm = (
-            stack.enter_context(litellm_proxy(args.litellm, emulator)) if args.litellm else None
-        )
+        gw = stack.enter_context(running_process(serve, gateway + "/healthz", env=env)).pid
+        httpx.get(f"{gateway}/healthz")
+        server_libs = loaded(gw, "uvloop", "httptools") or ["neither uvloop nor httptools"]
+        litellm: str | None = None
+        litellm_pid: int | None = None
+        if args.litellm:
+            litellm, litellm_pid = stack.enter_context(litellm_proxy(args.litellm, emulator))
+            notes.append(f"LiteLLM {litellm_version(args.litellm)}, one worker, ollama_chat/")
 
         gateway_body = {"model": model, "prompt": PROMPT, "options": {"max_tokens": TOKENS}}
         v1_body = {**chat, "max_tokens": TOKENS}
-        cases: list[tuple[str, str, dict[str, Any], str | None]] = [
-            ("direct  /api/generate", f"{emulator}/api/generate", generate, None),
-            ("gateway /api/generate (stored)", f"{gateway}/api/generate", generate, key),
-            ("gateway /gateway/generate (stored)", f"{gateway}/gateway/generate", gateway_body,
-             key),
-            ("gateway /gateway/generate (save=false)", f"{gateway}/gateway/generate",
-             {**gateway_body, "save": False}, key),
-            ("direct  /api/chat", f"{emulator}/api/chat",
-             {**chat, "stream": False, "options": {"num_predict": TOKENS}}, None),
-            ("gateway /v1/chat/completions (stored)", f"{gateway}/v1/chat/completions", v1_body,
-             key),
+        v1_note = None
+        if not serves(f"{gateway}/v1/chat/completions", v1_body, key):
+            v1_note = "the gateway does not serve /v1/chat/completions (404): rows skipped"
+            notes.append(v1_note)
+        cases = [
+            Case("direct  /api/generate", f"{emulator}/api/generate", generate),
+            Case("gateway /api/generate (stored)", f"{gateway}/api/generate", generate, key, gw),
+            Case("gateway /gateway/generate (stored)", f"{gateway}/gateway/generate",
+                 gateway_body, key, gw),
+            Case("gateway /gateway/generate (save=false)", f"{gateway}/gateway/generate",
+                 {**gateway_body, "save": False}, key, gw),
+            Case("direct  /api/chat", f"{emulator}/api/chat",
+                 {**chat, "stream": False, "options": {"num_predict": TOKENS}}),
+            Case("gateway /v1/chat/completions (stored)", f"{gateway}/v1/chat/completions",
+                 v1_body, key, gw, v1_note),
         ]  # fmt: skip
         if litellm is not None:
-            cases.append(("litellm /v1/chat/completions", f"{litellm}/v1/chat/completions",
-                          v1_body, LITELLM_KEY))  # fmt: skip
-        for name, url, body, auth in cases:
-            ours = auth == key
-            wrk(url, body, 4, 1, auth)  # warm up
+            cases.append(Case("litellm /v1/chat/completions", f"{litellm}/v1/chat/completions",
+                              v1_body, LITELLM_KEY, litellm_pid))  # fmt: skip
+        if args.only:
+            cases = [c for c in cases if re.search(args.only, c.name)]
+
+        for case in cases:
+            if case.note:
+                continue
+            try:
+                wrk(case.url, case.body, 4, 1, case.key)  # warm up
+            except (subprocess.CalledProcessError, RuntimeError) as exc:
+                rows.append(Row(case, 0, error=f"warm-up failed: {exc}"))
+                continue
             for connections in levels:
-                # wrk stops on time, not when replies are done: let a slow (real) engine
-                # finish what is still queued before the next row starts
-                time.sleep(settle * 4)
-                before = cpu_seconds(proc.pid)
-                result = wrk(url, body, connections, args.duration, auth)
-                cpu = (cpu_seconds(proc.pid) - before) * 1000 / max(result["requests"], 1)
-                rows.append((name, connections, result, cpu if ours else None))
+                # wrk stops on time, not when replies are done: let what is still queued
+                # (a slow engine, LiteLLM's backlog) finish before the next row starts
+                time.sleep(settle)
+                row = Row(case, connections)
+                try:
+                    before = cpu_total(case.pid) if case.pid else 0.0
+                    row.values = wrk(case.url, case.body, connections, args.duration, case.key)
+                    if case.pid:
+                        quiesce(case.pid)
+                        spent = cpu_total(case.pid) - before
+                        row.values["cpu"] = spent * 1000 / max(row.values["requests"], 1)
+                except (subprocess.CalledProcessError, RuntimeError) as exc:
+                    row.error = str(exc).strip().splitlines()[-1]
+                rows.append(row)
+                progress(f"{case.name} c={connections}: {row.values or row.error}")
 
-        streamed = {"model": model, "prompt": PROMPT, "options": {"num_predict": TOKENS}}
-        stream_cases: list[tuple[str, str, dict[str, Any], str | None]] = [
-            ("direct  /api/generate", f"{emulator}/api/generate", streamed, None),
-            ("gateway /api/generate", f"{gateway}/api/generate", streamed, key),
-            ("gateway /gateway/generate/stream", f"{gateway}/gateway/generate/stream",
-             gateway_body, key),
-            ("gateway /v1/chat/completions", f"{gateway}/v1/chat/completions",
-             {**v1_body, "stream": True}, key),
+        stream_body = {"model": model, "prompt": PROMPT, "options": {"num_predict": STREAM_TOKENS}}
+        stream_gateway = {**gateway_body, "options": {"max_tokens": STREAM_TOKENS}}
+        stream_v1 = {**chat, "max_tokens": STREAM_TOKENS, "stream": True}
+        stream_cases = [
+            Case("direct  /api/generate", f"{emulator}/api/generate", stream_body),
+            Case("gateway /api/generate (stored)", f"{gateway}/api/generate", stream_body,
+                 key, gw),
+            Case("gateway /gateway/generate/stream", f"{gateway}/gateway/generate/stream",
+                 stream_gateway, key, gw),
+            Case("direct  /api/chat", f"{emulator}/api/chat",
+                 {**chat, "options": {"num_predict": STREAM_TOKENS}}),
+            Case("gateway /v1/chat/completions", f"{gateway}/v1/chat/completions", stream_v1,
+                 key, gw, v1_note),
         ]  # fmt: skip
         if litellm is not None:
-            stream_cases.append(("litellm /v1/chat/completions", f"{litellm}/v1/chat/completions",
-                                 {**v1_body, "stream": True}, LITELLM_KEY))  # fmt: skip
-        for name, url, body, auth in stream_cases:
-            for concurrency in (1, 8):
-                stream_rows.append(
-                    (name, concurrency, asyncio.run(streams(url, body, concurrency, 40, auth)))
-                )
+            stream_cases.append(Case("litellm /v1/chat/completions",
+                                     f"{litellm}/v1/chat/completions", stream_v1,
+                                     LITELLM_KEY, litellm_pid))  # fmt: skip
+        if args.only:
+            stream_cases = [c for c in stream_cases if re.search(args.only, c.name)]
+        delays = [0.0] if args.engine == "llama-cpp" else [0.0, args.stream_delay_ms]
+        for delay in delays:
+            if args.engine == "filler":
+                set_token_delay(emulator, delay)
+            for case in stream_cases:
+                if case.note:
+                    continue
+                for concurrency in stream_levels:
+                    time.sleep(settle)
+                    count = 10 if concurrency == 1 else 5 * concurrency
+                    row = Row(case, concurrency)
+                    try:
+                        before = cpu_total(case.pid) if case.pid else 0.0
+                        row.values = asyncio.run(
+                            streams(case.url, case.body, concurrency, count, case.key)
+                        )
+                        if case.pid:
+                            quiesce(case.pid)
+                            spent = cpu_total(case.pid) - before
+                            row.values["cpu"] = spent * 1000 / max(row.values["streams"], 1)
+                    except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+                        row.error = f"{type(exc).__name__}: {exc}"
+                    stream_rows.append((delay, row))
+                    progress(f"stream {delay:g} ms {case.name} c={concurrency}: "
+                             f"{row.values or row.error}")  # fmt: skip
+        if args.engine == "filler":
+            set_token_delay(emulator, 0)
 
-    print(f"engine {args.engine}, transport {args.transport}, {TOKENS} tokens per reply, "
-          f"{args.duration:g} s per row")  # fmt: skip
-    print(f"{'non-streaming':40} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>6} {'gw CPU ms/req':>13}")  # fmt: skip
-    for name, connections, r, cpu in rows:
-        cpu_text = f"{cpu:13.2f}" if cpu is not None else f"{'':13}"
-        print(f"{name:40} {connections:4d} {r['rps']:8.1f} {r['p50']:8.2f} {r['p99']:8.2f} "
-              f"{int(r['errors']):6d} {cpu_text}")  # fmt: skip
-    print(f"\n{'streaming':40} {'conc':>4} {'TTFT p50 ms':>12} {'chunks/s per stream':>20}")
-    for name, concurrency, s in stream_rows:
-        print(f"{name:40} {concurrency:4d} {s['ttft']:12.2f} {s['rate']:20.1f}")
+        if args.profile:
+            targets = [(c, "") for c in cases] + [(c, "stream") for c in stream_cases]
+            for case, kind in targets:
+                if case.pid != gw or case.note:
+                    continue
+                seconds = args.duration + 2
+                if kind:
+                    load = threading.Thread(
+                        target=keep_streaming, args=(case, args.profile, seconds)
+                    )
+                else:
+                    load = threading.Thread(
+                        target=wrk, args=(case.url, case.body, args.profile, seconds, case.key)
+                    )
+                load.start()
+                time.sleep(1)
+                title = f"{kind or 'non-streaming'} {case.name} at concurrency {args.profile}"
+                with tempfile.TemporaryDirectory() as where:
+                    slug = re.sub(r"[^a-z0-9]+", "-", f"{kind} {case.name}".lower()).strip("-")
+                    raw = (args.profile_dir or Path(where)) / f"{slug}-c{args.profile}.txt"
+                    try:
+                        user_before, system_before = cpu_seconds(gw)
+                        profile(gw, args.duration, raw)
+                        user_after, system_after = cpu_seconds(gw)
+                        user, system = user_after - user_before, system_after - system_before
+                        usage = f"  gateway CPU meanwhile: user {user:.2f} s, system {system:.2f} s"
+                        profiles.append((title, [usage, *summarize(raw)]))
+                    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+                        profiles.append((title, [f"  py-spy failed: {exc}"]))
+                load.join()
+
+    print(f"{started:%Y-%m-%d %H:%M} UTC; {machine()}")
+    print(f"engine {args.engine}, gateway transport {args.transport}, gateway server: "
+          f"{' + '.join(server_libs)}; {TOKENS} tokens per reply, {STREAM_TOKENS} per "
+          f"stream; {args.duration:g} s per wrk row")  # fmt: skip
+    for note in notes:
+        print(f"note: {note}")
+    print(f"\n{'non-streaming (wrk)':40} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'non-2xx':>7} {'CPU ms/req':>10}")  # fmt: skip
+    for row in rows:
+        if row.error:
+            print(f"{row.case.name:40} {row.concurrency:4d} failed: {row.error}")
+            continue
+        r = row.values
+        cpu = f"{r['cpu']:10.2f}" if "cpu" in r else f"{'':10}"
+        bad = int(r["errors"] + r["socket_errors"])
+        print(f"{row.case.name:40} {row.concurrency:4d} {r['rps']:8.1f} {r['p50']:8.2f} "
+              f"{r['p99']:8.2f} {bad:7d} {cpu}")  # fmt: skip
+    for delay in delays:
+        print(f"\n{f'streaming, {delay:g} ms per token':40} {'conc':>4} {'TTFT p50 ms':>11} "
+              f"{'chunks/s/stream':>15} {'chunks/s all':>12} {'CPU ms/stream':>13}")  # fmt: skip
+        for when, row in stream_rows:
+            if when != delay:
+                continue
+            if row.error:
+                print(f"{row.case.name:40} {row.concurrency:4d} failed: {row.error}")
+                continue
+            s = row.values
+            cpu = f"{s['cpu']:13.2f}" if "cpu" in s else f"{'':13}"
+            print(f"{row.case.name:40} {row.concurrency:4d} {s['ttft']:11.2f} "
+                  f"{s['rate']:15.1f} {s['all']:12.1f} {cpu}")  # fmt: skip
+    for title, lines in profiles:
+        print(f"\npy-spy, gateway process, {title}")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
