@@ -12,12 +12,20 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.access import AuditWriter, KeyStore, MemoryRateLimiter, RedisRateLimiter, is_loopback
+from app.access import (
+    AuditStore,
+    AuditWriter,
+    KeyStore,
+    MemoryRateLimiter,
+    RedisRateLimiter,
+    is_loopback,
+)
 from app.api.audit_log import AuditMiddleware
 from app.api.auth import require_admin, require_user
 from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
 from app.api.jobs import Jobs
+from app.api.json_guard import JsonBodyGuard
 from app.api.limits import BodySizeLimit
 from app.api.observability import Metrics, ObservabilityMiddleware
 from app.api.openapi import install_openapi
@@ -60,9 +68,17 @@ events, then exactly one `result` or `error` event.
 
 
 COMMON_ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"model": Problem, "description": "The body could not be read (not UTF-8 JSON)."},
+    400: {
+        "model": Problem,
+        "description": "The body could not be read (not UTF-8 JSON), or its JSON nests deeper "
+        "than `GATEWAY_MAX_JSON_DEPTH`.",
+    },
     413: {"model": Problem, "description": "The body is over the size limit."},
-    422: {"model": Problem, "description": "The request is invalid; `errors` names each field."},
+    422: {
+        "model": Problem,
+        "description": "The request is invalid, or holds text no database can store (NUL, "
+        "lone surrogates) anywhere in its body, path or query; `errors` names each field.",
+    },
     500: {"model": Problem, "description": "The gateway failed; the error was logged."},
 }
 
@@ -84,6 +100,8 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         output_manager=outputs,
     )
+    audit = AuditWriter(AuditStore(settings.database_url))
+    escaped = {"executions": lambda: outputs.escaped_count, "audit_log": lambda: audit.escaped}
     return Services(
         settings=settings,
         manager=manager,
@@ -95,8 +113,8 @@ def build_services(settings: Settings) -> Services:
         limiter=(
             RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
         ),
-        audit=AuditWriter(outputs),
-        metrics=Metrics(manager.pool),
+        audit=audit,
+        metrics=Metrics(manager.pool, escaped),
     )
 
 
@@ -144,6 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Inside the size limit: the guard reads whole bodies, which the limit has bounded.
+    app.add_middleware(JsonBodyGuard, max_depth=settings.max_json_depth)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_openapi(
         app,

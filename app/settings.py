@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted (else 413)."
     )
+    max_json_depth: int = Field(
+        default=64,
+        ge=2,
+        le=10_000,
+        description="Deepest nesting of arrays and objects a JSON body may have (else 400).",
+    )
     max_prompt_chars: int = Field(
         default=200_000,
         ge=1,

@@ -4,8 +4,13 @@ A request only appends its entry to a queue (no database round trip on its path)
 background task stores what has queued every `interval` seconds, or at once when
 `batch_size` entries are waiting. `flush()` stores everything queued so far (the audit
 endpoint calls it, so a reader sees every request answered before its own); `aclose()`
-flushes and stops. Entries that fail to store are logged and kept for the next round,
-never raised to a request.
+flushes and stops.
+
+One bad entry never holds back the others: a batch the database refuses is retried
+entry by entry, and an entry refused on its own is stored with its text escaped (and
+flagged `text_escaped`, counted in `escaped`). Only when the database itself fails (an
+entry with nothing to escape is refused too) are the entries kept for the next round, in
+a bounded backlog, never raised to a request.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from app.ollama.outputs import OutputManager
+from app.access.audit_store import AuditStore
 
 __all__ = ["AuditWriter"]
 
@@ -26,13 +31,13 @@ logger = logging.getLogger(__name__)
 class AuditWriter:
     def __init__(
         self,
-        outputs: OutputManager,
+        store: AuditStore,
         *,
         interval: float = 0.5,
         batch_size: int = 200,
         max_pending: int = 100_000,
     ) -> None:
-        self.outputs = outputs
+        self.store = store
         self.max_pending = max_pending
         self.interval = interval
         self.batch_size = batch_size
@@ -40,13 +45,15 @@ class AuditWriter:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self.escaped = 0
+        """Entries stored only after their text was escaped."""
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     def record(self, **entry: Any) -> None:
-        """Queue one entry (the `OutputManager.arecord_audit` fields).
+        """Queue one entry (the `AuditStore` fields).
 
         At most `max_pending` wait (the database may be down): beyond that the oldest are
         dropped, and the drop is logged.
@@ -66,11 +73,36 @@ class AuditWriter:
             if not batch:
                 return
             try:
-                await self.outputs.arecord_audit_many(batch)
+                await self.store.arecord_many(batch)
+                return
             except Exception:
-                # kept for the next round (the backlog is bounded by `max_pending`)
-                logger.exception("storing %d audit entries failed; will retry", len(batch))
-                self._pending[:0] = batch
+                logger.warning(
+                    "storing %d audit entries failed; storing them one by one", len(batch)
+                )
+            kept = await self._store_one_by_one(batch)
+            if kept:
+                # the database failed: kept for the next round (bounded by `max_pending`)
+                self._pending[:0] = kept
+
+    async def _store_one_by_one(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store each entry alone, escaped when refused; the entries left when the database
+        itself fails."""
+        for index, entry in enumerate(batch):
+            try:
+                await self.store.arecord_many([entry])
+                continue
+            except Exception:
+                pass
+            try:
+                stored = await self.store.arecord_escaped(entry)
+            except Exception:
+                stored = None
+            if stored is None:
+                logger.error("storing audit entries failed; %d kept for later", len(batch) - index)
+                return batch[index:]
+            self.escaped += 1
+            logger.warning("audit entry %s stored with its text escaped", stored)
+        return []
 
     async def _run(self) -> None:
         while True:
@@ -87,3 +119,4 @@ class AuditWriter:
                 await self._task
             self._task = None
         await self.flush()
+        await self.store.aclose()

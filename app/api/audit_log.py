@@ -1,7 +1,8 @@
 """The audit middleware: one audit entry per operation, written off the request's path.
 
 For every request but probes and docs it records who (the principal's name, or
-`anonymous` / `invalid-key` when refused before one was known), what (method and route
+`anonymous` / `invalid-key` when refused by the key check, or `unverified <key prefix>`
+when refused before the key was checked), what (method and route
 template, e.g. `POST /gateway/generate`), the target model (set by the model check, else
 a path parameter), the surface, the outcome (`allowed`, `denied` for 401/403/429,
 `failed` otherwise), the status, the duration and the client's address. Request bodies
@@ -17,7 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AuditMiddleware"]
 
-UNAUDITED = {"/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/"}
+UNAUDITED = {"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/"}
+"""Probes and docs: asked for every few seconds by load balancers, and no operation."""
 TARGET_PARAMS = ("name", "model", "key", "result_id", "report_id", "job_id", "backend")
 
 
@@ -35,6 +37,17 @@ def outcome_of(status: int) -> str:
     if status in (401, 403, 429):
         return "denied"
     return "failed"
+
+
+def _presented(scope: Scope) -> str:
+    """Who a request refused before its key was checked claimed to be: the key's prefix
+    (its first 12 characters, as key listings show it), else `anonymous`."""
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return f"unverified {token.strip()[:12]}"
+    return "anonymous"
 
 
 class AuditMiddleware:
@@ -67,7 +80,7 @@ class AuditMiddleware:
             return
         state: dict[str, Any] = scope.get("state") or {}
         principal = state.get("principal")
-        actor = principal.name if principal is not None else state.get("actor", "anonymous")
+        actor = principal.name if principal is not None else state.get("actor") or _presented(scope)
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         params: dict[str, Any] = scope.get("path_params") or {}

@@ -83,6 +83,21 @@ async def get_principal(
     return principal
 
 
+async def sees_details(request: Request, services: ServicesDep) -> bool:
+    """Whether a probe's caller may see internals (backend URLs, errors): an admin key, or
+    anyone while no key is needed. Never raises: a probe answers everyone."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        if anonymous_allowed(services.settings) and not await services.keys.ahas_keys():
+            return True
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        principal = await services.keys.aauthenticate(token.strip())
+    except Exception:  # the database is down: the probe says so, without details
+        return False
+    return principal is not None and principal.is_admin
+
+
 def _token_charger(services: ServicesDep, principal: Principal) -> UsageObserver:
     def charge(usage: RunUsage) -> None:
         tokens = usage.prompt_tokens + usage.completion_tokens

@@ -6,6 +6,7 @@ Every error the `/gateway` API returns is `application/problem+json` with `type`
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -24,6 +25,15 @@ from app.ollama import (
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ErrorJSONResponse(JSONResponse):
+    """JSON that renders whatever text an error echoes: a lone surrogate from the request
+    (not UTF-8) is written as its JSON escape (`\\ud800`) instead of failing the reply."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", "backslashreplace")
 
 
 class FieldError(BaseModel):
@@ -87,7 +97,9 @@ def problem_response(
         errors=[FieldError(**e) for e in errors] if errors else None,
         result_id=result_id,
     ).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    return ErrorJSONResponse(
+        body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
 
 
 def _status_title(status: int) -> str:
@@ -118,7 +130,7 @@ OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 
 def ollama_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """Ollama's error shape: `{"error": "<message>"}`."""
-    return JSONResponse(
+    return ErrorJSONResponse(
         {"error": message},
         status_code=status,
         media_type="application/json; charset=utf-8",
@@ -136,7 +148,7 @@ def openai_error(
             status, "invalid_request_error" if 400 <= status < 500 else "api_error"
         )
     body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return ErrorJSONResponse(body, status_code=status, headers=headers)
 
 
 def error_response(
@@ -154,7 +166,9 @@ def error_response(
     if surface == "ollama":
         return ollama_error(status, detail or title, headers)
     if surface == "openai":
-        return openai_error(status, detail or title, headers)
+        errors = problem.get("errors") or []
+        loc = [str(p) for p in errors[0]["loc"] if p != "body"] if errors else []
+        return openai_error(status, detail or title, headers, param=".".join(loc) or None)
     return problem_response(status, title, detail, **problem)
 
 

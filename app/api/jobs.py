@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from app.access import Principal
+from app.api.ownership import may_read
+
 JobStatus = Literal["running", "succeeded", "failed"]
 
 MAX_EVENTS_KEPT = 2000
@@ -22,6 +25,8 @@ class Job:
     id: str
     kind: str
     subject: str
+    owner: str | None = None
+    """The API key (by name) that started it; only it and admins may read the job."""
     status: JobStatus = "running"
     error: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -71,17 +76,20 @@ class Jobs:
         self._jobs: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, kind: str, subject: str, work: Work) -> Job:
-        job = Job(id=uuid.uuid4().hex, kind=kind, subject=subject)
+    def start(self, kind: str, subject: str, work: Work, owner: Principal) -> Job:
+        job = Job(id=uuid.uuid4().hex, kind=kind, subject=subject, owner=owner.name)
         self._jobs[job.id] = job
         task = asyncio.create_task(self._run(job, work), name=f"{kind}-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
 
-    def get(self, job_id: str, kind: str) -> Job | None:
+    def get(self, job_id: str, kind: str, reader: Principal) -> Job | None:
+        """The job of this kind, if `reader` may read it (its owner, or an admin)."""
         job = self._jobs.get(job_id)
-        return job if job is not None and job.kind == kind else None
+        if job is None or job.kind != kind or not may_read(reader, job.owner):
+            return None
+        return job
 
     async def _run(self, job: Job, work: Work) -> None:
         try:

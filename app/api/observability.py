@@ -17,10 +17,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,8 +67,27 @@ class PoolCollector(Collector):
         yield queued
 
 
+class EscapedRowsCollector(Collector):
+    """Rows the database refused as they were and took with their text escaped, by table."""
+
+    def __init__(self, counts: Mapping[str, Callable[[], int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gateway_rows_escaped",
+            "Rows stored only after their text was escaped (NUL, lone surrogates, too long)",
+            labels=["table"],
+        )
+        for table, count in self.counts.items():
+            family.add_metric([table], float(count()))
+        yield family
+
+
 class Metrics:
-    def __init__(self, pool: BackendPool) -> None:
+    def __init__(
+        self, pool: BackendPool, escaped: Mapping[str, Callable[[], int]] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -100,6 +119,7 @@ class Metrics:
             registry=r,
         )
         r.register(PoolCollector(pool))
+        r.register(EscapedRowsCollector(escaped or {}))
 
     def observe_run(self, usage: RunUsage) -> None:
         """A usage observer (`OllamaManager.usage_observers`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ __all__ = ["OllamaClient", "RelayResponse"]
 
 JSONDict = dict[str, Any]
 TRANSPORTS = ("httpx", "aiohttp")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -250,8 +253,9 @@ class OllamaClient:
                     yield obj
         except httpx.HTTPError as exc:
             if received and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+                self._log_transport_error("mid-stream", exc)
                 raise StreamInterrupted(
-                    f"connection to backend {self.base_url} broke mid-stream: {exc}",
+                    "the backend closed the connection mid-reply",
                     status=200,
                     url=self.base_url,
                 ) from exc
@@ -311,8 +315,9 @@ class OllamaClient:
                 async for piece in response.aiter_raw():
                     yield piece
             except httpx.HTTPError as exc:
+                self._log_transport_error("mid-reply", exc)
                 raise StreamInterrupted(
-                    f"connection to backend {self.base_url} broke mid-reply: {exc}",
+                    "the backend closed the connection mid-reply",
                     status=response.status_code,
                     url=self.base_url,
                 ) from exc
@@ -356,20 +361,20 @@ class OllamaClient:
             message = str(data["error"])
         return BackendError(message or f"HTTP {status}", status=status, url=self.base_url)
 
+    def _log_transport_error(self, during: str, exc: BaseException) -> None:
+        """The library's own words go to the log; clients get the gateway's."""
+        logger.warning("backend %s: %s: %s: %s", self.base_url, during, type(exc).__name__, exc)
+
     def _map_transport_error(self, exc: httpx.HTTPError) -> BackendError:
+        """A transport failure in the gateway's words (see `_log_transport_error`)."""
+        self._log_transport_error("request", exc)
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            return BackendUnavailable(
-                f"could not connect to backend {self.base_url}: {exc or type(exc).__name__}",
-                url=self.base_url,
-            )
+            return BackendUnavailable("could not connect to the backend", url=self.base_url)
         if isinstance(exc, httpx.TimeoutException):
-            return BackendTimeout(
-                f"backend {self.base_url} timed out ({type(exc).__name__})", url=self.base_url
-            )
-        return BackendError(
-            f"request to backend {self.base_url} failed: {exc or type(exc).__name__}",
-            url=self.base_url,
-        )
+            return BackendTimeout("the backend did not answer in time", url=self.base_url)
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+            return BackendError("the backend closed the connection mid-reply", url=self.base_url)
+        return BackendError("the request to the backend failed", url=self.base_url)
 
 
 async def _pass_request_id(request: httpx.Request) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -22,13 +22,13 @@ from typing import Any, Literal
 from app.ollama._database_user import DatabaseUser
 from app.ollama.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, normalize_model_name
 from app.ollama.types import ModelExecutionResult
+from app.ollama.usage import run_principal
 from app.settings import Settings
 from app.storage.db import masked
+from app.storage.escaping import escape_row
 from app.storage.group_commit import GroupCommit
 from app.storage.repositories import (
     CURSOR_PATTERN,
-    Audit,
-    AuditFilter,
     ExecutionFilter,
     Executions,
     ModelConfigs,
@@ -39,7 +39,6 @@ from app.storage.repositories import (
     new_id,
 )
 from app.storage.tables import (
-    AuditEntry,
     Batch,
     BenchmarkReport,
     Comparison,
@@ -137,6 +136,7 @@ def report_dict(kind: str, row: Batch | BenchmarkReport | Comparison) -> dict[st
     base: dict[str, Any] = {
         "id": row.id,
         "type": kind,
+        "principal": row.principal,
         "size_bytes": row.size_bytes,
         "created_at": row.created_at.isoformat(),
     }
@@ -219,6 +219,8 @@ class OutputManager(DatabaseUser):
         )
         self.base_output_dir = Path(base_output_dir) if base_output_dir else None
         self._committers: dict[asyncio.AbstractEventLoop, GroupCommit] = {}
+        self.escaped_rows = 0
+        """Rows of reports stored only after their text was escaped (see `escaped_count`)."""
 
     def __repr__(self) -> str:
         return f"OutputManager({masked(self.database_url)!r})"
@@ -277,6 +279,11 @@ class OutputManager(DatabaseUser):
             return result_id
 
         return await self._shielded(write())
+
+    @property
+    def escaped_count(self) -> int:
+        """Rows stored only after their text was escaped (runs and reports)."""
+        return self.escaped_rows + sum(c.escaped for c in self._committers.values())
 
     def _group_commit(self) -> GroupCommit:
         """This loop's group commit (concurrent runs share a transaction)."""
@@ -444,20 +451,38 @@ class OutputManager(DatabaseUser):
         link: str,
     ) -> str:
         """Store a report and its runs in one transaction (all of it or nothing), then note
-        each run's `result_id` and the report's id in its metadata."""
+        each run's `result_id` and the report's id in its metadata.
+
+        The report is filed under its runs' principal (the API key that made them). When
+        the database refuses the rows as they are, they are stored once more with their
+        text escaped (see `app.storage.escaping`).
+        """
         rows = [execution_row(r, kind=kind, **{link: group.id}) for r in results]
+        if group.principal is None:
+            group.principal = next((r.principal for r in rows if r.principal), run_principal.get())
+
+        async def store() -> list[str]:
+            async with self.db.session() as session:
+                await Reports(session).add(group)
+                return await Executions(session).add_all(rows)
 
         async def write() -> str:
             await self._prepare()
-            async with self.db.session() as session:
-                group_id = await Reports(session).add(group)
-                ids = await Executions(session).add_all(rows)
+            try:
+                ids = await store()
+            except Exception:
+                escaped = [escape_row(row) for row in (group, *rows)]
+                if not any(escaped):
+                    raise
+                ids = await store()
+                self.escaped_rows += sum(escaped)
+                logger.warning("%s %s stored with its text escaped", kind, group.id)
             for result, result_id in zip(results, ids, strict=True):
                 if result.metadata is None:
                     result.metadata = {}
                 result.metadata["result_id"] = result_id
-                result.metadata[link] = group_id
-            return group_id
+                result.metadata[link] = group.id
+            return group.id
 
         return await self._shielded(write())
 
@@ -566,13 +591,17 @@ class OutputManager(DatabaseUser):
         JSON file. Returns its id."""
         return self._run(self.asave_model_comparison(comparison_results, output_dir))
 
-    async def aget_report(self, kind: ReportKind, report_id: str) -> dict[str, Any] | None:
-        """A stored batch, benchmark or comparison with its runs, or None."""
+    async def aget_report(
+        self, kind: ReportKind, report_id: str, *, principal: str | None = None
+    ) -> dict[str, Any] | None:
+        """A stored batch, benchmark or comparison with its runs, or None.
+
+        With `principal`: None unless the report was made with that API key."""
         await self._prepare()
         link = {"batch": "batch_id", "benchmark": "benchmark_id", "comparison": "comparison_id"}
         async with self.db.session() as session:
             row = await Reports(session).get(kind, report_id)
-            if row is None:
+            if row is None or (principal is not None and row.principal != principal):
                 return None
             runs = await Executions(session).linked(link[kind], report_id)
             return {**report_dict(kind, row), "runs": [execution_dict(r) for r in runs]}
@@ -584,15 +613,18 @@ class OutputManager(DatabaseUser):
         model: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        principal: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of stored reports of a kind, newest first, and the next cursor.
 
         With `model`: reports of that model, or with a run of it (comparisons, batches
-        over several models)."""
+        over several models). With `principal`: only the reports made with that API key."""
         await self._prepare()
         models = model_spellings(model) if model is not None else None
         async with self.db.session() as session:
-            rows, next_cursor = await Reports(session).page(kind, limit, cursor, models)
+            rows, next_cursor = await Reports(session).page(
+                kind, limit, cursor, models, principal=principal
+            )
             return [report_dict(kind, r) for r in rows], next_cursor
 
     # -- listing, stats, cleanup -----------------------------------------------------
@@ -649,13 +681,15 @@ class OutputManager(DatabaseUser):
         """
         return self._run(self.alist_saved_outputs(model_name, output_type))
 
-    async def aget_output_stats(self) -> dict[str, Any]:
+    async def aget_output_stats(self, *, principal: str | None = None) -> dict[str, Any]:
+        """The `get_output_stats` figures; with `principal`, of that API key's runs and
+        reports only (configs are not anyone's: 0), without the database's URL."""
         await self._prepare()
         async with self.db.session() as session:
-            runs = await counts_and_sizes(session, Execution)
-            configs = await counts_and_sizes(session, ModelConfig)
+            runs = await counts_and_sizes(session, Execution, principal)
+            configs = (0, 0) if principal else await counts_and_sizes(session, ModelConfig)
             reports = [
-                await counts_and_sizes(session, table)
+                await counts_and_sizes(session, table, principal)
                 for table in (Batch, BenchmarkReport, Comparison)
             ]
         by_type = {
@@ -671,7 +705,7 @@ class OutputManager(DatabaseUser):
             "by_type": by_type,
             "total_count": runs[0] + configs[0] + by_type["reports"]["count"],
             "total_size_bytes": runs[1] + configs[1] + by_type["reports"]["size_bytes"],
-            "database": masked(self.database_url),
+            "database": None if principal else masked(self.database_url),
         }
 
     def get_output_stats(self) -> dict[str, Any]:
@@ -699,93 +733,7 @@ class OutputManager(DatabaseUser):
         """
         return self._run(self.acleanup_old_outputs(days_old))
 
-    # -- audit and export ------------------------------------------------------------
-
-    async def arecord_audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        target: str | None,
-        outcome: str,
-        duration_ms: float | None = None,
-        detail: dict[str, Any] | None = None,
-        surface: str | None = None,
-        status: int | None = None,
-        client: str | None = None,
-        created_at: datetime | None = None,
-    ) -> str:
-        """Note who did what to which target, with what outcome and how long it took."""
-        ids = await self.arecord_audit_many(
-            [
-                {
-                    "actor": actor,
-                    "action": action,
-                    "target": target,
-                    "outcome": outcome,
-                    "duration_ms": duration_ms,
-                    "detail": detail,
-                    "surface": surface,
-                    "status": status,
-                    "client": client,
-                    "created_at": created_at,
-                }
-            ]
-        )
-        return ids[0]
-
-    async def arecord_audit_many(self, entries: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Store several audit entries (the `arecord_audit` fields) in one transaction."""
-        rows = [
-            AuditEntry(
-                id=new_id(),
-                actor=clean_text(str(e["actor"]))[:200],
-                action=clean_text(str(e["action"]))[:100],
-                target=clean_text(str(e["target"]))[:512] if e.get("target") else None,
-                outcome=clean_text(str(e["outcome"]))[:32],
-                duration_ms=e.get("duration_ms"),
-                detail=_jsonable(e["detail"]) if e.get("detail") else None,
-                surface=e.get("surface"),
-                status=e.get("status"),
-                client=clean_text(str(e["client"]))[:64] if e.get("client") else None,
-                created_at=e.get("created_at") or datetime.now(UTC),
-            )
-            for e in entries
-        ]
-
-        async def write() -> list[str]:
-            await self._prepare()
-            async with self.db.session() as session:
-                return await Audit(session).add_all(rows)
-
-        return await self._shielded(write())
-
-    async def alist_audit(
-        self,
-        *,
-        actor: str | None = None,
-        action: str | None = None,
-        outcome: str | None = None,
-        target: str | None = None,
-        surface: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        """The newest audit entries matching every filter given, newest first."""
-        await self._prepare()
-        where = AuditFilter(
-            actor=actor,
-            action=action,
-            outcome=outcome,
-            target=target,
-            surface=surface,
-            since=since,
-            until=until,
-        )
-        async with self.db.session() as session:
-            rows = await Audit(session).recent(limit, where)
-            return [audit_dict(r) for r in rows]
+    # -- export ------------------------------------------------------------
 
     async def aexport_outputs(
         self, directory: str | Path | None = None, model_name: str | None = None
@@ -813,22 +761,6 @@ class OutputManager(DatabaseUser):
     ) -> list[Path]:
         """Files for users who want files: one JSON per stored run and report."""
         return self._run(self.aexport_outputs(directory, model_name))
-
-
-def audit_dict(row: AuditEntry) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "created_at": row.created_at.isoformat(),
-        "actor": row.actor,
-        "action": row.action,
-        "target": row.target,
-        "outcome": row.outcome,
-        "duration_ms": row.duration_ms,
-        "detail": row.detail,
-        "surface": row.surface,
-        "status": row.status,
-        "client": row.client,
-    }
 
 
 def _write_json(path: Path, payload: Any) -> Path:

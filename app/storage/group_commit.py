@@ -5,7 +5,10 @@ for a row that could be lost), but while one transaction is in flight the rows t
 arrive queue up and go in the next one together. Under concurrency that replaces one
 transaction (and one commit, one connection checkout) per run by one per batch; alone, a
 row is written at once, as before. When a batch fails, its rows are retried one by one,
-so one bad row fails only its own caller.
+so one bad row fails only its own caller; a row that fails on its own is tried once more
+with its text escaped (`app.storage.escaping`), so a run whose text the database cannot
+hold as it is (NUL on PostgreSQL) is still stored, flagged `text_escaped` and counted in
+`escaped`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
+from app.storage.escaping import escape_row
 from app.storage.tables import Execution
 
 __all__ = ["GroupCommit"]
@@ -28,6 +32,8 @@ class GroupCommit:
         self.max_batch = max_batch
         self._pending: list[tuple[Execution, asyncio.Future[str]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.escaped = 0
+        """Rows stored only after their text was escaped."""
 
     async def add(self, row: Execution) -> str:
         """Store `row`; returns its id once its transaction has committed."""
@@ -45,18 +51,38 @@ class GroupCommit:
                 await self._write([row for row, _ in batch])
             except Exception as exc:
                 if len(batch) == 1:
-                    _settle(batch[0][1], error=exc)
+                    await self._write_alone(batch[0][0], batch[0][1], first_error=exc)
                     continue
                 for row, future in batch:  # find the bad row: each on its own
-                    try:
-                        await self._write([row])
-                    except Exception as single:
-                        _settle(future, error=single)
-                    else:
-                        _settle(future, value=row.id)
+                    await self._write_alone(row, future)
             else:
                 for row, future in batch:
                     _settle(future, value=row.id)
+
+    async def _write_alone(
+        self, row: Execution, future: asyncio.Future[str], first_error: Exception | None = None
+    ) -> None:
+        """Store one row of a failed batch: as it is (unless it already failed alone, with
+        `first_error`), then escaped."""
+        error = first_error
+        if error is None:
+            try:
+                await self._write([row])
+            except Exception as exc:
+                error = exc
+            else:
+                _settle(future, value=row.id)
+                return
+        if not escape_row(row):  # nothing to escape: the failure was not the row's text
+            _settle(future, error=error or RuntimeError("the row could not be stored"))
+            return
+        try:
+            await self._write([row])
+        except Exception as exc:
+            _settle(future, error=exc)
+        else:
+            self.escaped += 1
+            _settle(future, value=row.id)
 
 
 def _settle(

@@ -200,11 +200,15 @@ class Reports:
         limit: int,
         cursor: str | None,
         models: Sequence[str] | None = None,
+        *,
+        principal: str | None = None,
     ) -> tuple[Sequence[Any], str | None]:
         """Newest first. With `models`: reports of that model or with a run of it (a
-        comparison, a batch over several models)."""
+        comparison, a batch over several models). With `principal`: that key's only."""
         table = self.KINDS[kind]
         query = select(table)
+        if principal is not None:
+            query = query.where(table.principal == principal)
         if models is not None:
             has_run = table.id.in_(select(self.LINKS[kind]).where(Execution.model.in_(models)))
             own = table.model.in_(models) if hasattr(table, "model") else None
@@ -344,6 +348,9 @@ class Audit:
         await self.session.flush()
         return [entry.id for entry in entries]
 
+    async def count(self) -> int:
+        return int((await self.session.execute(select(func.count(AuditEntry.id)))).scalar_one())
+
     async def recent(self, limit: int, where: AuditFilter | None = None) -> Sequence[AuditEntry]:
         query = select(AuditEntry)
         where = where or AuditFilter()
@@ -364,9 +371,15 @@ class Audit:
         return (await self.session.scalars(query)).all()
 
 
-async def counts_and_sizes(session: AsyncSession, table: type[Base]) -> tuple[int, int]:
+async def counts_and_sizes(
+    session: AsyncSession, table: type[Base], principal: str | None = None
+) -> tuple[int, int]:
+    """How many rows and their `size_bytes`; with `principal`, of that API key's rows."""
     column = table.size_bytes  # type: ignore[attr-defined]
-    count, size = (await session.execute(select(func.count(), func.sum(column)))).one()
+    query = select(func.count(), func.sum(column)).select_from(table)
+    if principal is not None:
+        query = query.where(table.principal == principal)  # type: ignore[attr-defined]
+    count, size = (await session.execute(query)).one()
     return int(count or 0), int(size or 0)
 
 

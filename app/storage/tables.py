@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names on every database, so migrations can refer to them.
@@ -83,10 +84,16 @@ class Batch(Base):
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    principal: Mapped[str | None] = mapped_column(
+        String(200), doc="The API key (by name) that made it; None when anonymous"
+    )
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
-    __table_args__ = (Index("ix_batches_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_batches_created_at", "created_at"),
+        Index("ix_batches_principal_created_at", "principal", "created_at"),
+    )
 
 
 class BenchmarkReport(Base):
@@ -95,12 +102,16 @@ class BenchmarkReport(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     model: Mapped[str] = mapped_column(String(512))
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    principal: Mapped[str | None] = mapped_column(
+        String(200), doc="The API key (by name) that made it; None when anonymous"
+    )
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
     __table_args__ = (
         Index("ix_benchmark_reports_model_created_at", "model", "created_at"),
         Index("ix_benchmark_reports_created_at", "created_at"),
+        Index("ix_benchmark_reports_principal_created_at", "principal", "created_at"),
     )
 
 
@@ -111,10 +122,16 @@ class Comparison(Base):
     models: Mapped[list[Any]] = mapped_column(JSON)
     prompt: Mapped[str] = mapped_column(Text, default="")
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    principal: Mapped[str | None] = mapped_column(
+        String(200), doc="The API key (by name) that made it; None when anonymous"
+    )
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
-    __table_args__ = (Index("ix_comparisons_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_comparisons_created_at", "created_at"),
+        Index("ix_comparisons_principal_created_at", "principal", "created_at"),
+    )
 
 
 class Execution(Base):
@@ -152,6 +169,13 @@ class Execution(Base):
     total_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    text_escaped: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        doc="True when the database refused the row as given and its text was stored escaped "
+        "(NUL and lone surrogates as \\u escapes, over-long text cut)",
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     benchmark_id: Mapped[str | None] = mapped_column(
@@ -213,6 +237,13 @@ class AuditEntry(Base):
     surface: Mapped[str | None] = mapped_column(String(16), doc="gateway, ollama or openai")
     status: Mapped[int | None] = mapped_column(Integer, doc="The HTTP status answered")
     client: Mapped[str | None] = mapped_column(String(64), doc="The client's address")
+    text_escaped: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        doc="True when the database refused the row as given and its text was stored escaped "
+        "(NUL and lone surrogates as \\u escapes, over-long text cut)",
+    )
 
     __table_args__ = (
         Index("ix_audit_log_created_at", "created_at"),

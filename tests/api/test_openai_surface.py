@@ -270,7 +270,9 @@ def test_a_stream_cut_mid_way_ends_with_an_error_event(
     with pytest.raises(openai.APIError) as raised:
         for chunk in stream:
             received.append(chunk.choices[0].delta.content or "")
-    assert "".join(received) and "broke mid-stream" in raised.value.message
+    assert (
+        "".join(received) and "the backend closed the connection mid-reply" in raised.value.message
+    )
     run = stored(gateway_url, surface="openai")[0]
     assert run["status"] == "failed" and run["metadata"]["partial_response"] == "".join(received)
 

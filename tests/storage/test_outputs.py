@@ -251,21 +251,3 @@ def test_a_result_is_fetched_and_deleted_by_id(outputs: OutputManager) -> None:
     assert outputs.delete_result(result_id)
     assert outputs.get_result(result_id) is None
     assert not outputs.delete_result(result_id)
-
-
-def test_the_audit_log_keeps_who_did_what(outputs: OutputManager) -> None:
-    async def record_and_list() -> list[dict[str, Any]]:
-        await outputs.arecord_audit(
-            actor="alice", action="config.update", target="default", outcome="ok"
-        )
-        await outputs.arecord_audit(
-            actor="bob", action="results.cleanup", target=None, outcome="ok", duration_ms=3.5
-        )
-        return await outputs.alist_audit()
-
-    entries = in_loop(outputs, record_and_list())
-    assert [(e["actor"], e["action"]) for e in entries] == [
-        ("bob", "results.cleanup"),
-        ("alice", "config.update"),
-    ]
-    assert entries[0]["duration_ms"] == 3.5 and entries[1]["target"] == "default"

@@ -29,7 +29,7 @@ async def list_audit(
 ) -> AuditPage:
     """Audit entries, newest first; every request answered before this one is included."""
     await services.audit.flush()
-    rows = await services.outputs.alist_audit(
+    rows = await services.audit.store.alist(
         actor=actor,
         action=action,
         outcome=outcome,

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
+from app.access import Principal
+from app.api.auth import UserDep
 from app.api.deps import OutputsDep, RunnerDep, ServicesDep
 from app.api.errors import ApiError, Problem
 from app.api.jobs import Job
@@ -60,6 +62,7 @@ async def run_batch(
     body: Annotated[BatchRequest, Depends(batch_body)],
     runner: RunnerDep,
     services: ServicesDep,
+    principal: UserDep,
 ) -> BatchOut | JSONResponse:
     """Run every prompt (at most `max_concurrent` at once); results in prompt order.
 
@@ -96,7 +99,7 @@ async def run_batch(
             job.outcome["batch_id"] = (results[0].metadata or {}).get("batch_id")
             return True
 
-        job = services.jobs.start("batch", body.model, work)
+        job = services.jobs.start("batch", body.model, work, principal)
         return JSONResponse(
             job_out(job).model_dump(mode="json"),
             status_code=status.HTTP_202_ACCEPTED,
@@ -119,8 +122,8 @@ async def run_batch(
     )
 
 
-def _job(services: ServicesDep, job_id: str) -> Job:
-    job = services.jobs.get(job_id, "batch")
+def _job(services: ServicesDep, job_id: str, principal: Principal) -> Job:
+    job = services.jobs.get(job_id, "batch", principal)
     if job is None:
         raise ApiError(404, "Batch job not found", f"no batch job with id '{job_id}'")
     return job
@@ -132,9 +135,9 @@ def _job(services: ServicesDep, job_id: str) -> Job:
     response_model=BatchJobOut,
     responses=JOB_NOT_FOUND,
 )
-async def get_batch_job(job_id: str, services: ServicesDep) -> BatchJobOut:
+async def get_batch_job(job_id: str, services: ServicesDep, principal: UserDep) -> BatchJobOut:
     """A background batch's progress; `batch_id` names the stored batch once done."""
-    return job_out(_job(services, job_id))
+    return job_out(_job(services, job_id, principal))
 
 
 @router.get(
@@ -150,15 +153,18 @@ async def get_batch_job(job_id: str, services: ServicesDep) -> BatchJobOut:
         **JOB_NOT_FOUND,
     },
 )
-async def follow_batch_job(job_id: str, services: ServicesDep) -> EventSourceResponse:
+async def follow_batch_job(
+    job_id: str, services: ServicesDep, principal: UserDep
+) -> EventSourceResponse:
     """Progress of a background batch, from its start; ends with a `done` event."""
-    job = _job(services, job_id)
+    job = _job(services, job_id, principal)
     return job_events(services.jobs, job, lambda: job_out(job))
 
 
 @router.get("", operation_id="list_batches", response_model=ReportPage)
 async def list_batches(
     outputs: OutputsDep,
+    principal: UserDep,
     model: str | None = Query(default=None, max_length=512),
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(
@@ -166,12 +172,12 @@ async def list_batches(
     ),
 ) -> ReportPage:
     """Stored batches, newest first."""
-    return await report_page(outputs, "batch", model=model, limit=limit, cursor=cursor)
+    return await report_page(outputs, "batch", principal, model=model, limit=limit, cursor=cursor)
 
 
 @router.get(
     "/{batch_id}", operation_id="get_batch", response_model=ReportDetail, responses=NOT_FOUND
 )
-async def get_batch(batch_id: str, outputs: OutputsDep) -> ReportDetail:
+async def get_batch(batch_id: str, outputs: OutputsDep, principal: UserDep) -> ReportDetail:
     """One batch with its runs, in prompt order."""
-    return await report_detail(outputs, "batch", batch_id)
+    return await report_detail(outputs, "batch", batch_id, principal)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
+from app.api.auth import UserDep
 from app.api.deps import OutputsDep, RunnerDep
 from app.api.limits import benchmark_body
 from app.api.reports import NOT_FOUND, report_detail, report_page
@@ -37,6 +38,7 @@ async def run_benchmark(
 @router.get("", operation_id="list_benchmarks", response_model=ReportPage)
 async def list_benchmarks(
     outputs: OutputsDep,
+    principal: UserDep,
     model: str | None = Query(default=None, max_length=512),
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(
@@ -44,7 +46,9 @@ async def list_benchmarks(
     ),
 ) -> ReportPage:
     """Stored benchmark reports, newest first."""
-    return await report_page(outputs, "benchmark", model=model, limit=limit, cursor=cursor)
+    return await report_page(
+        outputs, "benchmark", principal, model=model, limit=limit, cursor=cursor
+    )
 
 
 @router.get(
@@ -53,6 +57,6 @@ async def list_benchmarks(
     response_model=ReportDetail,
     responses=NOT_FOUND,
 )
-async def get_benchmark(benchmark_id: str, outputs: OutputsDep) -> ReportDetail:
+async def get_benchmark(benchmark_id: str, outputs: OutputsDep, principal: UserDep) -> ReportDetail:
     """One benchmark report with its runs."""
-    return await report_detail(outputs, "benchmark", benchmark_id)
+    return await report_detail(outputs, "benchmark", benchmark_id, principal)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
+from app.api.auth import UserDep
 from app.api.deps import OutputsDep, RunnerDep
 from app.api.limits import comparison_body
 from app.api.reports import NOT_FOUND, report_detail, report_page
@@ -37,13 +38,16 @@ async def run_comparison(
 @router.get("", operation_id="list_comparisons", response_model=ReportPage)
 async def list_comparisons(
     outputs: OutputsDep,
+    principal: UserDep,
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(
         default=None, pattern=CURSOR_PATTERN, description="The `next_cursor` of the page before."
     ),
 ) -> ReportPage:
     """Stored comparisons, newest first."""
-    return await report_page(outputs, "comparison", model=None, limit=limit, cursor=cursor)
+    return await report_page(
+        outputs, "comparison", principal, model=None, limit=limit, cursor=cursor
+    )
 
 
 @router.get(
@@ -52,6 +56,8 @@ async def list_comparisons(
     response_model=ReportDetail,
     responses=NOT_FOUND,
 )
-async def get_comparison(comparison_id: str, outputs: OutputsDep) -> ReportDetail:
+async def get_comparison(
+    comparison_id: str, outputs: OutputsDep, principal: UserDep
+) -> ReportDetail:
     """One comparison with each model's run."""
-    return await report_detail(outputs, "comparison", comparison_id)
+    return await report_detail(outputs, "comparison", comparison_id, principal)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from app.api.auth import sees_details
 from app.api.deps import ServicesDep
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -18,10 +22,17 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
+    """Whether the gateway can serve. The details (backends, database, missing) are shown
+    only to an admin key, or to anyone while no key is needed."""
+
     status: str = Field(description="`ready`, or `not ready` when a dependency is missing.")
-    backends: list[dict[str, Any]] = Field(description="Each backend's health.")
-    database: str = Field(description="`ok`, or what went wrong reaching it.")
-    missing: list[str] = Field(description="The dependencies that do not answer.")
+    backends: list[dict[str, Any]] | None = Field(
+        default=None, description="Each backend's health."
+    )
+    database: str | None = Field(default=None, description="`ok`, or what went wrong reaching it.")
+    missing: list[str] | None = Field(
+        default=None, description="The dependencies that do not answer."
+    )
 
 
 @router.get("/healthz", operation_id="healthz", response_model=Health)
@@ -36,23 +47,24 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "A dependency does not answer."}},
 )
-async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready when at least one backend and the database answer; says which is missing."""
+async def readyz(services: ServicesDep, request: Request) -> JSONResponse:
+    """Ready when at least one backend and the database answer; says which is missing (to
+    an admin key, or while no key is needed)."""
     backends = await services.manager.abackend_status()
     database = "ok"
     try:
         await services.outputs.aping()
     except Exception as exc:
+        logger.warning("readiness: the database does not answer: %r", exc)
         database = f"{type(exc).__name__}: {exc}"
     missing = []
     if not any(b["healthy"] for b in backends):
         missing.append("backend")
     if database != "ok":
         missing.append("database")
-    body = Readiness(
-        status="not ready" if missing else "ready",
-        backends=backends,
-        database=database,
-        missing=missing,
-    )
-    return JSONResponse(body.model_dump(), status_code=503 if missing else 200)
+    status = "not ready" if missing else "ready"
+    code = 503 if missing else 200
+    if not await sees_details(request, services):
+        return JSONResponse({"status": status}, status_code=code)
+    body = Readiness(status=status, backends=backends, database=database, missing=missing)
+    return JSONResponse(body.model_dump(), status_code=code)

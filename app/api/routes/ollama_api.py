@@ -10,11 +10,14 @@ stored like any other run, as surface `ollama` (`GATEWAY_STORE_OLLAMA_API`).
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.access import Principal
 from app.api.auth import AdminDep, UserDep, check_models
@@ -30,6 +33,32 @@ FORWARDED_HEADERS = {"content-type": "application/json"}
 USER_PATHS = {"show", "embed", "embeddings"}
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
+#: Ollama's API, path (under /api/) by path, with the methods each takes. Only these are
+#: relayed: a backend's other paths (its admin or debug endpoints) are not the client's.
+OLLAMA_PATHS: dict[str, frozenset[str]] = {
+    **dict.fromkeys(
+        ("generate", "chat", "embed", "embeddings", "show", "pull", "push", "create", "copy"),
+        frozenset({"POST"}),
+    ),
+    "delete": frozenset({"DELETE"}),
+    **dict.fromkeys(("tags", "ps", "version"), frozenset({"GET", "HEAD"})),
+}
+BLOB_PATH = re.compile(r"blobs/sha256[:-][0-9a-f]{64}")
+BLOB_METHODS = frozenset({"HEAD", "POST"})
+
+
+def ollama_path_methods(path: str) -> frozenset[str] | None:
+    """The methods Ollama's API takes at `/api/<path>`; None when it is not Ollama's API.
+
+    The path is taken as the client sent it, after percent-decoding: one with `.` or `..`
+    segments, empty segments or a trailing slash is not one of Ollama's.
+    """
+    if posixpath.normpath(f"/api/{path}") != f"/api/{path}":
+        return None
+    if BLOB_PATH.fullmatch(path):
+        return BLOB_METHODS
+    return OLLAMA_PATHS.get(path)
+
 
 def go_json(value: Any) -> bytes:
     """JSON as Go's encoding/json writes it: compact, with `<`, `>` and `&` escaped."""
@@ -41,7 +70,7 @@ def json_object(content: bytes) -> dict[str, Any]:
     """The body as a JSON object, or {} (the backend answers for a body it cannot read)."""
     try:
         data = json.loads(content) if content else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -181,11 +210,19 @@ async def copy(request: Request, manager: ManagerDep, _: AdminDep) -> Response:
 async def passthrough(
     path: str, request: Request, manager: ManagerDep, principal: UserDep
 ) -> Response:
-    """show, embed, embeddings and the rest: to a backend that has the body's model.
+    """show, embed, embeddings and the rest of Ollama's API: to a backend that has the
+    body's model.
 
     show, embed and embeddings are a user key's (for its models); anything else (push,
-    create, blobs) changes a backend and needs an admin key.
+    create, blobs) changes a backend and needs an admin key. A path that is not Ollama's
+    API is a 404 (gin's plain text, as Ollama answers), a known one with another method
+    a 405; neither reaches a backend.
     """
+    methods = ollama_path_methods(path)
+    if methods is None:
+        raise StarletteHTTPException(404)
+    if request.method not in methods:
+        raise StarletteHTTPException(405)
     content = await request.body()
     body = json_object(content)
     if path in USER_PATHS:

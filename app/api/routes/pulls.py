@@ -9,6 +9,8 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
+from app.access import Principal
+from app.api.auth import AdminDep
 from app.api.deps import ServicesDep, require_backend
 from app.api.errors import ApiError, Problem
 from app.api.jobs import Job, Jobs, JobStatus
@@ -69,8 +71,8 @@ class PullOut(BaseModel):
         )
 
 
-def _job(jobs: Jobs, pull_id: str) -> Job:
-    job = jobs.get(pull_id, "pull")
+def _job(jobs: Jobs, pull_id: str, principal: Principal) -> Job:
+    job = jobs.get(pull_id, "pull", principal)
     if job is None:
         raise ApiError(404, "Pull not found", f"no pull job with id '{pull_id}'")
     return job
@@ -83,7 +85,7 @@ def _job(jobs: Jobs, pull_id: str) -> Job:
     status_code=status.HTTP_202_ACCEPTED,
     responses={404: {"model": Problem, "description": "No backend of that name."}},
 )
-async def start_pull(body: PullRequest, services: ServicesDep) -> PullOut:
+async def start_pull(body: PullRequest, services: ServicesDep, principal: AdminDep) -> PullOut:
     """Start pulling a model in the background; follow it at `/gateway/pulls/{id}/events`."""
     model = normalize_model_name(body.model)
     manager = services.manager
@@ -97,13 +99,13 @@ async def start_pull(body: PullRequest, services: ServicesDep) -> PullOut:
 
         return await manager.adownload_model(model, on_progress, backend=body.backend)
 
-    return PullOut.from_job(services.jobs.start("pull", model, pull))
+    return PullOut.from_job(services.jobs.start("pull", model, pull, principal))
 
 
 @router.get("/{pull_id}", operation_id="get_pull", response_model=PullOut, responses=NOT_FOUND)
-async def get_pull(pull_id: str, services: ServicesDep) -> PullOut:
+async def get_pull(pull_id: str, services: ServicesDep, principal: AdminDep) -> PullOut:
     """A pull job's state and latest progress."""
-    return PullOut.from_job(_job(services.jobs, pull_id))
+    return PullOut.from_job(_job(services.jobs, pull_id, principal))
 
 
 @router.get(
@@ -119,9 +121,11 @@ async def get_pull(pull_id: str, services: ServicesDep) -> PullOut:
         **NOT_FOUND,
     },
 )
-async def follow_pull(pull_id: str, services: ServicesDep) -> EventSourceResponse:
+async def follow_pull(
+    pull_id: str, services: ServicesDep, principal: AdminDep
+) -> EventSourceResponse:
     """Progress of a pull as server-sent events, from its start; ends with a `done` event."""
-    job = _job(services.jobs, pull_id)
+    job = _job(services.jobs, pull_id, principal)
     # A failure's {"error": ...} line is not progress: the `done` event carries the error.
     return job_events(
         services.jobs, job, lambda: PullOut.from_job(job), keep=lambda line: "error" not in line

@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.access import Principal
 from app.api.auth import UserDep, require_admin
 from app.api.deps import OutputsDep
 from app.api.errors import ApiError, Problem
+from app.api.ownership import owner_of, readable_result
 from app.api.schemas.common import IsoDateTime
 from app.api.schemas.stored import (
     CleanupOut,
@@ -27,11 +27,6 @@ router = APIRouter(prefix="/gateway/results", tags=["results"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No stored result with that id."}
 }
-
-
-def _visible(item: dict[str, Any], principal: Principal) -> bool:
-    """Admins see every run; a user key the runs made with it."""
-    return principal.is_admin or item.get("principal") == principal.name
 
 
 @router.get("", operation_id="list_results", response_model=ResultPage)
@@ -55,7 +50,7 @@ async def list_results(
     A user key sees only the runs made with it."""
     try:
         items, next_cursor = await outputs.alist_results(
-            principal=None if principal.is_admin else principal.name,
+            principal=owner_of(principal),
             model=model,
             kind=kind,
             surface=surface,
@@ -68,14 +63,17 @@ async def list_results(
     except ValueError as exc:
         raise ApiError(422, "Invalid cursor", str(exc)) from exc
     return ResultPage(
-        items=[StoredResult.model_validate(i) for i in items], next_cursor=next_cursor
+        items=[StoredResult.model_validate(i) for i in items if readable_result(i, principal)],
+        next_cursor=next_cursor,
     )
 
 
 @router.get("/stats", operation_id="get_result_stats", response_model=OutputStats)
-async def get_result_stats(outputs: OutputsDep) -> OutputStats:
-    """Counts and sizes of what is stored, per type."""
-    return OutputStats.model_validate(await outputs.aget_output_stats())
+async def get_result_stats(outputs: OutputsDep, principal: UserDep) -> OutputStats:
+    """Counts and sizes of what is stored, per type (a user key: of its own runs and
+    reports)."""
+    stats = await outputs.aget_output_stats(principal=owner_of(principal))
+    return OutputStats.model_validate(stats)
 
 
 @router.post(
@@ -95,7 +93,7 @@ async def cleanup_results(body: CleanupRequest, outputs: OutputsDep) -> CleanupO
 async def get_result(result_id: str, outputs: OutputsDep, principal: UserDep) -> StoredResult:
     """One stored run (a user key sees only its own)."""
     item = await outputs.aget_result(result_id)
-    if item is None or not _visible(item, principal):
+    if item is None or not readable_result(item, principal):
         raise ApiError(404, "Result not found", f"no stored result with id '{result_id}'")
     return StoredResult.model_validate(item)
 
@@ -109,6 +107,10 @@ async def get_result(result_id: str, outputs: OutputsDep, principal: UserDep) ->
 async def delete_result(result_id: str, outputs: OutputsDep, principal: UserDep) -> Response:
     """Delete one stored run (a user key only its own)."""
     item = await outputs.aget_result(result_id)
-    if item is None or not _visible(item, principal) or not await outputs.adelete_result(result_id):
+    if (
+        item is None
+        or not readable_result(item, principal)
+        or not await outputs.adelete_result(result_id)
+    ):
         raise ApiError(404, "Result not found", f"no stored result with id '{result_id}'")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -50,6 +50,11 @@ class AuditOut(BaseModel):
     duration_ms: float | None = None
     surface: str | None = None
     client: str | None = None
+    text_escaped: bool = Field(
+        default=False,
+        description="True when the database refused the entry as it was and its text was "
+        "stored escaped (NUL and lone surrogates as `\\u` escapes, long text cut).",
+    )
 
 
 class AuditPage(BaseModel):

@@ -56,12 +56,16 @@ class TypeStats(BaseModel):
 
 
 class OutputStats(BaseModel):
+    """What is stored; for a user key, of its own runs and reports only."""
+
     by_type: dict[str, TypeStats] = Field(
         description="outputs, results (the same runs), configs, reports."
     )
     total_count: int
     total_size_bytes: int
-    database: str = Field(description="The database URL, password hidden.")
+    database: str | None = Field(
+        default=None, description="The database URL, password hidden (admins only)."
+    )
 
 
 class CleanupRequest(Schema):
@@ -77,6 +81,9 @@ class ReportSummary(BaseModel):
 
     id: str
     type: Literal["batch", "benchmark", "comparison"]
+    principal: str | None = Field(
+        default=None, description="The API key (by name) that made it; null: anonymous."
+    )
     created_at: datetime
     size_bytes: int
     name: str | None = None
