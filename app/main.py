@@ -22,11 +22,11 @@ from app.access import (
 )
 from app.api.audit_log import AuditMiddleware
 from app.api.auth import require_admin, require_user
+from app.api.body_size import BodySizeLimit
 from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
 from app.api.jobs import Jobs
 from app.api.json_guard import JsonBodyGuard
-from app.api.limits import BodySizeLimit
 from app.api.observability import Metrics, ObservabilityMiddleware
 from app.api.openapi import install_openapi
 from app.api.routes import (

@@ -16,19 +16,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import surface_of
+
 __all__ = ["AuditMiddleware"]
 
 UNAUDITED = {"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/"}
 """Probes and docs: asked for every few seconds by load balancers, and no operation."""
 TARGET_PARAMS = ("name", "model", "key", "result_id", "report_id", "job_id", "backend")
-
-
-def surface_of_path(path: str) -> str:
-    if path == "/api" or path.startswith("/api/"):
-        return "ollama"
-    if path == "/v1" or path.startswith("/v1/"):
-        return "openai"
-    return "gateway"
 
 
 def outcome_of(status: int) -> str:
@@ -95,6 +89,6 @@ class AuditMiddleware:
             outcome=outcome_of(status),
             status=status,
             duration_ms=round(duration_ms, 3),
-            surface=surface_of_path(scope["path"]),
+            surface=surface_of(scope["path"]),
             client=client[0] if client else None,
         )

@@ -5,7 +5,8 @@ exists and anonymous access is allowed (bound to loopback, or `GATEWAY_ALLOW_ANO
 and not `GATEWAY_REQUIRE_AUTH`), every request is the anonymous admin and a bearer token
 is ignored (OpenAI's SDKs always send one). Otherwise a valid key is required: none or an
 unknown or revoked one is 401, a user key on an admin route or a model outside the key's
-allowlist is 403, and a key over its rate limit is 429 with `Retry-After`.
+allowlist is 403 (`app.api.authorization`), and a key over its rate limit is 429 with
+`Retry-After`.
 
 The principal is kept in `request.state.principal` (the audit log and access log read it)
 and in the core's `run_principal` (stored runs are filed under the key's name); a key
@@ -15,7 +16,7 @@ with a token limit gets a `usage_sink` that charges each finished run's tokens.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -27,7 +28,7 @@ from app.api.deps import ServicesDep
 from app.api.errors import ApiError
 from app.ollama.usage import RunUsage, UsageObserver, run_principal, usage_sink
 
-__all__ = ["AdminDep", "PrincipalDep", "UserDep", "check_models", "require_admin", "require_user"]
+__all__ = ["AdminDep", "PrincipalDep", "UserDep", "require_admin", "require_user"]
 
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="ollama-gateway"'}
 
@@ -83,21 +84,6 @@ async def get_principal(
     return principal
 
 
-async def sees_details(request: Request, services: ServicesDep) -> bool:
-    """Whether a probe's caller may see internals (backend URLs, errors): an admin key, or
-    anyone while no key is needed. Never raises: a probe answers everyone."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    try:
-        if anonymous_allowed(services.settings) and not await services.keys.ahas_keys():
-            return True
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        principal = await services.keys.aauthenticate(token.strip())
-    except Exception:  # the database is down: the probe says so, without details
-        return False
-    return principal is not None and principal.is_admin
-
-
 def _token_charger(services: ServicesDep, principal: Principal) -> UsageObserver:
     def charge(usage: RunUsage) -> None:
         tokens = usage.prompt_tokens + usage.completion_tokens
@@ -128,18 +114,3 @@ require_user = _require("user")
 require_admin = _require("admin")
 UserDep = Annotated[Principal, Depends(require_user)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
-
-
-def check_models(request: Request | None, principal: Principal, models: Iterable[str]) -> None:
-    """403 unless the key may use every model named; they are the audit entry's target."""
-    names = [m for m in models if m]
-    if names and request is not None and getattr(request.state, "audit_target", None) is None:
-        request.state.audit_target = ",".join(names)[:512]
-    denied = principal.denied(names)
-    if denied:
-        allowed = ", ".join(principal.models or ())
-        raise ApiError(
-            403,
-            "Forbidden",
-            f"key {principal.name!r} may not use model {denied[0]!r} (allowed: {allowed})",
-        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -79,6 +79,16 @@ class ApiError(Exception):
         self.result_id = result_id
 
 
+RUN_ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": Problem, "description": "The model is not installed."},
+    422: {"model": Problem, "description": "The request is invalid."},
+    502: {"model": Problem, "description": "The backend failed."},
+    503: {"model": Problem, "description": "No backend is available; retry later."},
+    504: {"model": Problem, "description": "The run timed out."},
+}
+"""The errors of a route that runs a model (generate, chat, batches, ...)."""
+
+
 def problem_response(
     status: int,
     title: str,
@@ -111,18 +121,20 @@ def _status_title(status: int) -> str:
         return "Error"
 
 
-def surface_of(request: Request) -> str | None:
-    """`ollama` for Ollama's API (`/api`), `openai` for the OpenAI API (`/v1`), else None.
+Surface = Literal["gateway", "ollama", "openai"]
 
-    Clients of those two surfaces are other projects' SDKs, which read errors in their own
+
+def surface_of(path: str) -> Surface:
+    """The API a request path belongs to: `ollama` (`/api`), `openai` (`/v1`) or `gateway`.
+
+    Clients of the first two are other projects' SDKs, which read errors in their own
     shapes; the gateway's own routes answer problem details.
     """
-    path = request.url.path
     if path == "/api" or path.startswith("/api/"):
         return "ollama"
     if path == "/v1" or path.startswith("/v1/"):
         return "openai"
-    return None
+    return "gateway"
 
 
 OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
@@ -159,9 +171,9 @@ def error_response(
     **problem: Any,
 ) -> JSONResponse:
     """An error in the shape the request's surface uses (see `surface_of`)."""
-    surface = surface_of(request)
+    surface = surface_of(request.url.path)
     headers = problem.get("headers")
-    if surface is not None and status == 422:
+    if surface != "gateway" and status == 422:
         status = 400  # both APIs answer a malformed request with 400
     if surface == "ollama":
         return ollama_error(status, detail or title, headers)
@@ -202,7 +214,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)
-    if surface_of(request) == "ollama" and exc.status_code in (404, 405):
+    if surface_of(request.url.path) == "ollama" and exc.status_code in (404, 405):
         # gin's own plain-text answers for an unknown path or method
         text = "404 page not found" if exc.status_code == 404 else "405 method not allowed"
         return PlainTextResponse(text, status_code=exc.status_code, headers=headers or None)
@@ -292,7 +304,7 @@ async def _backend_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BackendError)
     # The class name is the kind backend_problem maps (BackendUnavailable, BackendBusy, ...).
     problem = backend_problem(type(exc).__name__, exc.status, str(exc))
-    if surface_of(request) is not None and exc.status is not None and exc.status < 500:
+    if surface_of(request.url.path) != "gateway" and exc.status is not None and exc.status < 500:
         problem.status = exc.status  # the backend's own 4xx, as Ollama would answer it
     return await _api_error(request, problem)
 

@@ -10,14 +10,13 @@ from sse_starlette import EventSourceResponse
 
 from app.access import Principal
 from app.api.auth import UserDep
+from app.api.bodies import batch_body
 from app.api.deps import OutputsDep, RunnerDep, ServicesDep
-from app.api.errors import ApiError, Problem
+from app.api.errors import RUN_ERRORS, ApiError, Problem
 from app.api.jobs import Job
-from app.api.limits import batch_body
 from app.api.openapi import sse_response
 from app.api.reports import NOT_FOUND, report_detail, report_page
-from app.api.routes.generate import RUN_ERRORS
-from app.api.schemas.common import ResultOut
+from app.api.schemas.common import ResultOut, execution_options
 from app.api.schemas.runs import BatchJobOut, BatchOut, BatchProgress, BatchRequest
 from app.api.schemas.stored import ReportDetail, ReportPage
 from app.api.streaming import job_events
@@ -70,7 +69,7 @@ async def run_batch(
     batches (or `background: true`) start a job: 202, then follow
     `/gateway/batches/jobs/{id}/events`.
     """
-    options = body.options.to_execution_options() if body.options else None
+    options = execution_options(body.options)
     background = body.background
     if background is None:
         background = len(body.prompts) > services.settings.batch_sync_max

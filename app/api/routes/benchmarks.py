@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from app.api.auth import UserDep
+from app.api.bodies import benchmark_body
 from app.api.deps import OutputsDep, RunnerDep
-from app.api.limits import benchmark_body
+from app.api.errors import RUN_ERRORS
 from app.api.reports import NOT_FOUND, report_detail, report_page
-from app.api.routes.generate import RUN_ERRORS
+from app.api.schemas.common import execution_options
 from app.api.schemas.runs import BenchmarkRequest, ReportOut
 from app.api.schemas.stored import ReportDetail, ReportPage
 from app.ollama.outputs import CURSOR_PATTERN
@@ -30,7 +31,7 @@ async def run_benchmark(
 ) -> ReportOut:
     """Run each test prompt in turn; report latency (p50/p95), decode speed, time to first
     token, throughput and success rate. Failed prompts are counted, not raised."""
-    options = body.options.to_execution_options() if body.options else None
+    options = execution_options(body.options)
     report = await runner.abenchmark_model(body.model, body.test_prompts, options)
     return ReportOut(id=report.get("benchmark_id"), report=report)
 

@@ -7,11 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from sse_starlette import EventSourceResponse
 
+from app.api.bodies import chat_body
 from app.api.deps import RunnerDep
-from app.api.errors import failed_run_problem
-from app.api.limits import chat_body
-from app.api.routes.generate import RUN_ERRORS
-from app.api.schemas.common import ResultOut
+from app.api.errors import RUN_ERRORS, failed_run_problem
+from app.api.schemas.common import ResultOut, execution_options
 from app.api.schemas.runs import ChatRequest
 from app.api.streaming import SSE_RESPONSES, stream_response
 
@@ -21,7 +20,7 @@ router = APIRouter(prefix="/gateway/chat", tags=["chat"])
 @router.post("", operation_id="chat", response_model=ResultOut, responses=RUN_ERRORS)
 async def chat(body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerDep) -> ResultOut:
     """Continue a conversation; the stored result's `prompt` is the last user message."""
-    options = body.options.to_execution_options() if body.options else None
+    options = execution_options(body.options)
     messages = [m.model_dump() for m in body.messages]
     result = await runner.async_chat(body.model, messages, options, save_output=body.save)
     if not result.success:
@@ -39,7 +38,7 @@ async def chat_stream(
     body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerDep
 ) -> EventSourceResponse:
     """Stream a chat reply as server-sent events (`chunk`..., then `result` or `error`)."""
-    options = body.options.to_execution_options() if body.options else None
+    options = execution_options(body.options)
     messages = [m.model_dump() for m in body.messages]
     chunks = runner.async_chat_stream(body.model, messages, options, save_output=body.save)
     return await stream_response(chunks)

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from app.api.auth import UserDep
+from app.api.bodies import comparison_body
 from app.api.deps import OutputsDep, RunnerDep
-from app.api.limits import comparison_body
+from app.api.errors import RUN_ERRORS
 from app.api.reports import NOT_FOUND, report_detail, report_page
-from app.api.routes.generate import RUN_ERRORS
+from app.api.schemas.common import execution_options
 from app.api.schemas.runs import ComparisonRequest, ReportOut
 from app.api.schemas.stored import ReportDetail, ReportPage
 from app.ollama.outputs import CURSOR_PATTERN
@@ -30,7 +31,7 @@ async def run_comparison(
 ) -> ReportOut:
     """Run the prompt on each model in turn: `results` per model and a `summary` naming
     the fastest model, the highest tokens/s, response lengths and failures."""
-    options = body.options.to_execution_options() if body.options else None
+    options = execution_options(body.options)
     report = await runner.acreate_model_comparison(body.models, body.prompt, options)
     return ReportOut(id=report["summary"].get("comparison_id"), report=report)
 

@@ -7,22 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from sse_starlette import EventSourceResponse
 
+from app.api.bodies import generate_body
 from app.api.deps import RunnerDep
-from app.api.errors import Problem, failed_run_problem
-from app.api.limits import generate_body
-from app.api.schemas.common import ResultOut
+from app.api.errors import RUN_ERRORS, failed_run_problem
+from app.api.schemas.common import ResultOut, execution_options
 from app.api.schemas.runs import GenerateRequest
 from app.api.streaming import SSE_RESPONSES, stream_response
 
 router = APIRouter(prefix="/gateway/generate", tags=["generate"])
-
-RUN_ERRORS: dict[int | str, dict[str, object]] = {
-    404: {"model": Problem, "description": "The model is not installed."},
-    422: {"model": Problem, "description": "The request is invalid."},
-    502: {"model": Problem, "description": "The backend failed."},
-    503: {"model": Problem, "description": "No backend is available; retry later."},
-    504: {"model": Problem, "description": "The run timed out."},
-}
 
 
 @router.post("", operation_id="generate", response_model=ResultOut, responses=RUN_ERRORS)
@@ -33,7 +25,7 @@ async def generate(
 
     A failed run is stored too: the error's `result_id` names it.
     """
-    options = body.options.to_execution_options() if body.options else None
+    options = execution_options(body.options)
     if body.context_docs is not None:
         result = await runner.arun_with_context(
             body.model, body.prompt, body.context_docs, options, save_output=body.save
@@ -57,7 +49,7 @@ async def generate_stream(
     body: Annotated[GenerateRequest, Depends(generate_body)], runner: RunnerDep
 ) -> EventSourceResponse:
     """Stream a generation as server-sent events (`chunk`..., then `result` or `error`)."""
-    options = body.options.to_execution_options() if body.options else None
+    options = execution_options(body.options)
     if body.context_docs is not None:
         chunks = runner.async_context_stream(
             body.model, body.prompt, body.context_docs, options, save_output=body.save

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from app.api.auth import sees_details
+from app.api.authorization import sees_details
 from app.api.deps import ServicesDep
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.access import Principal
-from app.api.auth import AdminDep, UserDep, check_models
+from app.api.auth import AdminDep, UserDep
+from app.api.authorization import authorize_models
 from app.api.deps import ManagerDep, SettingsDep
 from app.api.errors import ApiError
 from app.ollama import OllamaManager
@@ -139,7 +140,7 @@ async def _run(
 ) -> Response:
     content = await request.body()
     body = json_object(content)
-    check_models(request, principal, [model_of(body, "model") or ""])
+    authorize_models(request, principal, [model_of(body, "model") or ""])
     record = spec_of_body(kind, body, "ollama") if store else None
     streamed = body.get("stream") is not False
     relayed = await manager.arelay(
@@ -226,7 +227,7 @@ async def passthrough(
     content = await request.body()
     body = json_object(content)
     if path in USER_PATHS:
-        check_models(request, principal, [model_of(body, "model", "name") or ""])
+        authorize_models(request, principal, [model_of(body, "model", "name") or ""])
     elif not principal.is_admin:
         raise ApiError(403, "Forbidden", f"/api/{path} needs an admin key")
     query = f"?{request.url.query}" if request.url.query else ""

@@ -18,7 +18,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.access import Principal
-from app.api.auth import UserDep, check_models
+from app.api.auth import UserDep
+from app.api.authorization import authorize_models
 from app.api.deps import ManagerDep, RunnerDep, SettingsDep
 from app.api.errors import ApiError, failed_run_problem
 from app.api.openai_format import (
@@ -97,7 +98,7 @@ async def _run(
     request: Request,
     principal: Principal,
 ) -> StreamingResponse | JSONResponse:
-    check_models(request, principal, [body.model])
+    authorize_models(request, principal, [body.model])
     chat = isinstance(body, ChatCompletionRequest)
     try:
         if isinstance(body, ChatCompletionRequest):
@@ -153,7 +154,7 @@ async def completions(
 async def embeddings(
     body: EmbeddingRequest, manager: ManagerDep, request: Request, principal: UserDep
 ) -> JSONResponse:
-    check_models(request, principal, [body.model])
+    authorize_models(request, principal, [body.model])
     if body.input in ("", []):
         raise invalid("invalid input")
     if body.encoding_format not in ("float", "base64"):
@@ -173,7 +174,7 @@ async def list_models(manager: ManagerDep, principal: UserDep) -> JSONResponse:
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, manager: ManagerDep, principal: UserDep) -> JSONResponse:
-    check_models(request=None, principal=principal, models=[model])
+    authorize_models(request=None, principal=principal, models=[model])
     for tag in await manager.aunion("tags"):
         if same_model(str(tag.get("name") or ""), model):
             return JSONResponse(model_object(tag, model))

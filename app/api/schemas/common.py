@@ -1,16 +1,15 @@
-"""Shapes shared by several resources: execution options, results, pages."""
+"""Shapes shared by several resources: numbers and dates as JSON means them, model names,
+execution options, results."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.ollama import ExecutionOptions, ModelExecutionResult
-
-T = TypeVar("T")
 
 
 def _json_number(value: Any) -> Any:
@@ -87,6 +86,11 @@ class OptionsIn(Schema):
         return ExecutionOptions(**self.model_dump(exclude_none=True))
 
 
+def execution_options(options: OptionsIn | None) -> ExecutionOptions | None:
+    """The core's options for a body's optional `options` (None: the core's defaults)."""
+    return options.to_execution_options() if options is not None else None
+
+
 class ResultOut(BaseModel):
     """A stored run: the `ModelExecutionResult` fields plus the id it is stored under."""
 
@@ -103,14 +107,3 @@ class ResultOut(BaseModel):
     @classmethod
     def from_result(cls, result: ModelExecutionResult, stored_id: str | None) -> ResultOut:
         return cls(id=stored_id, **result.to_dict())
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of a list; pass `next_cursor` back as `cursor` for the next one."""
-
-    items: list[T]
-    next_cursor: str | None = Field(default=None, description="Null on the last page.")
-
-
-class Timestamped(BaseModel):
-    created_at: datetime

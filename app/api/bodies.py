@@ -1,0 +1,71 @@
+"""Request bodies as routes receive them: schema-valid, allowed for the caller's key, and
+within the deployment's limits.
+
+A route takes `body: Annotated[GenerateRequest, Depends(generate_body)]` and receives a
+body whose models the key may use (`app.api.authorization`, else 403) and that keeps to
+the `GATEWAY_MAX_*` limits (`app.api.limits`, else 422 naming the field).
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from app.api.auth import PrincipalDep
+from app.api.authorization import authorize_models
+from app.api.deps import SettingsDep
+from app.api.limits import LimitChecker
+from app.api.schemas.runs import (
+    BatchRequest,
+    BenchmarkRequest,
+    ChatRequest,
+    ComparisonRequest,
+    GenerateRequest,
+)
+
+
+async def generate_body(
+    body: GenerateRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> GenerateRequest:
+    authorize_models(request, principal, [body.model])
+    checker = LimitChecker(settings).text(("prompt",), body.prompt).options(body.options)
+    checker.texts(("context_docs",), body.context_docs, settings.max_context_docs).check()
+    return body
+
+
+async def chat_body(
+    body: ChatRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> ChatRequest:
+    authorize_models(request, principal, [body.model])
+    checker = LimitChecker(settings).options(body.options)
+    checker.count(("messages",), body.messages, settings.max_messages)
+    for i, message in enumerate(body.messages):
+        checker.text(("messages", i, "content"), message.content)
+    checker.check()
+    return body
+
+
+async def batch_body(
+    body: BatchRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> BatchRequest:
+    authorize_models(request, principal, [body.model])
+    checker = LimitChecker(settings).options(body.options)
+    checker.texts(("prompts",), body.prompts, settings.max_batch_prompts).check()
+    return body
+
+
+async def benchmark_body(
+    body: BenchmarkRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> BenchmarkRequest:
+    authorize_models(request, principal, [body.model])
+    checker = LimitChecker(settings).options(body.options)
+    checker.texts(("test_prompts",), body.test_prompts, settings.max_batch_prompts).check()
+    return body
+
+
+async def comparison_body(
+    body: ComparisonRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> ComparisonRequest:
+    authorize_models(request, principal, body.models)
+    checker = LimitChecker(settings).options(body.options).text(("prompt",), body.prompt)
+    checker.count(("models",), body.models, settings.max_comparison_models).check()
+    return body
