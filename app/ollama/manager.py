@@ -25,6 +25,7 @@ from typing import Any, Literal
 from app.backends.client import OllamaClient
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 from app.backends.pool import BackendPool, BackendState
+from app.loop_thread import LoopThread
 from app.ollama._execution import (
     ChunkCallback,
     RunSpec,
@@ -34,7 +35,6 @@ from app.ollama._execution import (
     require_prompt,
 )
 from app.ollama._store import ResultStore
-from app.ollama._sync import LoopThread
 from app.ollama.cli_mode import OllamaCli
 from app.ollama.names import model_key, normalize_model_name, same_model
 from app.ollama.options import plan_from_dict
