@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.access.principal import SCOPES, Principal, Scope
-from app.ollama._database_user import DatabaseUser
+from app.storage.database_user import DatabaseUser
 from app.storage.repositories import ApiKeys, new_id
 from app.storage.tables import ApiKey
 

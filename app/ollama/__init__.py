@@ -12,8 +12,10 @@ from app.backends.errors import (
     BackendUnavailable,
     StreamInterrupted,
 )
+from app.ollama.admin import model_from_tag
 from app.ollama.config import EXECUTION_PRESETS, ConfigManager, OllamaConfig
-from app.ollama.manager import OllamaManager, model_from_tag
+from app.ollama.context import CONTEXT_TEMPLATE, build_context_prompt
+from app.ollama.manager import OllamaManager
 from app.ollama.names import model_key, normalize_model_name, same_model
 from app.ollama.options import (
     OLLAMA_OPTION_TYPES,
@@ -22,7 +24,7 @@ from app.ollama.options import (
     plan_from_execution_options,
 )
 from app.ollama.outputs import OutputManager
-from app.ollama.runner import CONTEXT_TEMPLATE, ModelRunner, build_context_prompt
+from app.ollama.runner import ModelRunner
 from app.ollama.types import ExecutionOptions, ModelExecutionResult, OllamaModel, StreamingChunk
 
 __all__ = [

@@ -1,9 +1,10 @@
-"""The pieces of one run shared by `OllamaManager` and `ModelRunner`.
+"""The pieces of one run shared by `OllamaManager`, `ModelRunner` and the relay.
 
-A run is described by a `RunSpec` (built and validated synchronously, so a caller's bug
-raises `ValueError` at the call site even for methods returning futures), executed by the
-manager, and observed through a `StreamAccumulator` that turns backend chunks into
-`StreamingChunk`s and remembers what a failed run had produced so far.
+A run is described by a `RunSpec` (built and validated synchronously by `generate_spec`
+or `chat_spec`, so a caller's bug raises `ValueError` at the call site even for methods
+returning futures), executed by `RunExecutor`, and observed through a
+`StreamAccumulator` that turns backend chunks into `StreamingChunk`s and remembers what a
+failed run had produced so far.
 """
 
 from __future__ import annotations
@@ -108,6 +109,29 @@ class RunSpec:
             body["messages"] = messages
         body.update(self.plan.request_fields())
         return body
+
+
+def generate_spec(model_name: str, prompt: str | None, plan: RequestPlan) -> RunSpec:
+    """A validated `/api/generate` run (`ValueError` for a bad model name or prompt)."""
+    return RunSpec(
+        kind="generate",
+        model=require_model_name(model_name),
+        prompt=require_prompt(prompt),
+        plan=plan,
+    )
+
+
+def chat_spec(model_name: str, messages: Sequence[Mapping[str, Any]], plan: RequestPlan) -> RunSpec:
+    """A validated `/api/chat` run; its `prompt` is the last user message."""
+    checked = validate_messages(messages)
+    last_user = next((m["content"] for m in reversed(checked) if m["role"] == "user"), "")
+    return RunSpec(
+        kind="chat",
+        model=require_model_name(model_name),
+        prompt=last_user,
+        plan=plan,
+        messages=checked,
+    )
 
 
 class StreamAccumulator:

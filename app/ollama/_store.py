@@ -1,4 +1,5 @@
-"""What the core needs from `OutputManager`, as a Protocol.
+"""Storage glue of the core: what it needs from `OutputManager` (`ResultStore`, a Protocol)
+and how it stores through it without ever failing a run (`store_result`, `save_group`).
 
 The core depends on this narrow surface, not on the storage implementation, so either can
 change behind it and a test can hand the manager any object that stores results.
@@ -6,12 +7,16 @@ change behind it and a test can hand the manager any object that stores results.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from app.ollama.types import ModelExecutionResult
 
-__all__ = ["ResultStore"]
+__all__ = ["ResultStore", "SaveResult", "save_group", "store_result"]
+
+logger = logging.getLogger(__name__)
 
 
 class ResultStore(Protocol):
@@ -47,3 +52,74 @@ class ResultStore(Protocol):
         *,
         results: Sequence[ModelExecutionResult] | None = None,
     ) -> str: ...
+
+
+class SaveResult(Protocol):
+    """How the execution core stores one finished run (`OllamaManager.store_result`)."""
+
+    def __call__(
+        self,
+        result: ModelExecutionResult,
+        *,
+        kind: str,
+        output_dir: str | None = None,
+        links: Mapping[str, str | None] | None = None,
+    ) -> Awaitable[str | None]: ...
+
+
+async def store_result(
+    store: ResultStore | None,
+    result: ModelExecutionResult,
+    *,
+    kind: str,
+    output_dir: str | None = None,
+    links: Mapping[str, str | None] | None = None,
+) -> str | None:
+    """Store one result in `store`; a storage failure is logged and noted, never raised.
+
+    The stored id goes to `metadata["result_id"]`. With `output_dir` the storage's sync
+    `save_execution_result` is used (it writes an export there).
+    """
+    if store is None:
+        return None
+    if result.metadata is None:
+        result.metadata = {}
+    try:
+        if output_dir is not None:
+            result_id = await asyncio.to_thread(store.save_execution_result, result, output_dir)
+        else:
+            result_id = await store.arecord_execution(result, kind=kind, **dict(links or {}))
+    except Exception as exc:
+        logger.exception("storing a %s result failed", kind)
+        result.metadata["storage_error"] = _error_text(exc)
+        return None
+    result.metadata["result_id"] = result_id
+    return result_id
+
+
+async def save_group(
+    store: ResultStore | None,
+    save: Callable[[ResultStore], Awaitable[str]],
+    results: Sequence[ModelExecutionResult],
+    *,
+    kind: str,
+) -> str | None:
+    """Store a group report (batch, benchmark, comparison) and its runs, linked to it.
+
+    The storage writes each run's `result_id` and group id into its metadata. A storage
+    failure is logged and noted on the runs, never raised.
+    """
+    if store is None:
+        return None
+    try:
+        return await save(store)
+    except Exception as exc:
+        logger.exception("storing a %s report failed", kind)
+        for result in results:
+            if result.metadata is not None:
+                result.metadata["storage_error"] = _error_text(exc)
+        return None
+
+
+def _error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"

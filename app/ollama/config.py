@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from app.ollama._database_user import DatabaseUser
 from app.ollama.names import model_key, normalize_model_name
 from app.ollama.types import ExecutionOptions
 from app.settings import Settings
+from app.storage.database_user import DatabaseUser
 from app.storage.db import masked
 from app.storage.repositories import GatewayConfigs, ModelConfigs
 

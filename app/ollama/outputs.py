@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from app.ollama._database_user import DatabaseUser
 from app.ollama.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, normalize_model_name
 from app.ollama.types import ModelExecutionResult
 from app.ollama.usage import run_principal
 from app.settings import Settings
+from app.storage.database_user import DatabaseUser
 from app.storage.db import masked
 from app.storage.escaping import escape_row
 from app.storage.group_commit import GroupCommit

@@ -7,6 +7,10 @@ stored like any other: when the final `done` line arrives it is stored before th
 passed on (a client that has read the whole reply can find the stored run), and a reply
 cut short by the backend or left by the client is stored as failed or cancelled with
 its partial text.
+
+`Relay` holds the doors `OllamaManager.arelay`, `arelay_each` and `aunion` open onto: which
+backend a raw request goes to (with failover before the reply starts), requests sent to
+every backend holding a model, and listings merged across backends.
 """
 
 from __future__ import annotations
@@ -14,16 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from functools import partial
+from typing import Any, Literal
 
-from app.backends.errors import BackendError
+from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
+from app.backends.pool import BackendState
 from app.ollama._execution import Kind, RunSpec, StreamAccumulator
+from app.ollama.executor import MAX_ATTEMPTS, RunExecutor
+from app.ollama.names import model_key, same_model
 from app.ollama.options import RequestPlan
 from app.ollama.types import ModelExecutionResult
 
-__all__ = ["Relayed", "RunRecorder", "spec_of_body"]
+__all__ = ["Relay", "Relayed", "RunRecorder", "spec_of_body"]
 
 #: Request fields of `/api/generate` and `/api/chat` that are neither the input nor options.
 _PLAN_FIELDS = ("format", "keep_alive", "think", "tools", "raw", "suffix", "template")
@@ -177,3 +187,162 @@ class RunRecorder:
             with contextlib.suppress(Exception):
                 await self.finish("the client left before the run finished", "Cancelled")
             raise
+
+
+class Relay:
+    """Raw requests through the pool of `executor`, for the Ollama-compatible `/api` surface.
+
+    The executor's server check runs before a request is relayed, and relayed runs are
+    built and stored as the executor's own; `forget_inventory` is called after a request
+    sent to every holder of a model (a delete, a copy) changed what the backends hold.
+    """
+
+    def __init__(self, executor: RunExecutor, *, forget_inventory: Callable[[], None]) -> None:
+        self.executor = executor
+        self.pool = executor.pool
+        self.settings = executor.settings
+        self._forget_inventory = forget_inventory
+
+    async def arelay(
+        self,
+        method: str,
+        path: str,
+        *,
+        model: str | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        record: RunSpec | None = None,
+        store_kind: str = "generate",
+    ) -> Relayed:
+        """See `OllamaManager.arelay`."""
+        await self.executor.ensure_server()
+        try:
+            candidates = await self.pool.candidates(model, has_model=same_model)
+        except BackendError as exc:
+            if exc.status != 404:
+                raise
+            candidates = await self.pool.candidates(None)
+        attempts = candidates[:MAX_ATTEMPTS]
+        for attempt, state in enumerate(attempts):
+            last = attempt == len(attempts) - 1
+            stack = contextlib.AsyncExitStack()
+            try:
+                await stack.enter_async_context(self.pool.lease(state))
+                reply = await state.client.relay(method, path, content=content, headers=headers)
+            except BackendError as exc:
+                await stack.aclose()
+                if not isinstance(exc, BackendBusy):
+                    self.pool.record_failure(state, exc)
+                if last:
+                    raise
+                continue
+            stack.push_async_callback(reply.aclose)
+            if reply.status >= 500 and not last:
+                await stack.aclose()
+                self.pool.record_failure(
+                    state, BackendError(f"HTTP {reply.status}", status=reply.status)
+                )
+                continue
+            if reply.status < 500:
+                self.pool.record_success(state)
+            body: AsyncIterator[bytes] = reply.body
+            if record is not None and record.kind in ("generate", "chat"):
+                recorder = RunRecorder(
+                    record,
+                    reply.status,
+                    build=partial(
+                        self.executor.build_result, mode="relay", backend=[state.spec.url]
+                    ),
+                    store=partial(self.executor.store, kind=store_kind),
+                )
+                body = recorder.tee(body)
+            return Relayed(
+                status=reply.status,
+                headers=reply.headers,
+                body=_released(body, stack),
+                backend=state.spec.name,
+                _closers=[stack.aclose],
+            )
+        raise BackendUnavailable("no backend to relay to")  # unreachable: candidates is non-empty
+
+    async def arelay_each(
+        self,
+        method: str,
+        path: str,
+        *,
+        model: str,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[tuple[str, int, dict[str, str], bytes]]:
+        """See `OllamaManager.arelay_each`."""
+        await self.executor.ensure_server()
+        await self.pool.refresh_stale(force=True)
+        holders = [
+            s
+            for s in self.pool.states
+            if s.available and any(same_model(m, model) for m in s.models or [])
+        ]
+        if not holders:
+            holders = (await self.pool.candidates(None))[:1]
+
+        async def one(state: BackendState) -> tuple[str, int, dict[str, str], bytes]:
+            async with self.pool.lease(state):
+                reply = await state.client.relay(method, path, content=content, headers=headers)
+                relayed = Relayed(reply.status, reply.headers, reply.body, state.spec.name)
+                return state.spec.name, reply.status, reply.headers, await relayed.read()
+
+        try:
+            return list(await asyncio.gather(*(one(s) for s in holders)))
+        finally:
+            self._forget_inventory()
+
+    async def aunion(self, listing: Literal["tags", "ps"]) -> list[dict[str, Any]]:
+        """See `OllamaManager.aunion`."""
+        states = self.pool.states
+
+        async def one(state: BackendState) -> list[dict[str, Any]]:
+            async with asyncio.timeout(self.settings.health_timeout):
+                if listing == "tags":
+                    return await state.client.tags(timeout=self.settings.health_timeout)
+                return await state.client.ps()
+
+        answers = await asyncio.gather(*(one(s) for s in states), return_exceptions=True)
+        merged: dict[str, dict[str, Any]] = {}
+        errors: list[str] = []
+        for state, answer in zip(states, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, BackendError | TimeoutError):
+                    raise answer
+                errors.append(f"{state.spec.name}: {answer or 'timed out'}")
+                continue
+            for entry in answer:
+                merged.setdefault(model_key(str(entry.get("name") or entry.get("model"))), entry)
+        if errors and len(errors) == len(states):
+            raise BackendUnavailable("no backend answered: " + "; ".join(errors))
+        entries = list(merged.values())
+        if listing == "tags" and len(states) > 1:
+            entries.sort(key=lambda e: _timestamp(e.get("modified_at")), reverse=True)
+        return entries
+
+
+async def _released(
+    body: AsyncIterator[bytes], stack: contextlib.AsyncExitStack
+) -> AsyncIterator[bytes]:
+    """`body`, then the backend's connection and request slot given back."""
+    try:
+        async for piece in body:
+            yield piece
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await stack.aclose()
+
+
+def _timestamp(value: Any) -> float:
+    """Seconds since the epoch of an RFC 3339 time as Go writes it (0 when unreadable)."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", str(value or "")).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0

@@ -1,5 +1,6 @@
-"""What OutputManager and ConfigManager share: a database, checked once, usable from sync
-code (through a private loop thread) and from async code (on the caller's loop)."""
+"""`DatabaseUser`: what the core's `OutputManager` and `ConfigManager` and the access layer's
+`KeyStore` share: a database, checked once, usable from sync code (through a private loop
+thread) and from async code (on the caller's loop)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from app.ollama._sync import LoopThread
+from app.loop_thread import LoopThread
 from app.storage.db import Database
 from app.storage.migrations import ensure_schema
 

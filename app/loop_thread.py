@@ -1,10 +1,10 @@
-"""Run the async core from synchronous code.
+"""`LoopThread`: run async code from synchronous code, in one shared piece of plumbing.
 
 The seed's sync methods (`run_model`, `list_models`, ...) must work from a plain script and
 from inside a running event loop (a notebook) without deadlock. `asyncio.run` fails in the
-second case, so each owner keeps one private event loop in a daemon thread and hands it
-coroutines. Objects bound to a loop (httpx clients, database engines) that the sync path
-uses are created on that loop.
+second case, so each owner (the core's manager, each database user) keeps one private
+event loop in a daemon thread and hands it coroutines. Objects bound to a loop (httpx
+clients, database engines) that the sync path uses are created on that loop.
 """
 
 from __future__ import annotations

@@ -1,0 +1,280 @@
+"""`RunExecutor`: one run, from a validated `RunSpec` to a stored `ModelExecutionResult`.
+
+The execution core shared by `OllamaManager`, `ModelRunner` and the relay: it streams from
+the best backend (failing over to the next while nothing was received) or runs the
+`ollama` binary in CLI mode, keeps the deadline, builds the result and its metadata,
+reports the run's usage and stores it. Storage and the server check are the owner's
+(`OllamaManager`), handed in as callables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from app.backends.errors import BackendBusy, BackendError
+from app.backends.pool import BackendPool
+from app.ollama._execution import ChunkCallback, RunSpec, StreamAccumulator, ollama_metrics
+from app.ollama._store import SaveResult
+from app.ollama.cli_mode import OllamaCli
+from app.ollama.names import same_model
+from app.ollama.types import ModelExecutionResult, StreamingChunk
+from app.ollama.usage import UsageObserver, run_principal, usage_of, usage_sink
+from app.settings import Settings
+
+__all__ = ["MAX_ATTEMPTS", "RunExecutor"]
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+"""Backends a run may be tried on before it fails (only while nothing was received)."""
+
+
+class RunExecutor:
+    """Runs `RunSpec`s on a backend pool (or through `cli`) and builds their results.
+
+    `ensure_server` is awaited before each run (the owner's `auto_start_server` check);
+    `store` stores a finished result (see `app.ollama._store.store_result`). Every
+    finished run's `RunUsage` goes to `usage_observers` and to the context's `usage_sink`.
+    """
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        settings: Settings,
+        *,
+        cli: OllamaCli | None,
+        ensure_server: Callable[[], Awaitable[None]],
+        store: SaveResult,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.cli = cli
+        self.ensure_server = ensure_server
+        self.store = store
+        self.usage_observers: list[UsageObserver] = []
+
+    async def execute(
+        self,
+        spec: RunSpec,
+        *,
+        on_chunk: ChunkCallback | None = None,
+        deadline: float | None = None,
+        save_output: bool = True,
+        output_dir: str | None = None,
+        store_kind: str = "generate",
+        store_links: Mapping[str, str | None] | None = None,
+    ) -> ModelExecutionResult:
+        """Run `spec` to a `ModelExecutionResult`, streaming from the backend.
+
+        The backend is always asked to stream: it gives time-to-first-token, keeps the
+        partial text when a stream breaks, and a cancelled or timed-out run closes the
+        connection so the backend stops generating. The overall deadline is `deadline`,
+        else the options' timeout, else `Settings.request_timeout`. A cancelled run is
+        stored as failed before the cancellation propagates. `on_chunk` receives every
+        piece, then one closing `done` chunk whose `stats` describe the outcome.
+        """
+        acc = StreamAccumulator(on_chunk)
+        deadline = deadline or spec.plan.timeout or self.settings.request_timeout
+        mode = "cli" if self.cli is not None and spec.kind == "generate" else "http"
+        backend: list[str] = []
+        error: str | None = None
+        error_type: str | None = None
+        error_status: int | None = None
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            async with asyncio.timeout(deadline):
+                await self.ensure_server()
+                if mode == "cli":
+                    await self._execute_cli(spec, acc, backend)
+                else:
+                    await self._execute_http(spec, acc, backend, deadline)
+        except TimeoutError:
+            error, error_type = f"timed out after {deadline:g}s", "BackendTimeout"
+        except BackendError as exc:
+            error, error_type, error_status = str(exc), type(exc).__name__, exc.status
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            error, error_type = "cancelled before the run finished", "Cancelled"
+        result = self.build_result(
+            spec,
+            acc,
+            mode=mode,
+            backend=backend,
+            error=error,
+            error_type=error_type,
+            error_status=error_status,
+        )
+        if save_output:
+            saving = self.store(result, kind=store_kind, output_dir=output_dir, links=store_links)
+            if cancelled is not None:
+                # Shielded: the cancelled run is stored although its caller is gone.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(saving)
+            else:
+                await saving
+        if cancelled is not None:
+            raise cancelled
+        acc.finish(result)
+        return result
+
+    async def stream(
+        self, spec: RunSpec, *, save_output: bool, store_kind: str
+    ) -> AsyncIterator[StreamingChunk]:
+        """`execute` as an async iterator of its chunks, ending with the `done` chunk.
+
+        Leaving the iteration early cancels the run (which is then stored as cancelled).
+        """
+        queue: asyncio.Queue[StreamingChunk] = asyncio.Queue()
+        task = asyncio.create_task(
+            self.execute(
+                spec, on_chunk=queue.put_nowait, save_output=save_output, store_kind=store_kind
+            )
+        )
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    while not queue.empty():
+                        yield queue.get_nowait()
+                    task.result()  # re-raise a programming error from the run, if any
+                    return
+                chunk = getter.result()
+                yield chunk
+                if chunk.done:
+                    return
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _execute_http(
+        self, spec: RunSpec, acc: StreamAccumulator, backend: list[str], deadline: float
+    ) -> None:
+        """Stream from the best backend; fail over to the next while nothing was received.
+
+        A backend that fails before its first chunk (no connection, 5xx, timeout, full
+        queue) is counted by the pool's circuit breaker and the next candidate is tried,
+        at most `MAX_ATTEMPTS` in all. Once a chunk has arrived the run is that backend's:
+        a failure then ends the run (its partial text is kept).
+        """
+        payload = spec.payload()
+        candidates = await self.pool.candidates(spec.model, has_model=same_model)
+        failed_over: list[str] = []
+        for attempt, state in enumerate(candidates[:MAX_ATTEMPTS]):
+            backend[:] = [state.client.base_url]
+            received = False
+            try:
+                async with self.pool.lease(state):
+                    client = state.client
+                    if spec.kind == "generate":
+                        stream = client.generate_stream(payload, timeout=deadline)
+                    else:
+                        stream = client.chat_stream(payload, timeout=deadline)
+                    async with contextlib.aclosing(stream) as chunks:
+                        async for chunk in chunks:
+                            received = True
+                            acc.feed_ollama_chunk(spec.kind, chunk)
+            except BackendError as exc:
+                backend_fault = exc.status is None or exc.status >= 500 or received
+                if backend_fault and not isinstance(exc, BackendBusy):
+                    self.pool.record_failure(state, exc)
+                last = attempt == min(len(candidates), MAX_ATTEMPTS) - 1
+                if received or last or not (backend_fault or isinstance(exc, BackendBusy)):
+                    raise
+                failed_over.append(f"{state.client.base_url}: {exc}")
+                spec.metadata["failed_over_from"] = failed_over
+                continue
+            self.pool.record_success(state)
+            return
+
+    async def _execute_cli(self, spec: RunSpec, acc: StreamAccumulator, backend: list[str]) -> None:
+        assert self.cli is not None
+        backend.append(self.cli.base_url)
+        ignored = sorted(spec.plan.options)
+        if spec.plan.system:
+            ignored.append("system")
+        if spec.plan.format is not None and spec.plan.format != "json":
+            ignored.append("format")
+        if spec.plan.keep_alive is not None:
+            ignored.append("keep_alive")
+        if ignored:
+            # `ollama run` takes no sampling options or system prompt on its command line.
+            spec.metadata["ignored_options"] = ignored
+        run = await self.cli.run(
+            spec.model, spec.prompt, json_format=spec.plan.format == "json", on_text=acc.feed
+        )
+        acc.final = {"done": True, **run.stats}
+
+    def build_result(
+        self,
+        spec: RunSpec,
+        acc: StreamAccumulator,
+        *,
+        mode: str,
+        backend: list[str],
+        error: str | None,
+        error_type: str | None,
+        error_status: int | None,
+    ) -> ModelExecutionResult:
+        """The result of a finished run (failed when `error` is set), its usage reported.
+
+        `metadata` holds the request as sent, Ollama's counters, time to first token, the
+        backend, thinking and tool calls; a failed run keeps its `partial_response`.
+        """
+        execution_time = time.perf_counter() - acc.started
+        metadata: dict[str, Any] = {
+            "kind": spec.kind,
+            "mode": mode,
+            "backend": backend[0] if backend else None,
+            "request": spec.plan.describe(),
+        }
+        if spec.messages is not None:
+            metadata["messages"] = spec.messages
+        metadata.update(spec.metadata)
+        principal = run_principal.get()
+        if principal is not None:
+            metadata.setdefault("principal", principal)
+        metrics = ollama_metrics(acc.final)
+        metadata.update(metrics)
+        if acc.time_to_first_token is not None:
+            metadata["time_to_first_token"] = acc.time_to_first_token
+        metadata["chunks"] = len(acc.pieces)
+        if acc.thinking:
+            metadata["thinking"] = "".join(acc.thinking)
+        if acc.tool_calls:
+            metadata["tool_calls"] = acc.tool_calls
+        if error is not None:
+            metadata["error_type"] = error_type
+            if error_status is not None:
+                metadata["error_status"] = error_status
+            metadata["partial_response"] = acc.text
+        result = ModelExecutionResult(
+            model_name=spec.model,
+            prompt=spec.prompt,
+            response=acc.text if error is None else "",
+            execution_time=execution_time,
+            tokens_used=metrics.get("eval_count"),
+            success=error is None,
+            error_message=error,
+            metadata=metadata,
+        )
+        self._report_usage(result)
+        return result
+
+    def _report_usage(self, result: ModelExecutionResult) -> None:
+        """Tell the usage observers and the context's sink what a finished run used."""
+        usage = usage_of(result)
+        sink = usage_sink.get()
+        for observer in (*self.usage_observers, *([sink] if sink is not None else [])):
+            try:
+                observer(usage)
+            except Exception:  # an observer's bug must not fail the run
+                logger.exception("a usage observer failed")
