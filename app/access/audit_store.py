@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from app.ollama._database_user import DatabaseUser
+from app.storage.database_user import DatabaseUser
 from app.storage.escaping import escape_row
 from app.storage.repositories import Audit, AuditFilter, new_id
 from app.storage.tables import AuditEntry
