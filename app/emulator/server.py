@@ -8,6 +8,7 @@ content types, key order and NDJSON flushing are Ollama's own (see the reference
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import logging
@@ -18,10 +19,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
-from app.emulator import text
+from app.emulator import decoding, text
 from app.emulator.catalog import lookup
 from app.emulator.config import EmulatorConfig
-from app.emulator.errors import CutConnection, OllamaError, decode_error, go_quote, json_type
+from app.emulator.errors import CutConnection, OllamaError, go_quote, json_type
 from app.emulator.llama_engine import GenerationStats, LlamaEngine, load_engine
 from app.emulator.names import ModelName, parse
 from app.emulator.state import Installed, State
@@ -220,10 +221,7 @@ class Emulator:
     def parse_body(body: bytes, struct: str) -> JSON:
         if not body.strip():
             raise OllamaError(400, "missing request body")
-        try:
-            obj = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise decode_error(body, exc) from None
+        obj = decoding.load(body)
         if not isinstance(obj, dict):
             raise OllamaError(
                 400, f"json: cannot unmarshal {json_type(obj)} into Go value of type api.{struct}"
@@ -881,23 +879,28 @@ class Emulator:
     # -- control endpoints (outside /api/) --------------------------------------------
 
     async def set_faults(self, scope: Scope, body: bytes, send: Send) -> None:
+        req = decoding.load(body) if body.strip() else {}
+        if not isinstance(req, dict):
+            raise OllamaError(400, "faults must be a JSON object")
+        faults, state = copy.copy(self.state.faults), self.state
+        delays = {"token_delay_ms": state.token_delay_ms,
+                  "first_token_delay_ms": state.first_token_delay_ms}  # fmt: skip
         try:
-            req = json.loads(body or b"{}")
-        except json.JSONDecodeError:
-            await self.send_json(send, {"error": "invalid JSON"}, 400)
-            return
-        faults = self.state.faults
-        for key in ("fail_next", "fail_status", "cut_after_chunks"):
-            if key in req:
-                setattr(faults, key, None if req[key] is None else int(req[key]))
-        if "fail_message" in req:
-            faults.fail_message = str(req["fail_message"])
-        if "stall_ms" in req:
-            faults.stall_ms = float(req["stall_ms"] or 0)
-        if "token_delay_ms" in req:
-            self.state.token_delay_ms = float(req["token_delay_ms"])
-        if "first_token_delay_ms" in req:
-            self.state.first_token_delay_ms = float(req["first_token_delay_ms"])
+            for key in ("fail_next", "fail_status", "cut_after_chunks"):
+                if key in req:
+                    setattr(faults, key, None if req[key] is None else int(req[key]))
+            if "fail_message" in req:
+                faults.fail_message = str(req["fail_message"])
+            if "stall_ms" in req:
+                faults.stall_ms = float(req["stall_ms"] or 0)
+            for key in delays:
+                if key in req:
+                    delays[key] = float(req[key])
+        except (TypeError, ValueError) as exc:
+            raise OllamaError(400, f"invalid fault value: {exc}") from None
+        state.faults = faults
+        state.token_delay_ms = delays["token_delay_ms"]
+        state.first_token_delay_ms = delays["first_token_delay_ms"]
         await self.get_state(scope, b"", send)
 
     async def reset(self, scope: Scope, body: bytes, send: Send) -> None:
