@@ -35,21 +35,3 @@ _GO_JSON_TYPES = {
 
 def json_type(value: Any) -> str:
     return _GO_JSON_TYPES.get(type(value), "value")
-
-
-def decode_error(body: bytes, exc: json.JSONDecodeError) -> OllamaError:
-    """Go decoder-like text for malformed JSON."""
-    if exc.pos >= len(exc.doc.rstrip()):
-        return OllamaError(400, "unexpected EOF")
-    char = exc.doc[exc.pos]
-    if exc.msg.startswith("Expecting value"):
-        where = "looking for beginning of value"
-    elif exc.msg.startswith("Expecting property name"):
-        where = "looking for beginning of object key string"
-    elif exc.msg.startswith("Expecting ':'"):
-        where = "after object key"
-    elif exc.msg.startswith("Extra data"):
-        where = "after top-level value"
-    else:
-        where = "after object key:value pair"
-    return OllamaError(400, f"invalid character {char!r} {where}")

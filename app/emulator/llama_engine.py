@@ -10,6 +10,9 @@ Like Ollama with `OLLAMA_NUM_PARALLEL=1`, one request runs at a time (in a worke
 off the event loop); up to `max_queue` more wait, and the next gets Ollama's 503
 `server busy`. A request with another `num_ctx` reloads the model with that context (as
 Ollama does), capped at the model's training context.
+
+`LlamaEngine` is an `engine.Engine`: `generate`, `check_embed`, `embed` and `embedding`
+are what the HTTP handlers call; `stream` and `embed_texts` are the runs beneath them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from app.emulator.catalog import Spec
+from app.emulator.engine import Embedded, EmbedJob, Event, Finished, GenerationJob, Piece, chain
 from app.emulator.errors import OllamaError
 
 __all__ = [
@@ -106,6 +111,49 @@ class LlamaEngine:
 
     def _load(self, num_ctx: int) -> Any:
         return self._llama_cpp.Llama(model_path=str(self.gguf), n_ctx=num_ctx, verbose=False)
+
+    # -- the emulator's Engine interface ---------------------------------------------
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
+        """The run's pieces, then its counters. The first piece is awaited here, so that a
+        full queue (or a failed start) is the reply rather than a broken stream."""
+        run = self.stream(
+            self.prompt_for(job), job.options, json_schema=job.schema, wants_json=job.wants_json
+        )
+        events = self._events(run)
+        first = await anext(events)
+        return chain(first, events)
+
+    @staticmethod
+    async def _events(run: AsyncIterator[str | GenerationStats]) -> AsyncIterator[Event]:
+        async for item in run:
+            if isinstance(item, GenerationStats):
+                yield Finished(item.done_reason, item.metrics())
+                return
+            yield Piece(content=item)
+
+    def prompt_for(self, job: GenerationJob) -> str:
+        """The text the model reads: the chat template applied, except for a raw generate."""
+        if job.kind == "chat":
+            return self.chat_prompt(job.messages)
+        if job.raw:
+            return job.prompt
+        turns = [{"role": "system", "content": job.system}] if job.system else []
+        turns.append({"role": "user", "content": job.prompt})
+        return self.chat_prompt(turns)
+
+    def check_embed(self, spec: Spec, inputs: list[str], truncate: bool) -> None:
+        """Nothing is refused here (`truncate` is not applied by this engine)."""
+
+    async def embed(self, job: EmbedJob) -> Embedded:
+        """The model's vectors (`dimensions` is not applied), timed around the run."""
+        started = time.perf_counter_ns()
+        vectors, tokens = await self.embed_texts(job.inputs)
+        return Embedded(vectors, time.perf_counter_ns() - started, 1, tokens)
+
+    async def embedding(self, spec: Spec, prompt: str) -> list[float]:
+        vectors, _ = await self.embed_texts([prompt])
+        return vectors[0]
 
     # -- prompts ---------------------------------------------------------------------
 
@@ -257,7 +305,7 @@ class LlamaEngine:
 
     # -- embeddings ------------------------------------------------------------------
 
-    async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+    async def embed_texts(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """L2-normalised mean-pooled embeddings, and the number of input tokens."""
         if self._pending > self.max_queue:
             raise OllamaError(503, BUSY)

@@ -84,6 +84,14 @@ class State:
     def find(self, name: ModelName) -> Installed | None:
         return self.installed.get(name.key)
 
+    def resolve(self, raw: str) -> tuple[ModelName, Installed] | None:
+        """The installed model a requested name means, or None."""
+        name = parse(raw)
+        if name is None:
+            return None
+        installed = self.find(name)
+        return (name, installed) if installed is not None else None
+
     def remove(self, name: ModelName) -> bool:
         self.loaded.pop(name.key, None)
         return self.installed.pop(name.key, None) is not None

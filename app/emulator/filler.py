@@ -1,0 +1,158 @@
+"""The filler engine: deterministic answers with no model behind them (see `text.py`).
+
+The same model, prompt and seed always give the same pieces; thinking models think,
+tools are called when the user names them, `format` gives valid JSON. Counters are made
+up from the text and the emulated pace: the state's `first_token_delay_ms` before the first
+piece and `token_delay_ms` before each next one (read as each piece goes, so a change made
+mid-stream through /_emulator/faults applies at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from app.emulator import text
+from app.emulator.catalog import Spec
+from app.emulator.engine import Embedded, EmbedJob, Event, Finished, GenerationJob, Piece
+from app.emulator.errors import OllamaError
+from app.emulator.state import State
+
+__all__ = ["FillerEngine", "normalise"]
+
+JSON = dict[str, Any]
+
+
+class FillerEngine:
+    """Made-up text and vectors, paced by the emulator's state (an `Engine`)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    # -- generate and chat -----------------------------------------------------------
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
+        """The whole answer is made at once; the events then come at the emulated pace."""
+        spec, options = job.spec, job.options
+        if job.kind == "generate":
+            prompt = history = last_user = job.prompt
+        else:
+            history = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in job.messages)
+            users = [str(m.get("content") or "") for m in job.messages if m.get("role") == "user"]
+            last_user = users[-1] if users else ""
+            prompt = history
+        seed_value = options.get("seed", -1)
+        seed = int(seed_value) if isinstance(seed_value, int | float) and seed_value >= 0 else 0
+        temperature = float(options.get("temperature", 0.8))
+        system = job.system
+
+        thinks = "thinking" in spec.capabilities and job.think is not False
+        thinking = text.thinking_pieces(spec.name, history, seed) if thinks else []
+        tool = None
+        if job.kind == "chat" and job.tools and last_user:
+            tool = text.tool_call_for(job.tools, last_user, seed)
+        if tool is not None:
+            pieces: list[str] = []
+            reason = "stop"
+        else:
+            if job.wants_json:
+                pieces = text.json_pieces(spec.name, system + history, seed, job.schema)
+            else:
+                pieces = text.answer_pieces(spec.name, system + history, seed, temperature)
+            num_predict = options.get("num_predict")
+            stop = [str(s) for s in options.get("stop") or []]
+            pieces, reason = text.apply_limits(
+                pieces, int(num_predict) if num_predict is not None else None, stop
+            )
+
+        eval_count = len(thinking) + len(pieces) + (1 if tool else 0)
+        metrics = self._metrics(text.tokens_of(system + prompt) + 10, eval_count, job.cold)
+        events: list[Event] = [Piece(thinking=piece) for piece in thinking]
+        events += [Piece(content=piece) for piece in pieces]
+        if tool is not None:
+            call = {"index": 0, "name": tool.name, "arguments": tool.arguments}
+            events.append(
+                Piece(tool_calls=[{"id": "call_" + secrets.token_hex(8)[:8], "function": call}])
+            )
+        context = None
+        if job.kind == "generate" and not job.raw:
+            context = [
+                int(hashlib.md5(t.encode()).hexdigest()[:5], 16) % 128000
+                for t in [*prompt.split(), *pieces]
+            ]
+        finished = Finished(reason, metrics, context)
+        if job.stream:
+            return self._paced(events, finished)
+        return self._all_at_once(events, finished, eval_count)
+
+    def _metrics(self, prompt_tokens: int, eval_count: int, cold: bool) -> dict[str, int]:
+        token_ns = int(self.state.token_delay_ms * 1_000_000) or 2_000_000
+        first_ns = int(self.state.first_token_delay_ms * 1_000_000)
+        load = 30_000_000 if cold else 2_000_000
+        prompt_ns = first_ns or prompt_tokens * 200_000
+        evals = max(eval_count, 1)
+        return {
+            "total_duration": load + prompt_ns + evals * token_ns + 1_000_000,
+            "load_duration": load,
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": prompt_ns,
+            "eval_count": evals,
+            "eval_duration": evals * token_ns,
+        }
+
+    async def _paced(self, events: list[Event], finished: Finished) -> AsyncIterator[Event]:
+        """Streamed: each piece after its delay; the end after the first delay if no piece."""
+        state = self.state
+        first = True
+        for event in events:
+            delay = state.first_token_delay_ms if first else state.token_delay_ms
+            first = False
+            if delay > 0:
+                await asyncio.sleep(delay / 1000)
+            yield event
+        if first and state.first_token_delay_ms > 0:
+            await asyncio.sleep(state.first_token_delay_ms / 1000)
+        yield finished
+
+    async def _all_at_once(
+        self, events: list[Event], finished: Finished, eval_count: int
+    ) -> AsyncIterator[Event]:
+        """One reply: the whole generation's time, then every piece."""
+        await asyncio.sleep(self.state.first_token_delay_ms / 1000)
+        delay = self.state.token_delay_ms / 1000 * eval_count
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for event in events:
+            yield event
+        yield finished
+
+    # -- embeddings ------------------------------------------------------------------
+
+    def check_embed(self, spec: Spec, inputs: list[str], truncate: bool) -> None:
+        if not truncate and any(text.tokens_of(i) > spec.context_length for i in inputs):
+            raise OllamaError(400, "the input length exceeds the context length")
+
+    async def embed(self, job: EmbedJob) -> Embedded:
+        spec = job.spec
+        dims = spec.embedding_length
+        if job.dimensions is not None and 0 < job.dimensions < dims:
+            dims = job.dimensions
+        vectors = [
+            normalise(text.embedding(spec.name, i, spec.embedding_length)[:dims])
+            for i in job.inputs
+        ]
+        tokens = sum(text.tokens_of(i) for i in job.inputs)
+        load = 30_000_000 if job.cold else 2_000_000
+        return Embedded(vectors, load + tokens * 300_000 + 1_000_000, load, tokens)
+
+    async def embedding(self, spec: Spec, prompt: str) -> list[float]:
+        return [v * 3.0 for v in text.embedding(spec.name, prompt, spec.embedding_length)]
+
+
+def normalise(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
