@@ -114,7 +114,7 @@ def build_services(settings: Settings) -> Services:
             RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
         ),
         audit=audit,
-        metrics=Metrics(manager.pool, escaped),
+        metrics=Metrics(manager.backend_loads, escaped),
     )
 
 

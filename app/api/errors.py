@@ -18,9 +18,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.ollama import (
+    BackendBusy,
     BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidRequest,
     ModelExecutionResult,
+    RunCancelled,
 )
+from app.ollama.metadata import error_class, run_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -244,14 +250,29 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, 422, "Validation error", detail, errors=errors)
 
 
-async def _value_error(request: Request, exc: Exception) -> JSONResponse:
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """The core's `InvalidRequest`: the caller's input, said back as a 422."""
     return error_response(request, 422, "Invalid request", str(exc))
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", exc_info=exc)
+    """Any other exception is the gateway's fault: a 500 with the request's id and none of
+    the exception's text (which goes to the log, with its traceback)."""
+    rid = getattr(request.state, "request_id", None)
+    logger.error(
+        "unhandled error in %s %s",
+        request.method,
+        request.url.path,
+        exc_info=exc,
+        extra={"request_id": rid},
+    )
+    detail = "the gateway failed; the error was logged"
     return error_response(
-        request, 500, "Internal error", "the gateway failed; the error was logged"
+        request,
+        500,
+        "Internal error",
+        f"{detail} under request id {rid}" if rid else detail,
+        headers={"X-Request-ID": rid} if rid else None,
     )
 
 
@@ -259,42 +280,35 @@ RETRY_AFTER_SECONDS = "5"
 
 
 def backend_problem(
-    error_type: str | None, status: int | None, message: str, result_id: str | None = None
+    error: type[BaseException] | None,
+    status: int | None,
+    message: str,
+    result_id: str | None = None,
 ) -> ApiError:
-    """The problem a backend failure becomes: one mapping for errors and failed runs."""
-    if error_type in ("BackendUnavailable", "BackendBusy"):
-        return ApiError(
-            503,
-            "Backend unavailable",
-            message,
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-            result_id=result_id,
-        )
-    if error_type in ("BackendTimeout", "Timeout"):
+    """The problem a backend failure becomes, by the failure's exception class (a raised
+    exception's, or the one a failed run's `error_type` stands for); then by the backend's
+    own status. One mapping for raised errors and failed runs."""
+    retry = {"Retry-After": RETRY_AFTER_SECONDS}
+    if error is not None and issubclass(error, BackendUnavailable | BackendBusy):
+        return ApiError(503, "Backend unavailable", message, headers=retry, result_id=result_id)
+    if error is not None and issubclass(error, BackendTimeout):
         return ApiError(504, "Backend timed out", message, result_id=result_id)
-    if error_type == "Cancelled":
+    if error is not None and issubclass(error, RunCancelled):
         return ApiError(499, "Cancelled", message, result_id=result_id)
     if status == 404:
         return ApiError(404, "Not found", message, result_id=result_id)
     if status in (400, 422):
         return ApiError(422, "Rejected by the backend", message, result_id=result_id)
     if status == 503:
-        return ApiError(
-            503,
-            "Backend busy",
-            message,
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-            result_id=result_id,
-        )
+        return ApiError(503, "Backend busy", message, headers=retry, result_id=result_id)
     return ApiError(502, "Backend error", message, result_id=result_id)
 
 
 def failed_run_problem(result: ModelExecutionResult) -> ApiError:
-    meta = result.metadata or {}
-    status = meta.get("error_status")
+    meta = run_metadata(result)
     return backend_problem(
-        meta.get("error_type"),
-        status if isinstance(status, int) else None,
+        error_class(meta.get("error_type")),
+        meta.get("error_status"),
         result.error_message or "the run failed",
         meta.get("result_id"),
     )
@@ -302,8 +316,7 @@ def failed_run_problem(result: ModelExecutionResult) -> ApiError:
 
 async def _backend_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BackendError)
-    # The class name is the kind backend_problem maps (BackendUnavailable, BackendBusy, ...).
-    problem = backend_problem(type(exc).__name__, exc.status, str(exc))
+    problem = backend_problem(type(exc), exc.status, str(exc))
     if surface_of(request.url.path) != "gateway" and exc.status is not None and exc.status < 500:
         problem.status = exc.status  # the backend's own 4xx, as Ollama would answer it
     return await _api_error(request, problem)
@@ -313,6 +326,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ValueError, _value_error)
+    app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(BackendError, _backend_error)
     app.add_exception_handler(Exception, _unhandled)

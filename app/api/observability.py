@@ -7,8 +7,8 @@ sent to backends carry it); adds `X-Content-Type-Options: nosniff`; counts the r
 route template and status, times it, tracks streams in flight; and writes one access line.
 
 `Metrics` holds one app's Prometheus registry (each app its own: no global state): HTTP
-metrics, per-model run metrics fed by the core's usage observers, and the backend pool's
-state read at scrape time.
+metrics, per-model run metrics fed by the core's usage observers, and the backends' load (through the core)
+read at scrape time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.backends.pool import BackendPool
+from app.ollama.admin import BackendLoad
 from app.ollama.usage import RunUsage
 from app.request_context import request_id
 
@@ -37,11 +37,11 @@ STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class PoolCollector(Collector):
+class BackendCollector(Collector):
     """Each backend's health, requests in flight and queue depth, read at scrape time."""
 
-    def __init__(self, pool: BackendPool) -> None:
-        self.pool = pool
+    def __init__(self, loads: Callable[[], list[BackendLoad]]) -> None:
+        self.loads = loads
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily(
@@ -57,11 +57,10 @@ class PoolCollector(Collector):
             "Requests waiting for one of the backend's slots",
             labels=["backend"],
         )
-        for state in self.pool.states:
-            name = state.spec.name
-            up.add_metric([name], 1.0 if state.available and state.failures == 0 else 0.0)
-            outstanding.add_metric([name], float(state.outstanding))
-            queued.add_metric([name], float(state.waiting))
+        for load in self.loads():
+            up.add_metric([load.name], 1.0 if load.up else 0.0)
+            outstanding.add_metric([load.name], float(load.outstanding))
+            queued.add_metric([load.name], float(load.waiting))
         yield up
         yield outstanding
         yield queued
@@ -86,7 +85,9 @@ class EscapedRowsCollector(Collector):
 
 class Metrics:
     def __init__(
-        self, pool: BackendPool, escaped: Mapping[str, Callable[[], int]] | None = None
+        self,
+        backend_loads: Callable[[], list[BackendLoad]],
+        escaped: Mapping[str, Callable[[], int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -118,7 +119,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        r.register(PoolCollector(pool))
+        r.register(BackendCollector(backend_loads))
         r.register(EscapedRowsCollector(escaped or {}))
 
     def observe_run(self, usage: RunUsage) -> None:

@@ -15,6 +15,7 @@ from app.backends.errors import (
 from app.ollama.admin import model_from_tag
 from app.ollama.config import EXECUTION_PRESETS, ConfigManager, OllamaConfig
 from app.ollama.context import CONTEXT_TEMPLATE, build_context_prompt
+from app.ollama.errors import InvalidRequest, RunCancelled
 from app.ollama.manager import OllamaManager
 from app.ollama.names import model_key, normalize_model_name, same_model
 from app.ollama.options import (
@@ -37,6 +38,7 @@ __all__ = [
     "BackendUnavailable",
     "ConfigManager",
     "ExecutionOptions",
+    "InvalidRequest",
     "ModelExecutionResult",
     "ModelRunner",
     "OllamaConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "OllamaModel",
     "OutputManager",
     "RequestPlan",
+    "RunCancelled",
     "StreamInterrupted",
     "StreamingChunk",
     "build_context_prompt",

@@ -12,8 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from app.ollama.errors import InvalidRequest
+from app.ollama.metadata import RunMetadata
 from app.ollama.options import RequestPlan
 from app.ollama.types import ModelExecutionResult, StreamingChunk
 
@@ -37,16 +39,16 @@ _MESSAGE_KEYS = frozenset(
 
 def require_model_name(model_name: Any) -> str:
     if not isinstance(model_name, str) or not model_name.strip():
-        raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
+        raise InvalidRequest(f"model_name must be a non-empty string, got {model_name!r}")
     return model_name.strip()
 
 
 def require_prompt(prompt: Any, what: str = "prompt") -> str:
     if not isinstance(prompt, str):
-        raise ValueError(f"{what} must be a string, got {type(prompt).__name__}")
+        raise InvalidRequest(f"{what} must be a string, got {type(prompt).__name__}")
     if not prompt:
         # Ollama reads an empty prompt as "load the model", which is never what a run means.
-        raise ValueError(f"{what} must not be empty")
+        raise InvalidRequest(f"{what} must not be empty")
     return prompt
 
 
@@ -57,29 +59,29 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     a string, non-empty for system and user turns; other keys must be Ollama message keys.
     """
     if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
-        raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        raise InvalidRequest("messages must be a list of {'role': ..., 'content': ...} dicts")
     if not messages:
-        raise ValueError("messages must not be empty")
+        raise InvalidRequest("messages must not be empty")
     checked: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
-            raise ValueError(f"messages[{i}] must be a dict, got {type(message).__name__}")
+            raise InvalidRequest(f"messages[{i}] must be a dict, got {type(message).__name__}")
         unknown = set(message) - _MESSAGE_KEYS
         if unknown:
-            raise ValueError(
+            raise InvalidRequest(
                 f"messages[{i}] has unknown keys: {', '.join(sorted(map(str, unknown)))}"
             )
         role = message.get("role")
         if not isinstance(role, str) or role.lower() not in MESSAGE_ROLES:
-            raise ValueError(
+            raise InvalidRequest(
                 f"messages[{i}].role must be one of {', '.join(sorted(MESSAGE_ROLES))}, got {role!r}"
             )
         content = message.get("content")
         if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be a string, got {content!r}")
+            raise InvalidRequest(f"messages[{i}].content must be a string, got {content!r}")
         role = role.lower()
         if role in ("system", "user") and not content:
-            raise ValueError(f"messages[{i}].content must not be empty for a {role} message")
+            raise InvalidRequest(f"messages[{i}].content must not be empty for a {role} message")
         checked.append({**message, "role": role})
     return checked
 
@@ -93,7 +95,7 @@ class RunSpec:
     prompt: str
     plan: RequestPlan
     messages: list[dict[str, Any]] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: RunMetadata = field(default_factory=lambda: RunMetadata())
 
     def payload(self) -> dict[str, Any]:
         """The `/api/generate` or `/api/chat` body (without `stream`, the client sets it)."""
@@ -200,11 +202,11 @@ class StreamAccumulator:
             self.on_chunk(chunk)
 
 
-def ollama_metrics(final: Mapping[str, Any] | None) -> dict[str, Any]:
+def ollama_metrics(final: Mapping[str, Any] | None) -> RunMetadata:
     """Ollama's counters from a final chunk, plus decode speed in tokens/s."""
     if not final:
         return {}
-    metrics: dict[str, Any] = {key: final[key] for key in METRIC_KEYS if key in final}
+    metrics = cast(RunMetadata, {key: final[key] for key in METRIC_KEYS if key in final})
     if final.get("done_reason"):
         metrics["done_reason"] = final["done_reason"]
     eval_count, eval_duration = final.get("eval_count"), final.get("eval_duration")

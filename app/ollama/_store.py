@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from app.ollama.errors import InvalidRequest
 from app.ollama.types import ModelExecutionResult
 
 __all__ = ["ResultStore", "SaveResult", "save_group", "store_result"]
@@ -122,4 +123,8 @@ async def save_group(
 
 
 def _error_text(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """What a run's `storage_error` tells its caller: the gateway's words; the database's
+    own (which can hold SQL and the run's text) go to the log."""
+    if isinstance(exc, InvalidRequest):
+        return f"the result could not be stored: {exc}"
+    return "the result could not be stored: the database failed (see the gateway's log)"

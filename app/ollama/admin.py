@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from app.backends.client import OllamaClient
@@ -89,6 +90,32 @@ def model_stats(models: Sequence[OllamaModel], backends: list[str]) -> dict[str,
         "families": families,
         "backends": backends,
     }
+
+
+@dataclass(frozen=True)
+class BackendLoad:
+    """A backend's state as this process sees it (nothing is asked of the backend)."""
+
+    name: str
+    up: bool
+    """Its circuit is closed and its last check answered."""
+    outstanding: int
+    """Requests in flight on it."""
+    waiting: int
+    """Requests waiting for one of its slots."""
+
+
+def backend_loads(pool: BackendPool) -> list[BackendLoad]:
+    """Each backend's `BackendLoad`, for metrics scraped often."""
+    return [
+        BackendLoad(
+            name=state.spec.name,
+            up=state.available and state.failures == 0,
+            outstanding=state.outstanding,
+            waiting=state.waiting,
+        )
+        for state in pool.states
+    ]
 
 
 async def backend_status(pool: BackendPool, health_timeout: float) -> list[dict[str, Any]]:

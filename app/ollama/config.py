@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from app.ollama.errors import InvalidRequest
 from app.ollama.names import model_key, normalize_model_name
 from app.ollama.types import ExecutionOptions
 from app.settings import Settings
@@ -156,7 +157,7 @@ class ConfigManager(DatabaseUser):
         values = {k: v for k, v in data.items() if k in known}
         problems = check_values(values)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise InvalidRequest("; ".join(problems))
         return OllamaConfig(**{**self.create_default_config().to_dict(), **values})
 
     async def aload_config(self) -> bool:

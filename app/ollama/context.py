@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from app.ollama._execution import RunSpec, require_model_name, require_prompt
+from app.ollama.errors import InvalidRequest
+from app.ollama.metadata import RunMetadata
 from app.ollama.options import RequestPlan
 
 __all__ = ["CHARS_PER_TOKEN", "CONTEXT_TEMPLATE", "build_context_prompt", "context_spec"]
@@ -38,7 +39,7 @@ def build_context_prompt(
     *,
     context_window: int | None = None,
     reserved_output_tokens: int = 0,
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, RunMetadata]:
     """Lay `documents` and `prompt` into `CONTEXT_TEMPLATE`, trimmed to fit the window.
 
     Without `context_window` every document goes in whole. With it, the budget is the
@@ -78,7 +79,7 @@ def build_context_prompt(
         else:
             dropped.append(i)
     full = CONTEXT_TEMPLATE.format(documents="".join(parts), prompt=prompt)
-    info = {
+    info: RunMetadata = {
         "context_template": CONTEXT_TEMPLATE_NAME,
         "context_docs_total": len(documents),
         "context_docs_used": used,
@@ -100,10 +101,10 @@ def context_spec(
     """
     prompt = require_prompt(prompt)
     if isinstance(context_docs, str) or not isinstance(context_docs, Sequence):
-        raise ValueError("context_docs must be a list of strings")
+        raise InvalidRequest("context_docs must be a list of strings")
     for i, doc in enumerate(context_docs):
         if not isinstance(doc, str):
-            raise ValueError(f"context_docs[{i}] must be a string, got {type(doc).__name__}")
+            raise InvalidRequest(f"context_docs[{i}] must be a string, got {type(doc).__name__}")
     window = plan.options.get("num_ctx")
     reserved = 0
     if window is not None:
@@ -118,5 +119,5 @@ def context_spec(
         model=require_model_name(model_name),
         prompt=full_prompt,
         plan=plan,
-        metadata={**info, "question": prompt},
+        metadata={**info, "question": prompt},  # a RunMetadata
     )

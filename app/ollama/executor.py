@@ -14,13 +14,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
 
 from app.backends.errors import BackendBusy, BackendError
 from app.backends.pool import BackendPool
 from app.ollama._execution import ChunkCallback, RunSpec, StreamAccumulator, ollama_metrics
 from app.ollama._store import SaveResult
 from app.ollama.cli_mode import OllamaCli
+from app.ollama.metadata import ErrorKind, RunMetadata, RunMode, as_plain_dict, error_kind
 from app.ollama.names import same_model
 from app.ollama.types import ModelExecutionResult, StreamingChunk
 from app.ollama.usage import UsageObserver, run_principal, usage_of, usage_sink
@@ -80,10 +80,10 @@ class RunExecutor:
         """
         acc = StreamAccumulator(on_chunk)
         deadline = deadline or spec.plan.timeout or self.settings.request_timeout
-        mode = "cli" if self.cli is not None and spec.kind == "generate" else "http"
+        mode: RunMode = "cli" if self.cli is not None and spec.kind == "generate" else "http"
         backend: list[str] = []
         error: str | None = None
-        error_type: str | None = None
+        error_type: ErrorKind | None = None
         error_status: int | None = None
         cancelled: asyncio.CancelledError | None = None
         try:
@@ -96,7 +96,7 @@ class RunExecutor:
         except TimeoutError:
             error, error_type = f"timed out after {deadline:g}s", "BackendTimeout"
         except BackendError as exc:
-            error, error_type, error_status = str(exc), type(exc).__name__, exc.status
+            error, error_type, error_status = str(exc), error_kind(exc), exc.status
         except asyncio.CancelledError as exc:
             cancelled = exc
             error, error_type = "cancelled before the run finished", "Cancelled"
@@ -218,10 +218,10 @@ class RunExecutor:
         spec: RunSpec,
         acc: StreamAccumulator,
         *,
-        mode: str,
+        mode: RunMode,
         backend: list[str],
         error: str | None,
-        error_type: str | None,
+        error_type: ErrorKind | None,
         error_status: int | None,
     ) -> ModelExecutionResult:
         """The result of a finished run (failed when `error` is set), its usage reported.
@@ -230,7 +230,7 @@ class RunExecutor:
         backend, thinking and tool calls; a failed run keeps its `partial_response`.
         """
         execution_time = time.perf_counter() - acc.started
-        metadata: dict[str, Any] = {
+        metadata: RunMetadata = {
             "kind": spec.kind,
             "mode": mode,
             "backend": backend[0] if backend else None,
@@ -252,7 +252,7 @@ class RunExecutor:
         if acc.tool_calls:
             metadata["tool_calls"] = acc.tool_calls
         if error is not None:
-            metadata["error_type"] = error_type
+            metadata["error_type"] = error_type or "BackendError"
             if error_status is not None:
                 metadata["error_status"] = error_status
             metadata["partial_response"] = acc.text
@@ -264,7 +264,7 @@ class RunExecutor:
             tokens_used=metrics.get("eval_count"),
             success=error is None,
             error_message=error,
-            metadata=metadata,
+            metadata=as_plain_dict(metadata),
         )
         self._report_usage(result)
         return result

@@ -16,6 +16,7 @@ from typing import Any
 
 from app.ollama._execution import RunSpec, generate_spec
 from app.ollama._store import ResultStore, save_group
+from app.ollama.errors import InvalidRequest
 from app.ollama.executor import RunExecutor
 from app.ollama.options import plan_from_execution_options
 from app.ollama.types import ExecutionOptions, ModelExecutionResult
@@ -45,11 +46,11 @@ def batch_specs(
 ) -> list[RunSpec]:
     """One generate run per prompt of a batch."""
     if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int):
-        raise ValueError(f"max_concurrent must be an integer, got {max_concurrent!r}")
+        raise InvalidRequest(f"max_concurrent must be an integer, got {max_concurrent!r}")
     if max_concurrent < 1:
-        raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        raise InvalidRequest(f"max_concurrent must be at least 1, got {max_concurrent}")
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise ValueError("prompts must be a list of strings")
+        raise InvalidRequest("prompts must be a list of strings")
     return [_spec(model_name, prompt, options) for prompt in prompts]
 
 
@@ -58,9 +59,9 @@ def benchmark_specs(
 ) -> list[RunSpec]:
     """One generate run per prompt of a benchmark (at least one prompt)."""
     if isinstance(test_prompts, str) or not isinstance(test_prompts, Sequence):
-        raise ValueError("test_prompts must be a list of strings")
+        raise InvalidRequest("test_prompts must be a list of strings")
     if not test_prompts:
-        raise ValueError("test_prompts must not be empty")
+        raise InvalidRequest("test_prompts must not be empty")
     return [_spec(model_name, prompt, options) for prompt in test_prompts]
 
 
@@ -69,11 +70,11 @@ def comparison_specs(
 ) -> list[RunSpec]:
     """One generate run of `test_prompt` per model (at least one, none twice)."""
     if isinstance(model_names, str) or not isinstance(model_names, Sequence):
-        raise ValueError("model_names must be a list of model names")
+        raise InvalidRequest("model_names must be a list of model names")
     if not model_names:
-        raise ValueError("model_names must not be empty")
+        raise InvalidRequest("model_names must not be empty")
     if len(set(model_names)) != len(model_names):
-        raise ValueError("model_names must not repeat a model")
+        raise InvalidRequest("model_names must not repeat a model")
     return [_spec(name, test_prompt, options) for name in model_names]
 
 
@@ -199,40 +200,39 @@ class GroupRuns:
         self, model_name: str, specs: list[RunSpec], save_output: bool
     ) -> dict[str, Any]:
         """Run `specs` one after another (so one run's latency is not another's queueing)
-        and report on them; the stored report's id lands in `benchmark_id`."""
+        and report on them; stored, each run in `individual_results` names the report as
+        its `group_id`."""
         started = time.perf_counter()
         results = []
         for spec in specs:
             results.append(await self.executor.execute(spec, save_output=False))
         report = benchmark_report(model_name, specs, results, time.perf_counter() - started)
         if save_output:
-            report_id = await self._save(
+            await self._save(
                 lambda store: store.asave_benchmark_report(report, model_name, results=results),
                 results,
                 kind="benchmark",
             )
-            if report_id is not None:
-                report["benchmark_id"] = report_id
+            report["individual_results"] = [r.to_dict() for r in results]  # with their ids
         return report
 
     async def compare(
         self, specs: list[RunSpec], test_prompt: str, save_output: bool
     ) -> dict[str, Any]:
-        """Run each model's spec one after another and compare them; the stored
-        comparison's id lands in `summary["comparison_id"]`."""
+        """Run each model's spec one after another and compare them; stored, each model's
+        run in `results` names the comparison as its `group_id`."""
         results: dict[str, ModelExecutionResult] = {}
         for spec in specs:
             results[spec.model] = await self.executor.execute(spec, save_output=False)
         comparison = comparison_report(test_prompt, results)
         if save_output:
             runs = list(results.values())
-            comparison_id = await self._save(
+            await self._save(
                 lambda store: store.asave_model_comparison(comparison, results=runs),
                 runs,
                 kind="comparison",
             )
-            if comparison_id is not None:
-                comparison["summary"]["comparison_id"] = comparison_id
+            comparison["results"] = {n: r.to_dict() for n, r in results.items()}  # with ids
         return comparison
 
     async def _save(

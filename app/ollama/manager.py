@@ -31,7 +31,9 @@ from app.loop_thread import LoopThread
 from app.ollama._execution import RunSpec, generate_spec, require_model_name
 from app.ollama._store import ResultStore, store_result
 from app.ollama.admin import (
+    BackendLoad,
     ProgressCallback,
+    backend_loads,
     backend_status,
     delete_model,
     list_models,
@@ -228,6 +230,10 @@ class OllamaManager:
         The pool's inventory is reused for `inventory_ttl` seconds unless `force_refresh`.
         """
         return await model_locations(self.pool, force_refresh)
+
+    def backend_loads(self) -> list[BackendLoad]:
+        """Each backend's load as this process sees it, without asking it (for metrics)."""
+        return backend_loads(self.pool)
 
     async def abackend_status(self) -> list[dict[str, Any]]:
         """Each backend's health (`url`, `healthy`, `version`, `models`, `error`) and load

@@ -8,6 +8,8 @@ lives in one place.
 
 from __future__ import annotations
 
+from app.ollama.errors import InvalidRequest
+
 __all__ = ["model_key", "normalize_model_name", "same_model"]
 
 DEFAULT_HOST = "registry.ollama.ai"
@@ -22,10 +24,10 @@ def normalize_model_name(name: str) -> str:
     kept (use `model_key` to compare). Raises `ValueError` for an empty name.
     """
     if not isinstance(name, str):
-        raise ValueError(f"model name must be a string, got {type(name).__name__}")
+        raise InvalidRequest(f"model name must be a string, got {type(name).__name__}")
     name = name.strip()
     if not name:
-        raise ValueError("model name must not be empty")
+        raise InvalidRequest("model name must not be empty")
     slash = name.rfind("/")
     colon = name.rfind(":")
     # A ':' is the tag separator only after the last '/' (so `host:5000/ns/m` works).
@@ -40,7 +42,7 @@ def normalize_model_name(name: str) -> str:
     if len(parts) == 2 and parts[0].lower() == DEFAULT_NAMESPACE:
         parts = parts[1:]
     if not parts[-1]:
-        raise ValueError(f"invalid model name: {name!r}")
+        raise InvalidRequest(f"invalid model name: {name!r}")
     return "/".join(parts) + ":" + tag
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.ollama.errors import InvalidRequest
 from app.ollama.types import ExecutionOptions
 
 __all__ = ["OLLAMA_OPTION_TYPES", "RequestPlan", "plan_from_dict", "plan_from_execution_options"]
@@ -98,20 +99,20 @@ class RequestPlan:
 def _check(name: str, kind: OptionKind, value: Any) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"option {name!r} must be an integer, got {value!r}")
+            raise InvalidRequest(f"option {name!r} must be an integer, got {value!r}")
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"option {name!r} must be a number, got {value!r}")
+            raise InvalidRequest(f"option {name!r} must be a number, got {value!r}")
         if not math.isfinite(value):
-            raise ValueError(f"option {name!r} must be finite, got {value!r}")
+            raise InvalidRequest(f"option {name!r} must be finite, got {value!r}")
         return float(value)
     if kind == "bool":
         if not isinstance(value, bool):
-            raise ValueError(f"option {name!r} must be a boolean, got {value!r}")
+            raise InvalidRequest(f"option {name!r} must be a boolean, got {value!r}")
         return value
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"option {name!r} must be a list of strings, got {value!r}")
+        raise InvalidRequest(f"option {name!r} must be a list of strings, got {value!r}")
     return list(value)
 
 
@@ -120,14 +121,14 @@ def _check_format(value: Any) -> str | dict[str, Any] | None:
         return None
     if value == "json" or isinstance(value, dict):
         return value  # type: ignore[no-any-return]
-    raise ValueError(f"format must be 'json' or a JSON schema object, got {value!r}")
+    raise InvalidRequest(f"format must be 'json' or a JSON schema object, got {value!r}")
 
 
 def _check_optional_str(name: str, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"{name!r} must be a string, got {value!r}")
+        raise InvalidRequest(f"{name!r} must be a string, got {value!r}")
     return value or None
 
 
@@ -135,7 +136,7 @@ def _check_timeout(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"'timeout' must be a positive number of seconds, got {value!r}")
+        raise InvalidRequest(f"'timeout' must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
@@ -150,10 +151,10 @@ def plan_from_dict(options: Mapping[str, Any] | None) -> RequestPlan:
     if options is None:
         return plan
     if not isinstance(options, Mapping):
-        raise ValueError(f"options must be a dict, got {type(options).__name__}")
+        raise InvalidRequest(f"options must be a dict, got {type(options).__name__}")
     for raw_name, value in options.items():
         if not isinstance(raw_name, str):
-            raise ValueError(f"option names must be strings, got {raw_name!r}")
+            raise InvalidRequest(f"option names must be strings, got {raw_name!r}")
         if raw_name in _REQUEST_KEYS:
             if raw_name in ("system_prompt", "system"):
                 plan.system = _check_optional_str(raw_name, value)
@@ -163,13 +164,13 @@ def plan_from_dict(options: Mapping[str, Any] | None) -> RequestPlan:
                 plan.timeout = _check_timeout(value)
             elif raw_name == "stream":
                 if not isinstance(value, bool):
-                    raise ValueError(f"'stream' must be a boolean, got {value!r}")
+                    raise InvalidRequest(f"'stream' must be a boolean, got {value!r}")
                 plan.stream = value
             else:
                 if value is not None and (
                     isinstance(value, bool) or not isinstance(value, str | int | float)
                 ):
-                    raise ValueError(
+                    raise InvalidRequest(
                         f"'keep_alive' must be a duration string or seconds, got {value!r}"
                     )
                 plan.keep_alive = value
@@ -178,11 +179,11 @@ def plan_from_dict(options: Mapping[str, Any] | None) -> RequestPlan:
         kind = OLLAMA_OPTION_TYPES.get(name)
         if kind is None:
             known = sorted({*OLLAMA_OPTION_TYPES, *_RENAMED, *_REQUEST_KEYS})
-            raise ValueError(f"unknown option {raw_name!r}; known options: {', '.join(known)}")
+            raise InvalidRequest(f"unknown option {raw_name!r}; known options: {', '.join(known)}")
         if value is None:
             continue
         if name in plan.options:
-            raise ValueError(
+            raise InvalidRequest(
                 f"option {raw_name!r} and {name!r} given together: they are one option"
             )
         plan.options[name] = _check(raw_name, kind, value)
@@ -194,7 +195,7 @@ def plan_from_execution_options(options: ExecutionOptions | None) -> RequestPlan
     if options is None:
         options = ExecutionOptions()
     if not isinstance(options, ExecutionOptions):
-        raise ValueError(f"options must be an ExecutionOptions, got {type(options).__name__}")
+        raise InvalidRequest(f"options must be an ExecutionOptions, got {type(options).__name__}")
     plan = RequestPlan(
         options={
             "temperature": _check("temperature", "float", options.temperature),
@@ -210,6 +211,6 @@ def plan_from_execution_options(options: ExecutionOptions | None) -> RequestPlan
     if options.context_window is not None:
         plan.options["num_ctx"] = _check("context_window", "int", options.context_window)
     if not isinstance(options.stream, bool):
-        raise ValueError(f"'stream' must be a boolean, got {options.stream!r}")
+        raise InvalidRequest(f"'stream' must be a boolean, got {options.stream!r}")
     plan.stream = options.stream
     return plan

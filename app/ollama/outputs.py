@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from app.ollama.errors import InvalidRequest
+from app.ollama.metadata import GroupKind, run_metadata
 from app.ollama.names import normalize_model_name
 from app.ollama.stored_rows import (
     batch_row,
@@ -28,6 +30,7 @@ from app.ollama.stored_rows import (
     execution_row,
     jsonable,
     model_spellings,
+    output_summary,
     report_dict,
     results_of,
 )
@@ -64,6 +67,11 @@ OUTPUT_TYPES = ("outputs", "configs", "results", "reports")
 KINDS = ("generate", "chat", "stream", "batch_item", "benchmark", "comparison", "context", "output")
 ReportKind = Literal["batch", "benchmark", "comparison"]
 DEFAULT_CONFIG_NAME = "default"
+GROUP_KINDS: dict[str, GroupKind] = {
+    "batch_id": "batch",
+    "benchmark_id": "benchmark",
+    "comparison_id": "comparison",
+}
 
 
 class OutputManager(DatabaseUser):
@@ -135,7 +143,7 @@ class OutputManager(DatabaseUser):
         (`metadata["status"] == "cancelled"` or `error_type` "Cancelled") as cancelled.
         """
         if kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+            raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         row = execution_row(
             result,
             kind=kind,
@@ -325,13 +333,15 @@ class OutputManager(DatabaseUser):
         link: str,
     ) -> str:
         """Store a report and its runs in one transaction (all of it or nothing), then note
-        each run's `result_id` and the report's id in its metadata.
+        each run's `result_id`, and the report's id as its `group_id` (see
+        `app.ollama.metadata`).
 
         The report is filed under its runs' principal (the API key that made them). When
         the database refuses the rows as they are, they are stored once more with their
         text escaped (see `app.storage.escaping`).
         """
         rows = [execution_row(r, kind=kind, **{link: group.id}) for r in results]
+        group_kind: GroupKind = GROUP_KINDS[link]
         if group.principal is None:
             group.principal = next((r.principal for r in rows if r.principal), run_principal.get())
 
@@ -342,8 +352,9 @@ class OutputManager(DatabaseUser):
             for result, result_id in zip(results, ids, strict=True):
                 if result.metadata is None:
                     result.metadata = {}
-                result.metadata["result_id"] = result_id
-                result.metadata[link] = group.id
+                meta = run_metadata(result)
+                meta["result_id"] = result_id
+                meta["group_id"], meta["group_kind"] = group.id, group_kind
             return group.id
 
         return await self._shielded(write())
@@ -470,7 +481,7 @@ class OutputManager(DatabaseUser):
         self, model_name: str | None = None, output_type: str = "outputs"
     ) -> list[dict[str, Any]]:
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}")
+            raise InvalidRequest(f"output_type must be one of {', '.join(OUTPUT_TYPES)}")
         await self._prepare()
         if output_type in ("outputs", "results"):
             items: list[dict[str, Any]] = []
@@ -480,17 +491,7 @@ class OutputManager(DatabaseUser):
                 items += page
                 if cursor is None:
                     break
-            if output_type == "outputs":
-                keys = ("id", "kind", "model_name", "success", "status", "size_bytes")
-                return [
-                    {
-                        **{k: item[k] for k in keys},
-                        "created_at": item["created_at"],
-                        "response_preview": item["response"][:200],
-                    }
-                    for item in items
-                ]
-            return items
+            return [output_summary(i) for i in items] if output_type == "outputs" else items
         if output_type == "configs":
             models = model_spellings(model_name) if model_name is not None else None
             async with self.db.session() as session:
@@ -554,7 +555,7 @@ class OutputManager(DatabaseUser):
 
     async def acleanup_old_outputs(self, days_old: int = 30) -> int:
         if isinstance(days_old, bool) or not isinstance(days_old, int) or days_old < 0:
-            raise ValueError(f"days_old must be a non-negative integer, got {days_old!r}")
+            raise InvalidRequest(f"days_old must be a non-negative integer, got {days_old!r}")
         await self._prepare()
         cutoff = datetime.now(UTC) - timedelta(days=days_old)
         async with self.db.session() as session:
@@ -579,19 +580,14 @@ class OutputManager(DatabaseUser):
         `base_output_dir`); returns the files written."""
         target = directory if directory is not None else self.base_output_dir
         if target is None:
-            raise ValueError(
+            raise InvalidRequest(
                 "export_outputs needs a directory (or an OutputManager base_output_dir)"
             )
-        written = []
-        for item in await self.alist_saved_outputs(model_name, "results"):
-            path = await self._export(target, f"result_{item['id']}.json", item)
-            assert path is not None
-            written.append(path)
-        for item in await self.alist_saved_outputs(model_name, "reports"):
-            path = await self._export(target, f"{item['type']}_{item['id']}.json", item)
-            assert path is not None
-            written.append(path)
-        return written
+        results = await self.alist_saved_outputs(model_name, "results")
+        reports = await self.alist_saved_outputs(model_name, "reports")
+        files = [(f"result_{i['id']}.json", i) for i in results]
+        files += [(f"{i['type']}_{i['id']}.json", i) for i in reports]
+        return [await asyncio.to_thread(_write_json, Path(target) / n, i) for n, i in files]
 
     def export_outputs(
         self, directory: str | Path | None = None, model_name: str | None = None

@@ -29,6 +29,7 @@ from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 from app.backends.pool import BackendState
 from app.ollama._execution import Kind, RunSpec, StreamAccumulator
 from app.ollama.executor import MAX_ATTEMPTS, RunExecutor
+from app.ollama.metadata import ErrorKind, RunMetadata, Surface, error_kind
 from app.ollama.names import model_key, same_model
 from app.ollama.options import RequestPlan
 from app.ollama.types import ModelExecutionResult
@@ -73,7 +74,7 @@ class Relayed:
         return b"".join(parts)
 
 
-def spec_of_body(kind: Kind, body: dict[str, Any], surface: str) -> RunSpec | None:
+def spec_of_body(kind: Kind, body: dict[str, Any], surface: Surface) -> RunSpec | None:
     """What a raw generate/chat body asks for, as a `RunSpec` for the stored record.
 
     Nothing is validated (the backend answers for the body as sent); None when there is
@@ -90,7 +91,7 @@ def spec_of_body(kind: Kind, body: dict[str, Any], surface: str) -> RunSpec | No
         keep_alive=body.get("keep_alive"),
         stream=body.get("stream") is not False,
     )
-    metadata: dict[str, Any] = {"surface": surface}
+    metadata: RunMetadata = {"surface": surface}
     extra = {k: body[k] for k in _PLAN_FIELDS if k in body and k not in ("format", "keep_alive")}
     if extra:
         metadata["request_extra"] = extra
@@ -145,7 +146,7 @@ class RunRecorder:
         return chunk.get("done") is True
 
     async def finish(
-        self, error: str | None = None, error_type: str | None = None
+        self, error: str | None = None, error_type: ErrorKind | None = None
     ) -> ModelExecutionResult | None:
         if self.stored:
             return None
@@ -154,7 +155,10 @@ class RunRecorder:
         if error is None and self.status >= 400:
             error = f"HTTP {self.status}"
         if error is None and self.acc.final is None:
-            error, error_type = "the backend's reply ended before its final line", "Incomplete"
+            error, error_type = (
+                "the backend's reply ended before its final line",
+                "StreamInterrupted",
+            )
         if error is not None and error_type is None:
             error_type = "BackendError"
         status = self.status if self.status >= 400 else None
@@ -181,7 +185,7 @@ class RunRecorder:
                 yield buffer
             await self.finish()
         except BackendError as exc:
-            await self.finish(str(exc), type(exc).__name__)
+            await self.finish(str(exc), error_kind(exc))
             yield json.dumps({"error": str(exc)}).encode() + b"\n"
         except (asyncio.CancelledError, GeneratorExit):
             with contextlib.suppress(Exception):

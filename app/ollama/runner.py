@@ -17,8 +17,10 @@ from typing import Any
 
 from app.ollama._execution import ChunkCallback, Kind, RunSpec, chat_spec, generate_spec
 from app.ollama.context import context_spec
+from app.ollama.errors import InvalidRequest
 from app.ollama.groups import GroupRuns, batch_specs, benchmark_specs, comparison_specs
 from app.ollama.manager import OllamaManager
+from app.ollama.metadata import Surface
 from app.ollama.options import RequestPlan, plan_from_execution_options
 from app.ollama.types import ExecutionOptions, ModelExecutionResult, StreamingChunk
 
@@ -188,7 +190,7 @@ class ModelRunner:
         plan: RequestPlan,
         prompt: str | None = None,
         messages: Sequence[Mapping[str, Any]] | None = None,
-        surface: str = "gateway",
+        surface: Surface = "gateway",
     ) -> RunSpec:
         """A validated run of a request already translated to Ollama's terms (`plan`),
         filed under the API it came through (`surface`: gateway, ollama or openai)."""
@@ -283,7 +285,7 @@ class ModelRunner:
         """Generate within `timeout` seconds; past it the backend request is cancelled and
         a failed result says it timed out."""
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
         spec = self._generate_spec(model_name, prompt, options)
         return await self.manager.executor.execute(
             spec, deadline=float(timeout), save_output=save_output, store_kind="generate"

@@ -30,6 +30,7 @@ __all__ = [
     "execution_row",
     "jsonable",
     "model_spellings",
+    "output_summary",
     "report_dict",
     "results_of",
 ]
@@ -155,6 +156,12 @@ def execution_dict(row: Execution) -> dict[str, Any]:
         "size_bytes": row.size_bytes,
         "created_at": row.created_at.isoformat(),
     }
+
+
+def output_summary(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored run in brief, as `list_saved_outputs("outputs")` lists it."""
+    keys = ("id", "kind", "model_name", "success", "status", "size_bytes", "created_at")
+    return {**{k: item[k] for k in keys}, "response_preview": item["response"][:200]}
 
 
 def report_dict(kind: str, row: Batch | BenchmarkReport | Comparison) -> dict[str, Any]:

@@ -105,7 +105,8 @@ def test_batches_benchmarks_and_comparisons_store_their_runs(outputs: OutputMana
         "summary": {"prompt": "p", "fastest_model": "a:1b"},
     }
     comparison_id = outputs.save_model_comparison(comparison)
-    assert all(r.metadata and r.metadata["batch_id"] == batch_id for r in runs)
+    assert all(r.metadata and r.metadata["group_id"] == batch_id for r in runs)
+    assert all(r.metadata and r.metadata["group_kind"] == "batch" for r in runs)
     kinds = {r["type"]: r["id"] for r in outputs.list_saved_outputs(output_type="reports")}
     assert kinds == {"batch": batch_id, "benchmark": benchmark_id, "comparison": comparison_id}
     batch = in_loop(outputs, outputs.aget_report("batch", batch_id))

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.ollama import ModelRunner, OllamaManager, OutputManager
+from app.ollama.metadata import group_id_of
 from app.settings import Settings
 
 
@@ -53,11 +54,13 @@ def test_runner_batches_and_benchmarks_are_stored_with_their_runs(
     reports = {r["type"]: r for r in outputs.list_saved_outputs(output_type="reports")}
     assert set(reports) == {"batch", "benchmark", "comparison"}
     assert reports["batch"]["total"] == 3
-    assert report["benchmark_id"] == reports["benchmark"]["id"]
-    assert comparison["summary"]["comparison_id"] == reports["comparison"]["id"]
+    # one place for the group's id, the same for all three: each run's `group_id`
+    assert group_id_of(report["individual_results"]) == reports["benchmark"]["id"]
+    assert group_id_of(comparison["results"].values()) == reports["comparison"]["id"]
+    assert group_id_of(batch) == reports["batch"]["id"]
     kinds = sorted(r["kind"] for r in outputs.list_saved_outputs(output_type="results"))
     assert kinds == ["batch_item"] * 3 + ["benchmark"] * 2 + ["comparison"] * 2
-    assert all(r.metadata and r.metadata["batch_id"] == reports["batch"]["id"] for r in batch)
+    assert all(r.metadata and r.metadata["group_id"] == reports["batch"]["id"] for r in batch)
 
 
 def test_a_streamed_run_is_stored_once_it_ends(

@@ -21,6 +21,7 @@ from app.api.schemas.runs import BatchJobOut, BatchOut, BatchProgress, BatchRequ
 from app.api.schemas.stored import ReportDetail, ReportPage
 from app.api.streaming import job_events
 from app.ollama import ModelExecutionResult
+from app.ollama.metadata import group_id_of
 from app.ollama.outputs import CURSOR_PATTERN
 
 router = APIRouter(prefix="/gateway/batches", tags=["batches"])
@@ -95,7 +96,7 @@ async def run_batch(
                 batch_name=body.name,
                 on_result=on_result,
             )
-            job.outcome["batch_id"] = (results[0].metadata or {}).get("batch_id")
+            job.outcome["batch_id"] = group_id_of(results)
             return True
 
         job = services.jobs.start("batch", body.model, work, principal)
@@ -111,9 +112,8 @@ async def run_batch(
         max_concurrent=body.max_concurrent,
         batch_name=body.name,
     )
-    batch_ids = {(r.metadata or {}).get("batch_id") for r in results} - {None}
     return BatchOut(
-        id=next(iter(batch_ids)) if len(batch_ids) == 1 else None,
+        id=group_id_of(results),
         model=body.model,
         results=[ResultOut.from_result(r, (r.metadata or {}).get("result_id")) for r in results],
         succeeded=sum(r.success for r in results),

@@ -14,6 +14,7 @@ from app.api.reports import NOT_FOUND, report_detail, report_page
 from app.api.schemas.common import execution_options
 from app.api.schemas.runs import BenchmarkRequest, ReportOut
 from app.api.schemas.stored import ReportDetail, ReportPage
+from app.ollama.metadata import group_id_of
 from app.ollama.outputs import CURSOR_PATTERN
 
 router = APIRouter(prefix="/gateway/benchmarks", tags=["benchmarks"])
@@ -33,7 +34,7 @@ async def run_benchmark(
     token, throughput and success rate. Failed prompts are counted, not raised."""
     options = execution_options(body.options)
     report = await runner.abenchmark_model(body.model, body.test_prompts, options)
-    return ReportOut(id=report.get("benchmark_id"), report=report)
+    return ReportOut(id=group_id_of(report["individual_results"]), report=report)
 
 
 @router.get("", operation_id="list_benchmarks", response_model=ReportPage)

@@ -14,6 +14,7 @@ from app.api.reports import NOT_FOUND, report_detail, report_page
 from app.api.schemas.common import execution_options
 from app.api.schemas.runs import ComparisonRequest, ReportOut
 from app.api.schemas.stored import ReportDetail, ReportPage
+from app.ollama.metadata import group_id_of
 from app.ollama.outputs import CURSOR_PATTERN
 
 router = APIRouter(prefix="/gateway/comparisons", tags=["comparisons"])
@@ -33,7 +34,7 @@ async def run_comparison(
     the fastest model, the highest tokens/s, response lengths and failures."""
     options = execution_options(body.options)
     report = await runner.acreate_model_comparison(body.models, body.prompt, options)
-    return ReportOut(id=report["summary"].get("comparison_id"), report=report)
+    return ReportOut(id=group_id_of(report["results"].values()), report=report)
 
 
 @router.get("", operation_id="list_comparisons", response_model=ReportPage)
