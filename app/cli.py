@@ -1,9 +1,11 @@
-"""The `ollama-gateway` command: serve, keys, migrate, emulator, openapi."""
+"""The `ollama-gateway` command: serve, worker, keys, migrate, emulator, openapi."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -78,6 +80,64 @@ def serve(
             log_config=log_config(settings.log_format, settings.log_level),
             access_log=False,
         )
+
+
+@cli.command()
+def worker() -> None:
+    """Run jobs (batches, benchmarks, comparisons, pulls) and nothing else: no HTTP.
+
+    Any number of workers may run beside `serve` replicas on one PostgreSQL database
+    (there `serve` also runs jobs unless GATEWAY_EMBEDDED_WORKER=false). Stops on SIGTERM
+    or Ctrl-C; a job it was running is taken over by another worker."""
+    import logging.config
+
+    from app.logging_setup import log_config
+    from app.settings import Settings
+    from app.storage.migrations import SchemaOutOfDate, ensure_schema
+
+    settings = Settings()
+    logging.config.dictConfig(log_config(settings.log_format, settings.log_level))
+    try:
+        ensure_schema(settings.database_url, upgrade_old=settings.auto_migrate)
+    except SchemaOutOfDate as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    asyncio.run(_work(settings))
+
+
+async def _work(settings: Settings) -> None:
+    from app.ollama import OllamaManager, OutputManager
+    from app.ollama.jobs import Jobs
+
+    outputs = OutputManager(database_url=settings.database_url)
+    manager = OllamaManager(
+        auto_start_server=False,
+        base_url=settings.backends[0],
+        backends=settings.backends,
+        settings=settings,
+        output_manager=outputs,
+    )
+    jobs = Jobs(manager, settings)
+    await jobs.start(run_jobs=False)
+    typer.echo(f"worker {jobs.worker} running jobs", err=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(jobs.work(), name="jobs"),
+        asyncio.create_task(manager.pool.watch(settings.health_interval), name="health"),
+        asyncio.create_task(stop.wait(), name="stop"),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await jobs.aclose()
+        await manager.aclose()
+        await outputs.aclose()
 
 
 def _end_with_parent() -> None:

@@ -25,7 +25,6 @@ from app.api.auth import require_admin, require_user
 from app.api.body_size import BodySizeLimit
 from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
-from app.api.jobs import Jobs
 from app.api.json_guard import JsonBodyGuard
 from app.api.observability import Metrics, ObservabilityMiddleware
 from app.api.openapi import install_openapi
@@ -39,6 +38,7 @@ from app.api.routes import (
     config,
     generate,
     health,
+    jobs,
     keys,
     metrics,
     models,
@@ -49,8 +49,10 @@ from app.api.routes import (
 )
 from app.api.routes.pulls import PullOut, PullProgress
 from app.api.schemas.common import ResultOut
+from app.api.schemas.jobs import JobOut, JobProgress
 from app.api.schemas.runs import BatchJobOut, BatchProgress, ChunkEvent, ErrorEvent
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
+from app.ollama.jobs import Jobs
 from app.settings import Settings
 from app.storage.migrations import ensure_schema
 
@@ -108,7 +110,7 @@ def build_services(settings: Settings) -> Services:
         runner=ModelRunner(manager),
         outputs=outputs,
         config=ConfigManager(database_url=settings.database_url, settings=settings),
-        jobs=Jobs(),
+        jobs=Jobs(manager, settings),
         keys=KeyStore(settings.database_url, cache_seconds=settings.key_cache_seconds),
         limiter=(
             RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
@@ -135,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "(create one, bind to loopback, or set GATEWAY_ALLOW_ANONYMOUS)"
             )
         await services.config.aload_config()
+        await services.jobs.start(run_jobs=settings.embedded_worker)
         services.audit.start()
         services.manager.usage_observers.append(services.metrics.observe_run)
         app.state.services = services
@@ -167,7 +170,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_openapi(
         app,
-        [ChunkEvent, ErrorEvent, ResultOut, PullProgress, PullOut, BatchProgress, BatchJobOut],
+        [
+            ChunkEvent,
+            ErrorEvent,
+            ResultOut,
+            PullProgress,
+            PullOut,
+            BatchProgress,
+            BatchJobOut,
+            JobOut,
+            JobProgress,
+        ],
     )
     app.add_middleware(AuditMiddleware)
     if settings.cors_origins:
@@ -190,6 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (generate, user),
         (chat, user),
         (batches, user),
+        (jobs, user),
         (benchmarks, user),
         (comparisons, user),
         (results, user),

@@ -78,7 +78,23 @@ class Settings(BaseSettings):
         default=10,
         ge=0,
         le=100,
-        description="Batches with more prompts run as a background job (202 + SSE progress).",
+        description="Batches (and benchmarks and comparisons) with more runs than this run as "
+        "a background job (202 + SSE progress).",
+    )
+    embedded_worker: bool = Field(
+        default=True,
+        description="`serve` also runs jobs (batches, benchmarks, comparisons, pulls); false "
+        "leaves them to `ollama-gateway worker` processes.",
+    )
+    job_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Jobs one worker runs at once."
+    )
+    job_stalled_seconds: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=600.0,
+        description="Seconds without a heartbeat after which a worker counts as dead and its "
+        "jobs are taken over (PostgreSQL).",
     )
     max_comparison_models: int = Field(
         default=8, ge=1, le=8, description="Most models in one comparison."

@@ -15,10 +15,10 @@ from fastapi import Depends, Request
 from app.access import AuditWriter, KeyStore, RateLimiter
 from app.api.errors import ApiError
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
+from app.ollama.jobs import Jobs
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.api.jobs import Jobs
     from app.api.observability import Metrics
 
 

@@ -1,4 +1,4 @@
-"""Server-sent events for streamed runs.
+"""Server-sent events for streamed runs and for jobs.
 
 The contract: `event: chunk` (`{content, index}`) as text arrives, then exactly one
 `event: result` (the stored result with its id) or `event: error` (`{code, message,
@@ -22,13 +22,14 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.errors import failed_run_problem
-from app.api.jobs import Job, Jobs
 from app.api.openapi import sse_response
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import ChunkEvent, ErrorEvent
 from app.ollama import ModelExecutionResult, StreamingChunk
+from app.ollama.jobs import Jobs
 
 PING_SECONDS = 10
+JOB_POLL_SECONDS = 0.25
 EARLY_ERROR_SECONDS = 1.0
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -111,18 +112,36 @@ async def stream_response(chunks: AsyncIterator[StreamingChunk]) -> EventSourceR
     return EventSourceResponse(_events(first, chunks), ping=PING_SECONDS)
 
 
-def job_events(
+def job_event_stream(
     jobs: Jobs,
-    job: Job,
-    done: Callable[[], BaseModel],
-    keep: Callable[[dict[str, Any]], bool] = lambda event: True,
+    job_id: str,
+    after: int,
+    done: Callable[[dict[str, Any]], BaseModel],
+    keep: Callable[[dict[str, Any]], bool] = lambda data: True,
 ) -> EventSourceResponse:
-    """A job's events as SSE: `progress` for each kept event, then one `done` event."""
+    """A job's events as SSE, from the database (so any replica serves them): `progress`
+    events, then one `done` event (`done(job)`), each with its `id:`. A client that
+    reconnects with `Last-Event-ID` (as `after`) gets every later event once."""
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        async for event in jobs.follow(job):
-            if keep(event):
-                yield _event("progress", event)
-        yield ServerSentEvent(data=done().model_dump_json(), event="done")
+        last = after
+        while True:
+            batch = await jobs.aevents_after(job_id, last)
+            for event in batch:
+                last = event["id"]
+                if event["event"] == "done":
+                    data = done(event["data"]).model_dump_json()
+                    yield ServerSentEvent(data=data, event="done", id=str(last))
+                    return
+                if keep(event["data"]):
+                    data = json.dumps(event["data"], ensure_ascii=False)
+                    yield ServerSentEvent(data=data, event=event["event"], id=str(last))
+            if not batch:
+                await asyncio.sleep(JOB_POLL_SECONDS)
 
     return EventSourceResponse(events(), ping=PING_SECONDS)
+
+
+def last_event_id(header: str | None) -> int:
+    """The `Last-Event-ID` a reconnecting client sends (0: from the start)."""
+    return int(header) if header is not None and header.strip().isdigit() else 0

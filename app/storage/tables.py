@@ -184,8 +184,15 @@ class Execution(Base):
     comparison_id: Mapped[str | None] = mapped_column(
         ForeignKey("comparisons.id", ondelete="SET NULL")
     )
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), doc="The job that ran it, if any"
+    )
+    job_index: Mapped[int | None] = mapped_column(
+        Integer, doc="Its place in the job (a batch's prompt, a comparison's model)"
+    )
 
     __table_args__ = (
+        UniqueConstraint("job_id", "job_index", name="uq_executions_job_id_job_index"),
         Index("ix_executions_created_at", "created_at"),
         Index("ix_executions_model_created_at", "model", "created_at"),
         Index("ix_executions_kind_created_at", "kind", "created_at"),
@@ -195,6 +202,63 @@ class Execution(Base):
         Index("ix_executions_benchmark_id", "benchmark_id"),
         Index("ix_executions_comparison_id", "comparison_id"),
     )
+
+
+class Job(Base):
+    """Long work (a batch, benchmark, comparison or pull) that any worker may run.
+
+    The record is the truth about a job, shared by every replica: its status, progress,
+    owner and outcome. Its runs are `executions` rows with its `job_id` and their
+    `job_index` (unique together: a run is never stored twice, and a job restarted after
+    its worker died redoes only the indexes with no stored run).
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), doc="batch, benchmark, comparison or pull")
+    status: Mapped[str] = mapped_column(
+        String(16), doc="queued, running, succeeded, failed or cancelled"
+    )
+    subject: Mapped[str] = mapped_column(String(512), doc="The model (or models) it is about")
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, doc="What to run")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, doc="Times it was started")
+    worker: Mapped[str | None] = mapped_column(String(255), doc="host:pid running it")
+    owner: Mapped[str | None] = mapped_column(String(200), doc="The API key that started it")
+    error: Mapped[str | None] = mapped_column(Text)
+    report_id: Mapped[str | None] = mapped_column(
+        String(32), doc="The batch, benchmark or comparison it produced"
+    )
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_owner_created_at", "owner", "created_at"),
+        Index("ix_jobs_status", "status"),
+    )
+
+
+class JobEvent(Base):
+    """One event of a job, numbered across all jobs: the SSE `id` a client resumes from."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32), doc="progress or done")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
 
 
 class ModelConfig(Base):

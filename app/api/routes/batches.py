@@ -4,23 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Header, Query, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from app.access import Principal
 from app.api.auth import UserDep
 from app.api.bodies import batch_body
 from app.api.deps import OutputsDep, RunnerDep, ServicesDep
-from app.api.errors import RUN_ERRORS, ApiError, Problem
-from app.api.jobs import Job
+from app.api.errors import RUN_ERRORS, Problem
 from app.api.openapi import sse_response
 from app.api.reports import NOT_FOUND, report_detail, report_page
+from app.api.routes.jobs import owner_name, readable_job, runs_in_background
 from app.api.schemas.common import ResultOut, execution_options
 from app.api.schemas.runs import BatchJobOut, BatchOut, BatchProgress, BatchRequest
 from app.api.schemas.stored import ReportDetail, ReportPage
-from app.api.streaming import job_events
-from app.ollama import ModelExecutionResult
+from app.api.streaming import job_event_stream, last_event_id
 from app.ollama.metadata import group_id_of
 from app.ollama.outputs import CURSOR_PATTERN
 
@@ -31,22 +29,9 @@ JOB_NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def job_out(job: Job) -> BatchJobOut:
-    done = [e for e in job.events if "index" in e]
-    outcome = job.outcome or {}
-    return BatchJobOut(
-        id=job.id,
-        model=job.subject,
-        status=job.status,
-        total=int(outcome.get("total", 0)),
-        completed=len(done),
-        succeeded=sum(bool(e["success"]) for e in done),
-        failed=sum(not e["success"] for e in done),
-        batch_id=outcome.get("batch_id"),
-        error=job.error,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-    )
+def batch_job_out(job: dict[str, Any]) -> BatchJobOut:
+    """A batch job as `/gateway/batches/jobs/{id}` has always shown it."""
+    return BatchJobOut.model_validate({**job, "model": job["subject"]})
 
 
 @router.post(
@@ -71,39 +56,19 @@ async def run_batch(
     `/gateway/batches/jobs/{id}/events`.
     """
     options = execution_options(body.options)
-    background = body.background
-    if background is None:
-        background = len(body.prompts) > services.settings.batch_sync_max
-    if background:
-
-        async def work(job: Job) -> bool:
-            job.outcome = {"total": len(body.prompts)}
-
-            def on_result(index: int, result: ModelExecutionResult) -> None:
-                progress = BatchProgress(
-                    index=index,
-                    success=result.success,
-                    error_message=result.error_message,
-                    tokens_used=result.tokens_used,
-                )
-                job.emit(progress.model_dump())
-
-            results = await runner.async_run_batch(
-                body.model,
-                body.prompts,
-                options,
-                max_concurrent=body.max_concurrent,
-                batch_name=body.name,
-                on_result=on_result,
-            )
-            job.outcome["batch_id"] = group_id_of(results)
-            return True
-
-        job = services.jobs.start("batch", body.model, work, principal)
+    if runs_in_background(body.background, len(body.prompts), services.settings):
+        job = await services.jobs.asubmit_batch(
+            body.model,
+            body.prompts,
+            options,
+            max_concurrent=body.max_concurrent,
+            name=body.name,
+            owner=owner_name(principal),
+        )
         return JSONResponse(
-            job_out(job).model_dump(mode="json"),
+            batch_job_out(job).model_dump(mode="json"),
             status_code=status.HTTP_202_ACCEPTED,
-            headers={"Location": f"/gateway/batches/jobs/{job.id}"},
+            headers={"Location": f"/gateway/batches/jobs/{job['id']}"},
         )
     results = await runner.async_run_batch(
         body.model,
@@ -121,13 +86,6 @@ async def run_batch(
     )
 
 
-def _job(services: ServicesDep, job_id: str, principal: Principal) -> Job:
-    job = services.jobs.get(job_id, "batch", principal)
-    if job is None:
-        raise ApiError(404, "Batch job not found", f"no batch job with id '{job_id}'")
-    return job
-
-
 @router.get(
     "/jobs/{job_id}",
     operation_id="get_batch_job",
@@ -136,7 +94,7 @@ def _job(services: ServicesDep, job_id: str, principal: Principal) -> Job:
 )
 async def get_batch_job(job_id: str, services: ServicesDep, principal: UserDep) -> BatchJobOut:
     """A background batch's progress; `batch_id` names the stored batch once done."""
-    return job_out(_job(services, job_id, principal))
+    return batch_job_out(await readable_job(services.jobs, job_id, principal, "batch"))
 
 
 @router.get(
@@ -153,11 +111,14 @@ async def get_batch_job(job_id: str, services: ServicesDep, principal: UserDep) 
     },
 )
 async def follow_batch_job(
-    job_id: str, services: ServicesDep, principal: UserDep
+    job_id: str,
+    services: ServicesDep,
+    principal: UserDep,
+    last_event: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """Progress of a background batch, from its start; ends with a `done` event."""
-    job = _job(services, job_id, principal)
-    return job_events(services.jobs, job, lambda: job_out(job))
+    await readable_job(services.jobs, job_id, principal, "batch")
+    return job_event_stream(services.jobs, job_id, last_event_id(last_event), batch_job_out)
 
 
 @router.get("", operation_id="list_batches", response_model=ReportPage)

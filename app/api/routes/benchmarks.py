@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
+from fastapi.responses import JSONResponse
 
 from app.api.auth import UserDep
 from app.api.bodies import benchmark_body
-from app.api.deps import OutputsDep, RunnerDep
+from app.api.deps import OutputsDep, RunnerDep, ServicesDep
 from app.api.errors import RUN_ERRORS
 from app.api.reports import NOT_FOUND, report_detail, report_page
+from app.api.routes.jobs import JOB_STARTED, job_started, owner_name, runs_in_background
 from app.api.schemas.common import execution_options
 from app.api.schemas.runs import BenchmarkRequest, ReportOut
 from app.api.schemas.stored import ReportDetail, ReportPage
@@ -25,14 +27,23 @@ router = APIRouter(prefix="/gateway/benchmarks", tags=["benchmarks"])
     operation_id="run_benchmark",
     response_model=ReportOut,
     status_code=status.HTTP_201_CREATED,
-    responses=RUN_ERRORS,
+    responses={**RUN_ERRORS, **JOB_STARTED},
 )
 async def run_benchmark(
-    body: Annotated[BenchmarkRequest, Depends(benchmark_body)], runner: RunnerDep
-) -> ReportOut:
+    body: Annotated[BenchmarkRequest, Depends(benchmark_body)],
+    runner: RunnerDep,
+    services: ServicesDep,
+    principal: UserDep,
+) -> ReportOut | JSONResponse:
     """Run each test prompt in turn; report latency (p50/p95), decode speed, time to first
-    token, throughput and success rate. Failed prompts are counted, not raised."""
+    token, throughput and success rate. Failed prompts are counted, not raised. With
+    `background: true` (or more prompts than GATEWAY_BATCH_SYNC_MAX): a job (202)."""
     options = execution_options(body.options)
+    if runs_in_background(body.background, len(body.test_prompts), services.settings):
+        job = await services.jobs.asubmit_benchmark(
+            body.model, body.test_prompts, options, owner=owner_name(principal)
+        )
+        return job_started(job)
     report = await runner.abenchmark_model(body.model, body.test_prompts, options)
     return ReportOut(id=group_id_of(report["individual_results"]), report=report)
 

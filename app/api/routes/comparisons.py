@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
+from fastapi.responses import JSONResponse
 
 from app.api.auth import UserDep
 from app.api.bodies import comparison_body
-from app.api.deps import OutputsDep, RunnerDep
+from app.api.deps import OutputsDep, RunnerDep, ServicesDep
 from app.api.errors import RUN_ERRORS
 from app.api.reports import NOT_FOUND, report_detail, report_page
+from app.api.routes.jobs import JOB_STARTED, job_started, owner_name, runs_in_background
 from app.api.schemas.common import execution_options
 from app.api.schemas.runs import ComparisonRequest, ReportOut
 from app.api.schemas.stored import ReportDetail, ReportPage
@@ -25,14 +27,22 @@ router = APIRouter(prefix="/gateway/comparisons", tags=["comparisons"])
     operation_id="run_comparison",
     response_model=ReportOut,
     status_code=status.HTTP_201_CREATED,
-    responses=RUN_ERRORS,
+    responses={**RUN_ERRORS, **JOB_STARTED},
 )
 async def run_comparison(
-    body: Annotated[ComparisonRequest, Depends(comparison_body)], runner: RunnerDep
-) -> ReportOut:
+    body: Annotated[ComparisonRequest, Depends(comparison_body)],
+    runner: RunnerDep,
+    services: ServicesDep,
+    principal: UserDep,
+) -> ReportOut | JSONResponse:
     """Run the prompt on each model in turn: `results` per model and a `summary` naming
     the fastest model, the highest tokens/s, response lengths and failures."""
     options = execution_options(body.options)
+    if runs_in_background(body.background, len(body.models), services.settings):
+        job = await services.jobs.asubmit_comparison(
+            body.models, body.prompt, options, owner=owner_name(principal)
+        )
+        return job_started(job)
     report = await runner.acreate_model_comparison(body.models, body.prompt, options)
     return ReportOut(id=group_id_of(report["results"].values()), report=report)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Header, status
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
@@ -13,11 +13,13 @@ from app.access import Principal
 from app.api.auth import AdminDep
 from app.api.deps import ServicesDep, require_backend
 from app.api.errors import ApiError, Problem
-from app.api.jobs import Job, Jobs, JobStatus
 from app.api.openapi import sse_response
+from app.api.routes.jobs import owner_name, readable_job
 from app.api.schemas.common import MODEL_NAME, Schema
-from app.api.streaming import job_events
+from app.api.schemas.jobs import JobStatus
+from app.api.streaming import job_event_stream, last_event_id
 from app.ollama import normalize_model_name
+from app.ollama.jobs import Jobs
 
 router = APIRouter(prefix="/gateway/pulls", tags=["pulls"])
 
@@ -50,7 +52,7 @@ class PullProgress(BaseModel):
 class PullOut(BaseModel):
     id: str
     model: str
-    status: JobStatus = Field(description="running, succeeded or failed.")
+    status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
     error: str | None = None
     progress: dict[str, Any] | None = Field(
         default=None, description="The latest progress object Ollama sent."
@@ -59,23 +61,15 @@ class PullOut(BaseModel):
     finished_at: datetime | None = None
 
     @classmethod
-    def from_job(cls, job: Job) -> PullOut:
-        return cls(
-            id=job.id,
-            model=job.subject,
-            status=job.status,
-            error=job.error,
-            progress=job.latest,
-            created_at=job.created_at,
-            finished_at=job.finished_at,
-        )
+    def from_job(cls, job: dict[str, Any], progress: dict[str, Any] | None = None) -> PullOut:
+        return cls.model_validate({**job, "model": job["subject"], "progress": progress})
 
 
-def _job(jobs: Jobs, pull_id: str, principal: Principal) -> Job:
-    job = jobs.get(pull_id, "pull", principal)
-    if job is None:
-        raise ApiError(404, "Pull not found", f"no pull job with id '{pull_id}'")
-    return job
+async def _pull(jobs: Jobs, pull_id: str, principal: Principal) -> dict[str, Any]:
+    try:
+        return await readable_job(jobs, pull_id, principal, "pull")
+    except ApiError as exc:
+        raise ApiError(404, "Pull not found", f"no pull job with id '{pull_id}'") from exc
 
 
 @router.post(
@@ -91,21 +85,15 @@ async def start_pull(body: PullRequest, services: ServicesDep, principal: AdminD
     manager = services.manager
     require_backend(manager, body.backend)  # an unknown backend: 404 now, not a failed job
 
-    async def pull(job: Job) -> bool:
-        def on_progress(line: dict[str, Any]) -> None:
-            if "error" in line:
-                job.error = str(line["error"])
-            job.emit(line)
-
-        return await manager.adownload_model(model, on_progress, backend=body.backend)
-
-    return PullOut.from_job(services.jobs.start("pull", model, pull, principal))
+    job = await services.jobs.asubmit_pull(model, body.backend, owner=owner_name(principal))
+    return PullOut.from_job(job)
 
 
 @router.get("/{pull_id}", operation_id="get_pull", response_model=PullOut, responses=NOT_FOUND)
 async def get_pull(pull_id: str, services: ServicesDep, principal: AdminDep) -> PullOut:
     """A pull job's state and latest progress."""
-    return PullOut.from_job(_job(services.jobs, pull_id, principal))
+    job = await _pull(services.jobs, pull_id, principal)
+    return PullOut.from_job(job, await services.jobs.alatest_progress(pull_id))
 
 
 @router.get(
@@ -122,11 +110,23 @@ async def get_pull(pull_id: str, services: ServicesDep, principal: AdminDep) -> 
     },
 )
 async def follow_pull(
-    pull_id: str, services: ServicesDep, principal: AdminDep
+    pull_id: str,
+    services: ServicesDep,
+    principal: AdminDep,
+    last_event: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """Progress of a pull as server-sent events, from its start; ends with a `done` event."""
-    job = _job(services.jobs, pull_id, principal)
+    await _pull(services.jobs, pull_id, principal)
+    last = await services.jobs.alatest_progress(pull_id)
+
+    def done(job: dict[str, Any]) -> PullOut:
+        return PullOut.from_job(job, last)
+
     # A failure's {"error": ...} line is not progress: the `done` event carries the error.
-    return job_events(
-        services.jobs, job, lambda: PullOut.from_job(job), keep=lambda line: "error" not in line
+    return job_event_stream(
+        services.jobs,
+        pull_id,
+        last_event_id(last_event),
+        done,
+        keep=lambda line: "error" not in line,
     )

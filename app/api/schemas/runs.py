@@ -106,7 +106,7 @@ class BatchJobOut(BaseModel):
 
     id: str
     model: str
-    status: Literal["running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     total: int
     completed: int
     succeeded: int
@@ -132,6 +132,13 @@ class BenchmarkRequest(Schema):
         min_length=1, max_length=50
     )
     options: OptionsIn | None = None
+    background: StrictBool | None = Field(
+        default=None,
+        description=(
+            "Run as a job (202, follow `/gateway/jobs/{id}/events`) or wait for the report "
+            "(201). Default: a job when there are more runs than GATEWAY_BATCH_SYNC_MAX."
+        ),
+    )
 
 
 class ComparisonRequest(Schema):
@@ -151,6 +158,13 @@ class ComparisonRequest(Schema):
 
     prompt: str = PROMPT
     options: OptionsIn | None = None
+    background: StrictBool | None = Field(
+        default=None,
+        description=(
+            "Run as a job (202, follow `/gateway/jobs/{id}/events`) or wait for the report "
+            "(201). Default: a job when there are more runs than GATEWAY_BATCH_SYNC_MAX."
+        ),
+    )
 
 
 class ReportOut(BaseModel):
