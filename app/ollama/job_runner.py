@@ -137,10 +137,9 @@ class JobRunner:
                 if job["kind"] == "batch":
                     spec.metadata["batch_index"] = index
                 result = await self.manager.executor.execute(spec, save_output=False)
-            if await self.store.astore_run(job_id, index, result, kind) is None:
-                return  # stored by an earlier attempt
-            await self.store.aevent(job_id, "progress", progress_of(index, result))
-            await self.store.arecord_progress(job_id)
+            await self.store.astore_run(
+                job_id, index, result, kind, lambda stored: progress_of(index, stored)
+            )  # None: stored by an earlier attempt
 
         tasks = [asyncio.create_task(one(i, s)) for i, s in todo]
         watcher = asyncio.create_task(self._watch_cancel(job_id, cancelled, tasks))

@@ -10,6 +10,7 @@ that ran it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -164,34 +165,33 @@ class JobStore(DatabaseUser):
             row = await JobRepository(session).get(job_id)
             return row is None or row.cancel_requested or row.status in FINISHED
 
-    async def arecord_progress(self, job_id: str) -> dict[str, Any] | None:
-        """Count the job's stored runs into its record; the record."""
-        async with self.db.session() as session:
-            repo = JobRepository(session)
-            completed, succeeded = await repo.count_runs(job_id)
-            await repo.set_fields(
-                job_id, completed=completed, succeeded=succeeded, failed=completed - succeeded
-            )
-            row = await repo.get(job_id)
-            if row is not None:
-                await session.refresh(row)
-            return job_dict(row) if row is not None else None
-
     async def astored_indexes(self, job_id: str) -> set[int]:
         async with self.db.session() as session:
             return await JobRepository(session).stored_indexes(job_id)
 
     async def astore_run(
-        self, job_id: str, index: int, result: ModelExecutionResult, kind: str
+        self,
+        job_id: str,
+        index: int,
+        result: ModelExecutionResult,
+        kind: str,
+        progress: Callable[[ModelExecutionResult], dict[str, Any]],
     ) -> str | None:
-        """Store one run under the job and its index; None when that index is stored
-        already (the run was done by an earlier attempt)."""
+        """Store one run under the job and its index, with its `progress` event and the
+        job's counts, in one transaction; None when that index is stored already (an
+        earlier attempt did it)."""
         row = execution_row(result, kind=kind)
         row.job_id, row.job_index = job_id, index
+        if result.metadata is None:
+            result.metadata = {}
+        result.metadata["result_id"] = row.id
 
         async def write() -> None:
             async with self.db.session() as session:
                 await Executions(session).add(row)
+                repo = JobRepository(session)
+                await repo.add_event(job_id, "progress", progress(result))
+                await repo.count_one(job_id, row.success)
 
         try:
             await self._shielded(write())
@@ -201,9 +201,6 @@ class JobStore(DatabaseUser):
             if not escape_row(row):
                 raise
             await self._shielded(write())
-        if result.metadata is None:
-            result.metadata = {}
-        result.metadata["result_id"] = row.id
         return row.id
 
     async def aruns(self, job_id: str) -> list[ModelExecutionResult]:

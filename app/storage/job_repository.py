@@ -73,11 +73,22 @@ class JobRepository:
         job.worker = worker
         job.attempts += 1
         job.started_at = job.started_at or utc_now()
+        completed, succeeded = await self.count_runs(job_id)  # what earlier attempts stored
+        job.completed, job.succeeded, job.failed = completed, succeeded, completed - succeeded
         await self.session.flush()
         return job
 
-    async def set_fields(self, job_id: str, **values: Any) -> None:
-        await self.session.execute(update(Job).where(Job.id == job_id).values(**values))
+    async def count_one(self, job_id: str, succeeded: bool) -> None:
+        """Count one more stored run into the job's progress."""
+        await self.session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                completed=Job.completed + 1,
+                succeeded=Job.succeeded + int(succeeded),
+                failed=Job.failed + int(not succeeded),
+            )
+        )
 
     async def count_runs(self, job_id: str) -> tuple[int, int]:
         """How many runs of the job are stored, and how many of them succeeded."""

@@ -157,10 +157,11 @@ class Executions:
         return rows, None
 
     async def linked(self, column: str, group_id: str) -> Sequence[Execution]:
+        """A report's runs in their order: a job's by index, others as they were stored."""
         query = (
             select(Execution)
             .where(getattr(Execution, column) == group_id)
-            .order_by(Execution.created_at, Execution.id)
+            .order_by(Execution.job_index.asc().nulls_last(), Execution.created_at, Execution.id)
         )
         return (await self.session.scalars(query)).all()
 
