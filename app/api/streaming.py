@@ -144,4 +144,6 @@ def job_event_stream(
 
 def last_event_id(header: str | None) -> int:
     """The `Last-Event-ID` a reconnecting client sends (0: from the start)."""
-    return int(header) if header is not None and header.strip().isdigit() else 0
+    if header is None or not header.strip().isdigit():
+        return 0
+    return min(int(header), 2**63 - 1)  # event ids are 64-bit

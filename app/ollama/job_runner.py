@@ -41,6 +41,7 @@ __all__ = ["CANCEL_POLL_SECONDS", "JobRunner", "worker_name"]
 logger = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.3
+PULL_EVENT_SECONDS = 0.5
 RUN_KINDS = {"batch": "batch_item", "benchmark": "benchmark", "comparison": "comparison"}
 
 
@@ -180,7 +181,14 @@ class JobRunner:
             lines.put_nowait(line)
 
         async def write_events() -> None:
+            """Each new status, and the rest at most every `PULL_EVENT_SECONDS` (a large
+            pull sends progress many times a second)."""
+            last_status, last_at = None, 0.0
             while (line := await lines.get()) is not None:
+                now = time.monotonic()
+                if line.get("status") == last_status and now - last_at < PULL_EVENT_SECONDS:
+                    continue
+                last_status, last_at = line.get("status"), now
                 await self.store.aevent(job["id"], "progress", line)
 
         writer = asyncio.create_task(write_events())

@@ -11,7 +11,6 @@ works inside notebooks too) and has an async twin prefixed `a` for code on an ev
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -33,6 +32,7 @@ from app.ollama.stored_rows import (
     output_summary,
     report_dict,
     results_of,
+    write_json,
 )
 from app.ollama.types import ModelExecutionResult
 from app.ollama.usage import run_principal
@@ -48,6 +48,7 @@ from app.storage.repositories import (
     ModelConfigs,
     Reports,
     counts_and_sizes,
+    delete_finished_jobs,
     delete_older_than,
 )
 from app.storage.tables import (
@@ -67,11 +68,7 @@ OUTPUT_TYPES = ("outputs", "configs", "results", "reports")
 KINDS = ("generate", "chat", "stream", "batch_item", "benchmark", "comparison", "context", "output")
 ReportKind = Literal["batch", "benchmark", "comparison"]
 DEFAULT_CONFIG_NAME = "default"
-GROUP_KINDS: dict[str, GroupKind] = {
-    "batch_id": "batch",
-    "benchmark_id": "benchmark",
-    "comparison_id": "comparison",
-}
+GROUP_KINDS: dict[str, GroupKind] = {f"{k}_id": k for k in ("batch", "benchmark", "comparison")}
 
 
 class OutputManager(DatabaseUser):
@@ -121,7 +118,7 @@ class OutputManager(DatabaseUser):
         a directory."""
         if output_dir is None or output_dir == "":
             return None
-        return await asyncio.to_thread(_write_json, Path(output_dir) / name, payload)
+        return await asyncio.to_thread(write_json, Path(output_dir) / name, payload)
 
     # -- runs ------------------------------------------------------------------------
 
@@ -562,10 +559,12 @@ class OutputManager(DatabaseUser):
             removed = await delete_older_than(session, Execution, cutoff)
             for table in (Batch, BenchmarkReport, Comparison):
                 removed += await delete_older_than(session, table, cutoff)
+            removed += await delete_finished_jobs(session, cutoff)
         return removed
 
     def cleanup_old_outputs(self, days_old: int = 30) -> int:
-        """Delete runs and reports older than `days_old` days; returns how many were removed.
+        """Delete runs, reports and finished jobs older than `days_old` days; returns how
+        many were removed.
 
         Model configs are settings, not outputs: they are kept.
         """
@@ -587,18 +586,10 @@ class OutputManager(DatabaseUser):
         reports = await self.alist_saved_outputs(model_name, "reports")
         files = [(f"result_{i['id']}.json", i) for i in results]
         files += [(f"{i['type']}_{i['id']}.json", i) for i in reports]
-        return [await asyncio.to_thread(_write_json, Path(target) / n, i) for n, i in files]
+        return [await asyncio.to_thread(write_json, Path(target) / n, i) for n, i in files]
 
     def export_outputs(
         self, directory: str | Path | None = None, model_name: str | None = None
     ) -> list[Path]:
         """Files for users who want files: one JSON per stored run and report."""
         return self._run(self.aexport_outputs(directory, model_name))
-
-
-def _write_json(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(payload, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    return path

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from app.ollama.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, normalize_model_name
@@ -33,6 +34,7 @@ __all__ = [
     "output_summary",
     "report_dict",
     "results_of",
+    "write_json",
 ]
 
 
@@ -272,3 +274,12 @@ def _int_or_none(value: Any) -> int | None:
 
 def _float_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """`payload` as an indented JSON file (an export), its directory made as needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(payload, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return path

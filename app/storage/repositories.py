@@ -24,6 +24,7 @@ from app.storage.tables import (
     Comparison,
     Execution,
     GatewayConfig,
+    Job,
     ModelConfig,
     utc_now,
 )
@@ -387,5 +388,13 @@ async def counts_and_sizes(
 async def delete_older_than(session: AsyncSession, table: type[Base], cutoff: datetime) -> int:
     result = await session.execute(
         delete(table).where(table.created_at < cutoff)  # type: ignore[attr-defined]
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def delete_finished_jobs(session: AsyncSession, cutoff: datetime) -> int:
+    """Delete jobs (with their events) that finished before `cutoff`."""
+    result = await session.execute(
+        delete(Job).where(Job.finished_at.is_not(None), Job.finished_at < cutoff)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

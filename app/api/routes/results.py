@@ -83,7 +83,8 @@ async def get_result_stats(outputs: OutputsDep, principal: UserDep) -> OutputSta
     dependencies=[Depends(require_admin)],
 )
 async def cleanup_results(body: CleanupRequest, outputs: OutputsDep) -> CleanupOut:
-    """Delete runs and reports older than `days_old` days (model configs are kept)."""
+    """Delete runs, reports and finished jobs older than `days_old` days (model configs
+    are kept)."""
     return CleanupOut(removed=await outputs.acleanup_old_outputs(body.days_old))
 
 
