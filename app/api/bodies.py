@@ -8,8 +8,11 @@ the `GATEWAY_MAX_*` limits (`app.api.limits`, else 422 naming the field).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from fastapi import Request
 
+from app.access import Principal
 from app.api.auth import PrincipalDep
 from app.api.authorization import authorize_models
 from app.api.deps import SettingsDep
@@ -21,6 +24,10 @@ from app.api.schemas.runs import (
     ComparisonRequest,
     GenerateRequest,
 )
+from app.settings import Settings
+
+PromptListBody = TypeVar("PromptListBody", BatchRequest, BenchmarkRequest)
+"""A body of many prompts for one model (see `_prompt_list_body`)."""
 
 
 async def generate_body(
@@ -47,19 +54,13 @@ async def chat_body(
 async def batch_body(
     body: BatchRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
 ) -> BatchRequest:
-    authorize_models(request, principal, [body.model])
-    checker = LimitChecker(settings).options(body.options)
-    checker.texts(("prompts",), body.prompts, settings.max_batch_prompts).check()
-    return body
+    return _prompt_list_body(body, "prompts", body.prompts, settings, request, principal)
 
 
 async def benchmark_body(
     body: BenchmarkRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
 ) -> BenchmarkRequest:
-    authorize_models(request, principal, [body.model])
-    checker = LimitChecker(settings).options(body.options)
-    checker.texts(("test_prompts",), body.test_prompts, settings.max_batch_prompts).check()
-    return body
+    return _prompt_list_body(body, "test_prompts", body.test_prompts, settings, request, principal)
 
 
 async def comparison_body(
@@ -68,4 +69,22 @@ async def comparison_body(
     authorize_models(request, principal, body.models)
     checker = LimitChecker(settings).options(body.options).text(("prompt",), body.prompt)
     checker.count(("models",), body.models, settings.max_comparison_models).check()
+    return body
+
+
+def _prompt_list_body(
+    body: PromptListBody,
+    field: str,
+    prompts: list[str],
+    settings: Settings,
+    request: Request,
+    principal: Principal,
+) -> PromptListBody:
+    """A body of many prompts for one model (a batch, a benchmark), as its route gets it:
+    the key may use the model (else 403), and the options, the number of prompts
+    (`max_batch_prompts`) and each prompt's length keep to the limits (else 422 naming
+    `field`, the body's field that holds `prompts`)."""
+    authorize_models(request, principal, [body.model])
+    checker = LimitChecker(settings).options(body.options)
+    checker.texts((field,), prompts, settings.max_batch_prompts).check()
     return body

@@ -231,20 +231,7 @@ class OllamaClient:
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise BackendError(
-                            f"backend sent a line that is not JSON: {line[:200]!r}",
-                            status=response.status_code,
-                            url=self.base_url,
-                        ) from exc
-                    if not isinstance(obj, dict):
-                        raise BackendError(
-                            f"backend sent a line that is not a JSON object: {line[:200]!r}",
-                            status=response.status_code,
-                            url=self.base_url,
-                        )
+                    obj = self._json(response, line)
                     if "error" in obj:
                         raise BackendError(str(obj["error"]), status=200, url=self.base_url)
                     received += 1
@@ -334,20 +321,29 @@ class OllamaClient:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _json(self, response: httpx.Response) -> JSONDict:
+    def _json(self, response: httpx.Response, line: str | None = None) -> JSONDict:
+        """The JSON object the backend sent: the whole of `response`, or with `line` that
+        one line of its NDJSON stream. A `BackendError` (with the response's status,
+        naming what came instead) when it is not JSON, or JSON but not an object."""
         try:
-            data = response.json()
-        except ValueError as exc:
+            data = response.json() if line is None else json.loads(line)
+        except ValueError as exc:  # json.JSONDecodeError, or bytes that are not text
+            sent = (
+                f"a reply that is not JSON: {response.text[:200]!r}"
+                if line is None
+                else f"a line that is not JSON: {line[:200]!r}"
+            )
             raise BackendError(
-                f"backend sent a reply that is not JSON: {response.text[:200]!r}",
-                status=response.status_code,
-                url=self.base_url,
+                f"backend sent {sent}", status=response.status_code, url=self.base_url
             ) from exc
         if not isinstance(data, dict):
+            sent = (
+                "JSON that is not an object"
+                if line is None
+                else f"a line that is not a JSON object: {line[:200]!r}"
+            )
             raise BackendError(
-                "backend sent JSON that is not an object",
-                status=response.status_code,
-                url=self.base_url,
+                f"backend sent {sent}", status=response.status_code, url=self.base_url
             )
         return data
 

@@ -159,15 +159,25 @@ class InferenceEndpoints:
 
     # -- embeddings ------------------------------------------------------------------
 
-    async def embed(self, scope: Scope, body: bytes, send: Send) -> None:
-        req = parse_body(body, "EmbedRequest")
+    def embedding_target(
+        self, req: JSON, *, kind: Literal["embed", "embeddings"]
+    ) -> tuple[str, ModelName, Installed]:
+        """`target` for /api/embed and the older /api/embeddings: the requested name as
+        sent, and the installed model it means (found as `State.resolve` finds it)."""
         raw = str(req.get("model") or "")
         if not raw:
-            raise OllamaError(404, "model '' not found")
+            if kind == "embed":
+                raise OllamaError(404, "model '' not found")
+            raise OllamaError(400, "model is required")
         found = self.state.resolve(raw)
         if found is None:
             raise OllamaError(404, f"model {go_quote(raw)} not found, try pulling it first")
         name, installed = found
+        return raw, name, installed
+
+    async def embed(self, scope: Scope, body: bytes, send: Send) -> None:
+        req = parse_body(body, "EmbedRequest")
+        raw, name, installed = self.embedding_target(req, kind="embed")
         check_options(req.get("options"))
         inputs = req.get("input")
         if inputs is None or inputs == "" or inputs == []:
@@ -195,13 +205,7 @@ class InferenceEndpoints:
 
     async def embeddings(self, scope: Scope, body: bytes, send: Send) -> None:
         req = parse_body(body, "EmbeddingRequest")
-        raw = str(req.get("model") or "")
-        if not raw:
-            raise OllamaError(400, "model is required")
-        found = self.state.resolve(raw)
-        if found is None:
-            raise OllamaError(404, f"model {go_quote(raw)} not found, try pulling it first")
-        name, installed = found
+        _, name, installed = self.embedding_target(req, kind="embeddings")
         check_options(req.get("options"))
         prompt = str(req.get("prompt") or "")
         if not prompt:

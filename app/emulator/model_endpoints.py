@@ -14,7 +14,7 @@ from typing import Any
 from app.emulator.catalog import lookup
 from app.emulator.config import EmulatorConfig
 from app.emulator.errors import OllamaError, go_quote
-from app.emulator.names import parse
+from app.emulator.names import ModelName, parse
 from app.emulator.parsing import model_field, parse_body
 from app.emulator.responses import TEXT_TYPE, Scope, Send, send_body, send_json, stream_objects
 from app.emulator.state import Installed, State
@@ -23,6 +23,15 @@ from app.emulator.wire import dumps, local_time
 __all__ = ["ModelEndpoints", "details", "parameter_count"]
 
 JSON = dict[str, Any]
+
+
+def _required_model(body: bytes, struct: str) -> tuple[str, ModelName | None]:
+    """The model a request body (Go's `api.<struct>`, see `parse_body`) must name: as
+    sent, and parsed (None when it is no valid name); 400 "model is required" without one."""
+    raw = model_field(parse_body(body, struct))
+    if not raw:
+        raise OllamaError(400, "model is required")
+    return raw, parse(raw)
 
 
 class ModelEndpoints:
@@ -71,11 +80,7 @@ class ModelEndpoints:
         await send_json(send, {"models": items})
 
     async def show(self, scope: Scope, body: bytes, send: Send) -> None:
-        req = parse_body(body, "ShowRequest")
-        raw = model_field(req)
-        if not raw:
-            raise OllamaError(400, "model is required")
-        name = parse(raw)
+        raw, name = _required_model(body, "ShowRequest")
         found = self.state.resolve(raw)
         if found is None:
             shown = name.short if name is not None else raw
@@ -114,11 +119,7 @@ class ModelEndpoints:
         await send_json(send, reply)
 
     async def delete(self, scope: Scope, body: bytes, send: Send) -> None:
-        req = parse_body(body, "DeleteRequest")
-        raw = model_field(req)
-        if not raw:
-            raise OllamaError(400, "model is required")
-        name = parse(raw)
+        raw, name = _required_model(body, "DeleteRequest")
         if name is None or not self.state.remove(name):
             raise OllamaError(404, f"model '{raw}' not found")
         await send_body(send, 200, None, b"")

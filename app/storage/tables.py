@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
 from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
@@ -51,18 +51,19 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        return _in_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        return _in_utc(value)
+
+
+def _in_utc(value: datetime | None) -> datetime | None:
+    """`value` in UTC, timezone-aware: a naive value is taken to be UTC already."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -74,64 +75,76 @@ ID = String(32)
 """Ids are uuid4 hex strings: opaque to users, unique across databases and exports."""
 
 
-class Batch(Base):
+def text_escaped_column() -> MappedColumn[bool]:
+    """The `text_escaped` flag of a table whose rows `app.storage.escaping` may store
+    escaped (runs, audit entries): false unless the row as given was refused."""
+    return mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        doc="True when the database refused the row as given and its text was stored escaped "
+        "(NUL and lone surrogates as \\u escapes, over-long text cut)",
+    )
+
+
+class StoredReport:
+    """The columns every stored report (a batch, a benchmark, a comparison) has: its id,
+    who made it, its size and when; a table adds its own between `id` and these.
+
+    `report_indexes` gives the indexes that go with them (newest first, per owner).
+    """
+
+    # sort_order: the id stays the first column; the others follow the table's own.
+    id: Mapped[str] = mapped_column(ID, primary_key=True, sort_order=-1)
+    principal: Mapped[str | None] = mapped_column(
+        String(200), doc="The API key (by name) that made it; None when anonymous"
+    )
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+def report_indexes(table: str) -> tuple[Index, Index]:
+    """The indexes of a `StoredReport` table named `table`: by creation time, and by
+    owner then creation time (a key's own reports, newest first)."""
+    return (
+        Index(f"ix_{table}_created_at", "created_at"),
+        Index(f"ix_{table}_principal_created_at", "principal", "created_at"),
+    )
+
+
+class Batch(StoredReport, Base):
     __tablename__ = "batches"
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     model: Mapped[str | None] = mapped_column(String(512))
     total: Mapped[int] = mapped_column(Integer, default=0)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    principal: Mapped[str | None] = mapped_column(
-        String(200), doc="The API key (by name) that made it; None when anonymous"
-    )
-    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
-    __table_args__ = (
-        Index("ix_batches_created_at", "created_at"),
-        Index("ix_batches_principal_created_at", "principal", "created_at"),
-    )
+    __table_args__ = report_indexes(__tablename__)
 
 
-class BenchmarkReport(Base):
+class BenchmarkReport(StoredReport, Base):
     __tablename__ = "benchmark_reports"
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
     model: Mapped[str] = mapped_column(String(512))
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
-    principal: Mapped[str | None] = mapped_column(
-        String(200), doc="The API key (by name) that made it; None when anonymous"
-    )
-    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
     __table_args__ = (
         Index("ix_benchmark_reports_model_created_at", "model", "created_at"),
-        Index("ix_benchmark_reports_created_at", "created_at"),
-        Index("ix_benchmark_reports_principal_created_at", "principal", "created_at"),
+        *report_indexes(__tablename__),
     )
 
 
-class Comparison(Base):
+class Comparison(StoredReport, Base):
     __tablename__ = "comparisons"
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
     models: Mapped[list[Any]] = mapped_column(JSON)
     prompt: Mapped[str] = mapped_column(Text, default="")
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
-    principal: Mapped[str | None] = mapped_column(
-        String(200), doc="The API key (by name) that made it; None when anonymous"
-    )
-    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
-    __table_args__ = (
-        Index("ix_comparisons_created_at", "created_at"),
-        Index("ix_comparisons_principal_created_at", "principal", "created_at"),
-    )
+    __table_args__ = report_indexes(__tablename__)
 
 
 class Execution(Base):
@@ -169,13 +182,7 @@ class Execution(Base):
     total_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    text_escaped: Mapped[bool] = mapped_column(
-        Boolean,
-        default=False,
-        server_default=false(),
-        doc="True when the database refused the row as given and its text was stored escaped "
-        "(NUL and lone surrogates as \\u escapes, over-long text cut)",
-    )
+    text_escaped: Mapped[bool] = text_escaped_column()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     benchmark_id: Mapped[str | None] = mapped_column(
@@ -301,13 +308,7 @@ class AuditEntry(Base):
     surface: Mapped[str | None] = mapped_column(String(16), doc="gateway, ollama or openai")
     status: Mapped[int | None] = mapped_column(Integer, doc="The HTTP status answered")
     client: Mapped[str | None] = mapped_column(String(64), doc="The client's address")
-    text_escaped: Mapped[bool] = mapped_column(
-        Boolean,
-        default=False,
-        server_default=false(),
-        doc="True when the database refused the row as given and its text was stored escaped "
-        "(NUL and lone surrogates as \\u escapes, over-long text cut)",
-    )
+    text_escaped: Mapped[bool] = text_escaped_column()
 
     __table_args__ = (
         Index("ix_audit_log_created_at", "created_at"),

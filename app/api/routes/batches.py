@@ -4,23 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, status
+from fastapi import APIRouter, Depends, Header, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from app.api.auth import UserDep
 from app.api.bodies import batch_body
-from app.api.deps import OutputsDep, RunnerDep, ServicesDep
+from app.api.deps import RunnerDep, ServicesDep
 from app.api.errors import RUN_ERRORS, Problem
 from app.api.openapi import sse_response
-from app.api.reports import NOT_FOUND, report_detail, report_page
+from app.api.reports import add_report_routes
 from app.api.routes.jobs import owner_name, readable_job, runs_in_background
 from app.api.schemas.common import ResultOut, execution_options
 from app.api.schemas.runs import BatchJobOut, BatchOut, BatchProgress, BatchRequest
-from app.api.schemas.stored import ReportDetail, ReportPage
 from app.api.streaming import job_event_stream, last_event_id
 from app.ollama.metadata import group_id_of
-from app.ollama.outputs import CURSOR_PATTERN
 
 router = APIRouter(prefix="/gateway/batches", tags=["batches"])
 
@@ -121,23 +119,12 @@ async def follow_batch_job(
     return job_event_stream(services.jobs, job_id, last_event_id(last_event), batch_job_out)
 
 
-@router.get("", operation_id="list_batches", response_model=ReportPage)
-async def list_batches(
-    outputs: OutputsDep,
-    principal: UserDep,
-    model: str | None = Query(default=None, max_length=512),
-    limit: int = Query(default=50, ge=1, le=500),
-    cursor: str | None = Query(
-        default=None, pattern=CURSOR_PATTERN, description="The `next_cursor` of the page before."
-    ),
-) -> ReportPage:
-    """Stored batches, newest first."""
-    return await report_page(outputs, "batch", principal, model=model, limit=limit, cursor=cursor)
-
-
-@router.get(
-    "/{batch_id}", operation_id="get_batch", response_model=ReportDetail, responses=NOT_FOUND
+add_report_routes(
+    router,
+    "batch",
+    list_operation="list_batches",
+    list_doc="Stored batches, newest first.",
+    get_operation="get_batch",
+    get_doc="One batch with its runs, in prompt order.",
+    model_filter=True,
 )
-async def get_batch(batch_id: str, outputs: OutputsDep, principal: UserDep) -> ReportDetail:
-    """One batch with its runs, in prompt order."""
-    return await report_detail(outputs, "batch", batch_id, principal)

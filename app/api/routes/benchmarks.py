@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
 
 from app.api.auth import UserDep
 from app.api.bodies import benchmark_body
-from app.api.deps import OutputsDep, RunnerDep, ServicesDep
+from app.api.deps import RunnerDep, ServicesDep
 from app.api.errors import RUN_ERRORS
-from app.api.reports import NOT_FOUND, report_detail, report_page
+from app.api.reports import add_report_routes
 from app.api.routes.jobs import JOB_STARTED, job_started, owner_name, runs_in_background
 from app.api.schemas.common import execution_options
 from app.api.schemas.runs import BenchmarkRequest, ReportOut
-from app.api.schemas.stored import ReportDetail, ReportPage
 from app.ollama.metadata import group_id_of
-from app.ollama.outputs import CURSOR_PATTERN
 
 router = APIRouter(prefix="/gateway/benchmarks", tags=["benchmarks"])
 
@@ -48,28 +46,12 @@ async def run_benchmark(
     return ReportOut(id=group_id_of(report["individual_results"]), report=report)
 
 
-@router.get("", operation_id="list_benchmarks", response_model=ReportPage)
-async def list_benchmarks(
-    outputs: OutputsDep,
-    principal: UserDep,
-    model: str | None = Query(default=None, max_length=512),
-    limit: int = Query(default=50, ge=1, le=500),
-    cursor: str | None = Query(
-        default=None, pattern=CURSOR_PATTERN, description="The `next_cursor` of the page before."
-    ),
-) -> ReportPage:
-    """Stored benchmark reports, newest first."""
-    return await report_page(
-        outputs, "benchmark", principal, model=model, limit=limit, cursor=cursor
-    )
-
-
-@router.get(
-    "/{benchmark_id}",
-    operation_id="get_benchmark",
-    response_model=ReportDetail,
-    responses=NOT_FOUND,
+add_report_routes(
+    router,
+    "benchmark",
+    list_operation="list_benchmarks",
+    list_doc="Stored benchmark reports, newest first.",
+    get_operation="get_benchmark",
+    get_doc="One benchmark report with its runs.",
+    model_filter=True,
 )
-async def get_benchmark(benchmark_id: str, outputs: OutputsDep, principal: UserDep) -> ReportDetail:
-    """One benchmark report with its runs."""
-    return await report_detail(outputs, "benchmark", benchmark_id, principal)

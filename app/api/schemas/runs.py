@@ -23,6 +23,9 @@ PROMPT = Field(
     examples=["Explain recursion in one paragraph."],
 )
 
+PromptText = Annotated[str, Field(min_length=1, max_length=200_000)]
+"""One prompt of a batch or a benchmark's list: not empty, within `PROMPT`'s length."""
+
 
 class GenerateRequest(Schema):
     model: str = MODEL_NAME
@@ -78,9 +81,7 @@ class ErrorEvent(BaseModel):
 
 class BatchRequest(Schema):
     model: str = MODEL_NAME
-    prompts: list[Annotated[str, Field(min_length=1, max_length=200_000)]] = Field(
-        min_length=1, max_length=100
-    )
+    prompts: list[PromptText] = Field(min_length=1, max_length=100)
     options: OptionsIn | None = None
     max_concurrent: JsonInt = Field(default=3, ge=1, le=16)
     name: str | None = Field(default=None, max_length=200, description="A name for the batch.")
@@ -128,9 +129,7 @@ class BatchProgress(BaseModel):
 
 class BenchmarkRequest(Schema):
     model: str = MODEL_NAME
-    test_prompts: list[Annotated[str, Field(min_length=1, max_length=200_000)]] = Field(
-        min_length=1, max_length=50
-    )
+    test_prompts: list[PromptText] = Field(min_length=1, max_length=50)
     options: OptionsIn | None = None
     background: StrictBool | None = Field(
         default=None,
