@@ -106,18 +106,10 @@ def worker() -> None:
 
 
 async def _work(settings: Settings) -> None:
-    from app.ollama import OllamaManager, OutputManager
-    from app.ollama.jobs import Jobs
+    from app.main import build_services
 
-    outputs = OutputManager(database_url=settings.database_url)
-    manager = OllamaManager(
-        auto_start_server=False,
-        base_url=settings.backends[0],
-        backends=settings.backends,
-        settings=settings,
-        output_manager=outputs,
-    )
-    jobs = Jobs(manager, settings)
+    services = build_services(settings)
+    jobs, manager = services.jobs, services.manager
     await jobs.start(run_jobs=False)
     typer.echo(f"worker {jobs.worker} running jobs", err=True)
     stop = asyncio.Event()
@@ -137,7 +129,7 @@ async def _work(settings: Settings) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await jobs.aclose()
         await manager.aclose()
-        await outputs.aclose()
+        await services.outputs.aclose()
 
 
 def _end_with_parent() -> None:

@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Header
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -140,6 +141,16 @@ def job_event_stream(
                 await asyncio.sleep(JOB_POLL_SECONDS)
 
     return EventSourceResponse(events(), ping=PING_SECONDS)
+
+
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        description="The `id` of the last event received: the stream resumes after it.",
+    ),
+]
+"""The header a reconnecting SSE client sends (see `last_event_id`)."""
 
 
 def last_event_id(header: str | None) -> int:

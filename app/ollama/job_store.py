@@ -245,11 +245,9 @@ class JobStore(DatabaseUser):
         async with self.db.session() as session:
             repo = JobRepository(session)
             row = await repo.get(job_id)
-            if row is None:
-                return None
-            if row.status not in FINISHED:
+            if row is not None and row.status not in FINISHED:
                 await self._finish_row(repo, row, status, error)
-            return job_dict(row)
+            return job_dict(row) if row is not None else None
 
     @staticmethod
     async def _finish_row(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, status
+from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
@@ -17,7 +17,7 @@ from app.api.reports import add_report_routes
 from app.api.routes.jobs import owner_name, readable_job, runs_in_background
 from app.api.schemas.common import ResultOut, execution_options
 from app.api.schemas.runs import BatchJobOut, BatchOut, BatchProgress, BatchRequest
-from app.api.streaming import job_event_stream, last_event_id
+from app.api.streaming import LastEventId, job_event_stream, last_event_id
 from app.ollama.metadata import group_id_of
 
 router = APIRouter(prefix="/gateway/batches", tags=["batches"])
@@ -112,7 +112,7 @@ async def follow_batch_job(
     job_id: str,
     services: ServicesDep,
     principal: UserDep,
-    last_event: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event: LastEventId = None,
 ) -> EventSourceResponse:
     """Progress of a background batch, from its start; ends with a `done` event."""
     await readable_job(services.jobs, job_id, principal, "batch")

@@ -4,9 +4,9 @@ sees only its own jobs, an admin every job."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
@@ -17,7 +17,7 @@ from app.api.errors import ApiError, Problem
 from app.api.openapi import sse_response
 from app.api.ownership import may_read, owner_of
 from app.api.schemas.jobs import JobKind, JobOut, JobPage, JobProgress, JobStatus, job_out
-from app.api.streaming import job_event_stream, last_event_id
+from app.api.streaming import LastEventId, job_event_stream, last_event_id
 from app.ollama.jobs import Jobs
 from app.ollama.outputs import CURSOR_PATTERN
 from app.settings import Settings
@@ -108,7 +108,7 @@ async def follow_job(
     job_id: str,
     services: ServicesDep,
     principal: UserDep,
-    last_event: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event: LastEventId = None,
 ) -> EventSourceResponse:
     """A job's events from its start (or after `Last-Event-ID`), to its `done` event."""
     await readable_job(services.jobs, job_id, principal)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
@@ -17,7 +17,7 @@ from app.api.openapi import sse_response
 from app.api.routes.jobs import owner_name, readable_job
 from app.api.schemas.common import MODEL_NAME, Schema
 from app.api.schemas.jobs import JobStatus
-from app.api.streaming import job_event_stream, last_event_id
+from app.api.streaming import LastEventId, job_event_stream, last_event_id
 from app.ollama import normalize_model_name
 from app.ollama.jobs import Jobs
 
@@ -113,7 +113,7 @@ async def follow_pull(
     pull_id: str,
     services: ServicesDep,
     principal: AdminDep,
-    last_event: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event: LastEventId = None,
 ) -> EventSourceResponse:
     """Progress of a pull as server-sent events, from its start; ends with a `done` event."""
     await _pull(services.jobs, pull_id, principal)

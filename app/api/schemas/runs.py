@@ -127,17 +127,20 @@ class BatchProgress(BaseModel):
     tokens_used: int | None = None
 
 
+REPORT_BACKGROUND = Field(
+    default=None,
+    description=(
+        "Run as a job (202, follow `/gateway/jobs/{id}/events`) or wait for the report "
+        "(201). Default: a job when there are more runs than GATEWAY_BATCH_SYNC_MAX."
+    ),
+)
+
+
 class BenchmarkRequest(Schema):
     model: str = MODEL_NAME
     test_prompts: list[PromptText] = Field(min_length=1, max_length=50)
     options: OptionsIn | None = None
-    background: StrictBool | None = Field(
-        default=None,
-        description=(
-            "Run as a job (202, follow `/gateway/jobs/{id}/events`) or wait for the report "
-            "(201). Default: a job when there are more runs than GATEWAY_BATCH_SYNC_MAX."
-        ),
-    )
+    background: StrictBool | None = REPORT_BACKGROUND
 
 
 class ComparisonRequest(Schema):
@@ -157,13 +160,7 @@ class ComparisonRequest(Schema):
 
     prompt: str = PROMPT
     options: OptionsIn | None = None
-    background: StrictBool | None = Field(
-        default=None,
-        description=(
-            "Run as a job (202, follow `/gateway/jobs/{id}/events`) or wait for the report "
-            "(201). Default: a job when there are more runs than GATEWAY_BATCH_SYNC_MAX."
-        ),
-    )
+    background: StrictBool | None = REPORT_BACKGROUND
 
 
 class ReportOut(BaseModel):
