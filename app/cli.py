@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -42,6 +45,12 @@ def serve(
     gguf: Annotated[
         str | None, typer.Option(help="With --local-model: the GGUF file to run.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64, help="Server processes on the one port (default GATEWAY_WORKERS)."
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway under uvicorn."""
     import uvicorn
@@ -72,14 +81,70 @@ def serve(
             url = stack.enter_context(_local_model_backend(gguf))
             settings.backends = [f"local={url}"]
             typer.echo(f"local model served by the emulator at {url}", err=True)
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            log_config=log_config(settings.log_format, settings.log_level),
-            access_log=False,
+        if workers is not None:
+            settings.workers = workers
+        _welcome(settings)
+        options: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port,
+            "log_level": settings.log_level,
+            "log_config": log_config(settings.log_format, settings.log_level),
+            "access_log": False,
+            # the app ends what is left at the grace itself; this is only the backstop
+            "timeout_graceful_shutdown": int(settings.shutdown_grace + settings.shutdown_drain) + 5,
+        }
+        if settings.workers == 1:
+            uvicorn.run(create_app(settings), **options)
+            return
+        # Each worker process builds its app from the environment.
+        os.environ.update(
+            GATEWAY_HOST=settings.host,
+            GATEWAY_PORT=str(settings.port),
+            GATEWAY_BACKENDS=",".join(settings.backends),
         )
+        with _metrics_directory():
+            uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **options)
+
+
+def _welcome(settings: Settings) -> None:
+    """Where the gateway listens and, when no backend answers, how to start one."""
+    import httpx
+
+    from app.backends.pool import parse_backend
+
+    typer.echo(
+        f"ollama-gateway listening on http://{settings.host}:{settings.port} "
+        f"(API docs at /docs), {settings.workers} process(es)",
+        err=True,
+    )
+    urls = [parse_backend(b).url for b in settings.backends]
+    for url in urls:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+    typer.echo(
+        f"no Ollama backend answers at {', '.join(urls)}: start Ollama (`ollama serve`), or "
+        "the emulator (`ollama-gateway emulator --port 11434`), or run "
+        "`ollama-gateway serve --local-model`",
+        err=True,
+    )
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """Prometheus' multiprocess mode: every worker writes its samples under one directory,
+    and `/metrics` sums them, whichever worker answers the scrape."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="ollama-gateway-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @cli.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,11 +45,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def log_config(log_format: str, level: str) -> dict[str, Any]:
+def effective_format(log_format: str | None) -> str:
+    """The log format to use: as set, else text on a terminal and JSON otherwise."""
+    if log_format is not None:
+        return log_format
+    return "text" if sys.stdout.isatty() else "json"
+
+
+def log_config(log_format: str | None, level: str) -> dict[str, Any]:
     """A `logging.config.dictConfig` for uvicorn's `log_config` (app and uvicorn loggers)."""
     formatter: dict[str, Any] = (
         {"()": JsonFormatter}
-        if log_format == "json"
+        if effective_format(log_format) == "json"
         else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )
     handler = {

@@ -51,6 +51,7 @@ from app.api.routes.pulls import PullOut, PullProgress
 from app.api.schemas.common import ResultOut
 from app.api.schemas.jobs import JobOut, JobProgress
 from app.api.schemas.runs import BatchJobOut, BatchProgress, ChunkEvent, ErrorEvent
+from app.api.shutdown import Shutdown
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.ollama.jobs import Jobs
 from app.settings import Settings
@@ -117,6 +118,7 @@ def build_services(settings: Settings) -> Services:
         ),
         audit=audit,
         metrics=Metrics(manager.backend_loads, escaped),
+        shutdown=Shutdown(settings.shutdown_drain, settings.shutdown_grace),
     )
 
 
@@ -141,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.audit.start()
         services.manager.usage_observers.append(services.metrics.observe_run)
         app.state.services = services
+        services.shutdown.install()
         watcher = asyncio.create_task(
             services.manager.pool.watch(settings.health_interval), name="backend-health"
         )
@@ -157,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.manager.aclose()
             await services.outputs.aclose()
             await services.config.aclose()
+            services.metrics.close()
 
     app = FastAPI(
         title="ollama-gateway",

@@ -38,8 +38,27 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `serve` listens on.")
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
-    log_format: Literal["json", "text"] = Field(
-        default="json", description="`json`: one JSON object per log line; `text`: plain lines."
+    log_format: Literal["json", "text"] | None = Field(
+        default=None,
+        description="`json`: one JSON object per log line; `text`: plain lines; unset: text "
+        "when standard output is a terminal, else JSON.",
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Server processes `serve` runs on its one port."
+    )
+    shutdown_grace: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="Seconds requests and streams in flight may take to finish after SIGTERM; "
+        "what is left then ends with a `shutting_down` error.",
+    )
+    shutdown_drain: float = Field(
+        default=3.0,
+        ge=0,
+        le=600,
+        description="Seconds after SIGTERM during which the process still takes requests but "
+        "answers /readyz with 503, so a load balancer stops sending before it stops listening.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

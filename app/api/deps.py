@@ -20,6 +20,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.api.observability import Metrics
+    from app.api.shutdown import Shutdown
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Services:
     limiter: RateLimiter
     audit: AuditWriter
     metrics: Metrics
+    shutdown: Shutdown
     background: set[asyncio.Task[None]] = field(default_factory=set)
     """Fire-and-forget work (token charges) kept referenced until done."""
 

@@ -14,13 +14,16 @@ read at scrape time.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -90,7 +93,13 @@ class Metrics:
         escaped: Mapping[str, Callable[[], int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        # With `serve --workers N` (PROMETHEUS_MULTIPROC_DIR set), samples go to files that
+        # the scrape sums over every process; the metrics belong to no registry of their own.
+        several = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        r: CollectorRegistry | None = None if several else self.registry
+        if several:
+            collect_all = cast(Callable[[CollectorRegistry], object], MultiProcessCollector)
+            collect_all(self.registry)
         self.requests = Counter(
             "gateway_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
         )
@@ -102,7 +111,10 @@ class Metrics:
             registry=r,
         )
         self.streams = Gauge(
-            "gateway_inflight_streams", "Streamed responses (SSE or NDJSON) in flight", registry=r
+            "gateway_inflight_streams",
+            "Streamed responses (SSE or NDJSON) in flight",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.runs = Counter(
             "gateway_runs", "Generations and chats finished", ["model", "surface", "outcome"],
@@ -119,8 +131,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        r.register(BackendCollector(backend_loads))
-        r.register(EscapedRowsCollector(escaped or {}))
+        # Read at scrape time, from the process that answers it (circuits and load are
+        # per process).
+        self.registry.register(BackendCollector(backend_loads))
+        self.registry.register(EscapedRowsCollector(escaped or {}))
+
+    def close(self) -> None:
+        """This process is ending: its live gauges leave the multiprocess sum."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            mark_dead = cast(Callable[[int], None], multiprocess.mark_process_dead)
+            mark_dead(os.getpid())
 
     def observe_run(self, usage: RunUsage) -> None:
         """A usage observer (`OllamaManager.usage_observers`)."""

@@ -26,6 +26,7 @@ from app.api.errors import failed_run_problem
 from app.api.openapi import sse_response
 from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import ChunkEvent, ErrorEvent
+from app.api.shutdown import SHUTTING_DOWN, Shutdown, ShuttingDown, until_shutdown
 from app.ollama import ModelExecutionResult, StreamingChunk
 from app.ollama.jobs import Jobs
 
@@ -69,8 +70,11 @@ def closing_event(result: ModelExecutionResult) -> ServerSentEvent:
 
 
 async def _events(
-    first: asyncio.Future[StreamingChunk], rest: AsyncIterator[StreamingChunk]
+    first: asyncio.Future[StreamingChunk],
+    rest: AsyncIterator[StreamingChunk],
+    ending: asyncio.Event,
 ) -> AsyncIterator[ServerSentEvent]:
+    chunks = until_shutdown(rest, ending)
     try:
         chunk = await first
         while True:
@@ -86,7 +90,10 @@ async def _events(
                     content=chunk.content, index=chunk.index, thinking=chunk.thinking
                 )
                 yield _event("chunk", payload.model_dump(exclude_none=True))
-            chunk = await anext(rest)
+            chunk = await anext(chunks)
+    except ShuttingDown:
+        error = ErrorEvent(code="shutting_down", message=SHUTTING_DOWN)
+        yield _event("error", error.model_dump())
     finally:
         first.cancel()
         aclose = getattr(rest, "aclose", None)
@@ -107,10 +114,19 @@ async def first_chunk(chunks: AsyncIterator[StreamingChunk]) -> asyncio.Future[S
     return first
 
 
-async def stream_response(chunks: AsyncIterator[StreamingChunk]) -> EventSourceResponse:
-    """Start the SSE stream, unless the run fails within the early-error window."""
+async def stream_response(
+    chunks: AsyncIterator[StreamingChunk], shutdown: Shutdown
+) -> EventSourceResponse:
+    """Start the SSE stream, unless the run fails within the early-error window. A stream
+    in flight at SIGTERM runs on for the shutdown grace; when that runs out, the run stops
+    and the stream ends with a `shutting_down` error event (sse-starlette, which ends its
+    streams when the server stops listening, is told to wait that long)."""
     first = await first_chunk(chunks)
-    return EventSourceResponse(_events(first, chunks), ping=PING_SECONDS)
+    return EventSourceResponse(
+        _events(first, chunks, shutdown.ending),
+        ping=PING_SECONDS,
+        shutdown_grace_period=shutdown.grace_seconds + 1,
+    )
 
 
 def job_event_stream(

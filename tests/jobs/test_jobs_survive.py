@@ -5,12 +5,8 @@ processes on PostgreSQL (procrastinate) and SQLite, in front of a slow emulator.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
 import sqlite3
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +18,8 @@ import pytest
 
 from app.access import KeyStore
 from tests.support.databases import fresh_pg_database
-from tests.support.servers import free_port, running_emulator, wait_until_up
+from tests.support.replicas import Replica, replicas, wait_for
+from tests.support.servers import running_emulator
 
 MODEL = "llama3.1:8b"
 
@@ -32,64 +29,6 @@ def slow_emulator() -> Iterator[str]:
     """Runs of about half a second (20 ms a token), so a job is still going when killed."""
     with running_emulator(models=(MODEL, "qwen2.5:0.5b"), token_delay_ms=20) as url:
         yield url
-
-
-class Replica:
-    """One `ollama-gateway serve` process; `kill()` is SIGKILL, `start()` again after it."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "GATEWAY_PORT": str(self.port)}
-        self.proc: Any = None
-
-    def start(self) -> Replica:
-        import subprocess
-
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until_up(self.url + "/healthz", self.proc)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except Exception:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@contextlib.contextmanager
-def replicas(n: int, env: dict[str, str]) -> Iterator[list[Replica]]:
-    started: list[Replica] = []
-    try:
-        for _ in range(n):
-            started.append(Replica(env).start())
-        yield started
-    finally:
-        for replica in started:
-            replica.stop()
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def job_of(url: str, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:

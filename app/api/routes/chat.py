@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from sse_starlette import EventSourceResponse
 
 from app.api.bodies import chat_body
-from app.api.deps import RunnerDep
+from app.api.deps import RunnerDep, ServicesDep
 from app.api.errors import RUN_ERRORS, failed_run_problem
 from app.api.schemas.common import ResultOut, execution_options
 from app.api.schemas.runs import ChatRequest
@@ -35,10 +35,10 @@ async def chat(body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerD
     responses={**RUN_ERRORS, **SSE_RESPONSES},
 )
 async def chat_stream(
-    body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerDep
+    body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerDep, services: ServicesDep
 ) -> EventSourceResponse:
     """Stream a chat reply as server-sent events (`chunk`..., then `result` or `error`)."""
     options = execution_options(body.options)
     messages = [m.model_dump() for m in body.messages]
     chunks = runner.async_chat_stream(body.model, messages, options, save_output=body.save)
-    return await stream_response(chunks)
+    return await stream_response(chunks, services.shutdown)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from sse_starlette import EventSourceResponse
 
 from app.api.bodies import generate_body
-from app.api.deps import RunnerDep
+from app.api.deps import RunnerDep, ServicesDep
 from app.api.errors import RUN_ERRORS, failed_run_problem
 from app.api.schemas.common import ResultOut, execution_options
 from app.api.schemas.runs import GenerateRequest
@@ -46,7 +46,9 @@ async def generate(
     responses={**RUN_ERRORS, **SSE_RESPONSES},
 )
 async def generate_stream(
-    body: Annotated[GenerateRequest, Depends(generate_body)], runner: RunnerDep
+    body: Annotated[GenerateRequest, Depends(generate_body)],
+    runner: RunnerDep,
+    services: ServicesDep,
 ) -> EventSourceResponse:
     """Stream a generation as server-sent events (`chunk`..., then `result` or `error`)."""
     options = execution_options(body.options)
@@ -58,4 +60,4 @@ async def generate_stream(
         chunks = runner.async_generate_stream(
             body.model, body.prompt, options, save_output=body.save
         )
-    return await stream_response(chunks)
+    return await stream_response(chunks, services.shutdown)

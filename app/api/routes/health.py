@@ -49,7 +49,10 @@ async def healthz() -> Health:
 )
 async def readyz(services: ServicesDep, request: Request) -> JSONResponse:
     """Ready when at least one backend and the database answer; says which is missing (to
-    an admin key, or while no key is needed)."""
+    an admin key, or while no key is needed). From SIGTERM on: 503 `shutting down`, so a
+    load balancer stops sending here while requests in flight finish."""
+    if services.shutdown.draining:
+        return JSONResponse({"status": "shutting down"}, status_code=503)
     backends = await services.manager.abackend_status()
     database = "ok"
     try:

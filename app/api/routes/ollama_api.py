@@ -9,6 +9,7 @@ stored like any other run, as surface `ollama` (`GATEWAY_STORE_OLLAMA_API`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import posixpath
 import re
@@ -22,8 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.access import Principal
 from app.api.auth import AdminDep, UserDep
 from app.api.authorization import authorize_models
-from app.api.deps import ManagerDep, SettingsDep
+from app.api.deps import ManagerDep, Services, SettingsDep
 from app.api.errors import ApiError
+from app.api.shutdown import SHUTTING_DOWN, ShuttingDown, until_shutdown
 from app.ollama import OllamaManager
 from app.ollama.relay import Relayed, spec_of_body
 
@@ -84,7 +86,15 @@ def model_of(body: dict[str, Any], *keys: str) -> str | None:
     return None
 
 
-async def relayed_response(relayed: Relayed, on_done: Callable[[], None] | None = None) -> Response:
+def ending(request: Request) -> asyncio.Event:
+    """Set when the gateway's shutdown grace has run out (see `app.api.shutdown`)."""
+    services: Services = request.app.state.services
+    return services.shutdown.ending
+
+
+async def relayed_response(
+    relayed: Relayed, request: Request, on_done: Callable[[], None] | None = None
+) -> Response:
     """The backend's reply as the client's: streamed when it is NDJSON, else whole."""
     media_type = relayed.headers.get("content-type", "")
     headers = {k: v for k, v in relayed.headers.items() if k.lower() not in ("date", "server")}
@@ -96,8 +106,10 @@ async def relayed_response(relayed: Relayed, on_done: Callable[[], None] | None 
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for piece in relayed.body:
+            async for piece in until_shutdown(relayed.body, ending(request)):
                 yield piece
+        except ShuttingDown:
+            yield go_json({"error": SHUTTING_DOWN}) + b"\n"
         finally:
             await relayed.aclose()
             if on_done is not None:
@@ -114,7 +126,7 @@ async def root() -> PlainTextResponse:
 
 @router.api_route("/api/version", methods=["GET", "HEAD"])
 async def version(request: Request, manager: ManagerDep, _: UserDep) -> Response:
-    return await relayed_response(await manager.arelay(request.method, "/api/version"))
+    return await relayed_response(await manager.arelay(request.method, "/api/version"), request)
 
 
 @router.get("/api/tags")
@@ -152,7 +164,7 @@ async def _run(
         record=record,
         store_kind="stream" if streamed else kind,
     )
-    return await relayed_response(relayed)
+    return await relayed_response(relayed, request)
 
 
 @router.post("/api/generate")
@@ -177,7 +189,7 @@ async def pull(request: Request, manager: ManagerDep, _: AdminDep) -> Response:
     relayed = await manager.arelay(
         "POST", "/api/pull", model=model, content=content, headers=FORWARDED_HEADERS
     )
-    return await relayed_response(relayed, on_done=manager.mark_inventory_stale)
+    return await relayed_response(relayed, request, on_done=manager.mark_inventory_stale)
 
 
 async def _each(request: Request, manager: OllamaManager, path: str, *keys: str) -> Response:
@@ -188,7 +200,7 @@ async def _each(request: Request, manager: OllamaManager, path: str, *keys: str)
         relayed = await manager.arelay(
             request.method, path, content=content, headers=FORWARDED_HEADERS
         )
-        return await relayed_response(relayed)
+        return await relayed_response(relayed, request)
     replies = await manager.arelay_each(
         request.method, path, model=model, content=content, headers=FORWARDED_HEADERS
     )
@@ -238,4 +250,4 @@ async def passthrough(
         content=content or None,
         headers=FORWARDED_HEADERS if content else None,
     )
-    return await relayed_response(relayed)
+    return await relayed_response(relayed, request)

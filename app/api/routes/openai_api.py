@@ -10,6 +10,7 @@ OpenAI's shape (see `app.api.errors.openai_error`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.access import Principal
 from app.api.auth import UserDep
 from app.api.authorization import authorize_models
-from app.api.deps import ManagerDep, RunnerDep, SettingsDep
+from app.api.deps import ManagerDep, RunnerDep, Services, ServicesDep
 from app.api.errors import ApiError, failed_run_problem
 from app.api.openai_format import (
     ChatCompletionRequest,
@@ -36,6 +37,7 @@ from app.api.openai_format import (
     invalid,
     model_object,
 )
+from app.api.shutdown import SHUTTING_DOWN, ShuttingDown, until_shutdown
 from app.api.streaming import first_chunk
 from app.ollama import ModelRunner
 from app.ollama.names import same_model
@@ -49,10 +51,15 @@ def _sse(data: Any) -> bytes:
 
 
 async def _streamed(
-    chunks: AsyncIterator[StreamingChunk], writer: ChunkWriter, include_usage: bool
+    chunks: AsyncIterator[StreamingChunk],
+    writer: ChunkWriter,
+    include_usage: bool,
+    ending: asyncio.Event,
 ) -> StreamingResponse:
-    """Start the SSE stream unless the run fails at once (then a JSON error reply)."""
+    """Start the SSE stream unless the run fails at once (then a JSON error reply). When
+    the gateway's shutdown grace runs out, the run stops and a last error event says so."""
     first = await first_chunk(chunks)
+    rest = until_shutdown(chunks, ending)
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -82,7 +89,10 @@ async def _streamed(
                     return
                 if chunk.content or chunk.thinking:
                     yield _sse(writer.piece(chunk.content, chunk.thinking))
-                chunk = await anext(chunks)
+                chunk = await anext(rest)
+        except ShuttingDown:
+            error = {"message": SHUTTING_DOWN, "type": "api_error", "code": "shutting_down"}
+            yield _sse({"error": {**error, "param": None}})
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -94,10 +104,11 @@ async def _streamed(
 async def _run(
     runner: ModelRunner,
     body: ChatCompletionRequest | CompletionRequest,
-    store: bool,
+    services: Services,
     request: Request,
     principal: Principal,
 ) -> StreamingResponse | JSONResponse:
+    store = services.settings.store_openai_api
     authorize_models(request, principal, [body.model])
     chat = isinstance(body, ChatCompletionRequest)
     try:
@@ -119,7 +130,10 @@ async def _run(
     if body.stream:
         writer = ChunkWriter(body.model, chat=chat)
         return await _streamed(
-            runner.astream_spec(spec, save_output=store), writer, body.include_usage
+            runner.astream_spec(spec, save_output=store),
+            writer,
+            body.include_usage,
+            services.shutdown.ending,
         )
     result = await runner.arun_spec(spec, save_output=store)
     if not result.success:
@@ -132,22 +146,22 @@ async def _run(
 async def chat_completions(
     body: ChatCompletionRequest,
     runner: RunnerDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     request: Request,
     principal: UserDep,
 ) -> StreamingResponse | JSONResponse:
-    return await _run(runner, body, settings.store_openai_api, request, principal)
+    return await _run(runner, body, services, request, principal)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
     body: CompletionRequest,
     runner: RunnerDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     request: Request,
     principal: UserDep,
 ) -> StreamingResponse | JSONResponse:
-    return await _run(runner, body, settings.store_openai_api, request, principal)
+    return await _run(runner, body, services, request, principal)
 
 
 @router.post("/embeddings")
