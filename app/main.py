@@ -47,9 +47,9 @@ from app.api.routes import (
     pulls,
     results,
 )
-from app.api.routes.pulls import PullOut, PullProgress
+from app.api.routes.pulls import PullOut
 from app.api.schemas.common import ResultOut
-from app.api.schemas.jobs import JobOut, JobProgress
+from app.api.schemas.jobs import JobOut, JobProgress, PullProgress
 from app.api.schemas.runs import BatchJobOut, BatchProgress, ChunkEvent, ErrorEvent
 from app.api.shutdown import Shutdown
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager

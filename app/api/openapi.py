@@ -19,9 +19,16 @@ from app.api.errors import PROBLEM_MEDIA_TYPE
 REF = "#/components/schemas/{model}"
 
 
-def sse_response(description: str, events: dict[str, type[BaseModel]]) -> dict[str, Any]:
-    """A 200 response of server-sent events named in `events`, each with its data schema."""
-    payloads = {name: model.__name__ for name, model in events.items()}
+def sse_response(
+    description: str, events: dict[str, type[BaseModel] | tuple[type[BaseModel], ...]]
+) -> dict[str, Any]:
+    """A 200 response of server-sent events named in `events`, each with its data schema
+    (or schemas, when an event's data takes one of several shapes)."""
+    shapes = {
+        name: kinds if isinstance(kinds, tuple) else (kinds,) for name, kinds in events.items()
+    }
+    payloads = {name: " or ".join(m.__name__ for m in models) for name, models in shapes.items()}
+    models = sorted({m.__name__ for kinds in shapes.values() for m in kinds})
     event_schema = {
         "type": "object",
         "description": "One server-sent event; `data` is JSON: "
@@ -31,9 +38,7 @@ def sse_response(description: str, events: dict[str, type[BaseModel]]) -> dict[s
             "data": {
                 "type": "string",
                 "contentMediaType": "application/json",
-                "contentSchema": {
-                    "anyOf": [{"$ref": REF.format(model=m)} for m in sorted(set(payloads.values()))]
-                },
+                "contentSchema": {"anyOf": [{"$ref": REF.format(model=m)} for m in models]},
             },
             "id": {"type": "string"},
             "retry": {"type": "integer"},

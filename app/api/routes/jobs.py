@@ -16,7 +16,15 @@ from app.api.deps import ServicesDep
 from app.api.errors import ApiError, Problem
 from app.api.openapi import sse_response
 from app.api.ownership import may_read, owner_of
-from app.api.schemas.jobs import JobKind, JobOut, JobPage, JobProgress, JobStatus, job_out
+from app.api.schemas.jobs import (
+    JobKind,
+    JobOut,
+    JobPage,
+    JobProgress,
+    JobStatus,
+    PullProgress,
+    job_out,
+)
 from app.api.streaming import LastEventId, job_event_stream, last_event_id
 from app.ollama.jobs import Jobs
 from app.ollama.outputs import CURSOR_PATTERN
@@ -99,7 +107,7 @@ async def get_job(job_id: str, services: ServicesDep, principal: UserDep) -> Job
             "Server-sent events, each with an `id:`: `progress` events (JobProgress; a "
             "pull's: Ollama's progress objects), then one `done` event (JobOut). Reconnect "
             "with `Last-Event-ID` (to any replica) for the events after it.",
-            {"progress": JobProgress, "done": JobOut},
+            {"progress": (JobProgress, PullProgress), "done": JobOut},
         ),
         **NOT_FOUND,
     },

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
 from app.access import Principal
@@ -16,7 +16,7 @@ from app.api.errors import ApiError, Problem
 from app.api.openapi import sse_response
 from app.api.routes.jobs import owner_name, readable_job
 from app.api.schemas.common import MODEL_NAME, Schema
-from app.api.schemas.jobs import JobStatus
+from app.api.schemas.jobs import JobStatus, PullProgress
 from app.api.streaming import LastEventId, job_event_stream, last_event_id
 from app.ollama import normalize_model_name
 from app.ollama.jobs import Jobs
@@ -36,17 +36,6 @@ class PullRequest(Schema):
         description="A backend's name or URL, or `all`; default the least loaded one.",
         examples=["all"],
     )
-
-
-class PullProgress(BaseModel):
-    """One progress object as Ollama streams it from `/api/pull`."""
-
-    model_config = ConfigDict(extra="allow")
-
-    status: str = Field(examples=["pulling manifest", "success"])
-    digest: str | None = None
-    total: int | None = None
-    completed: int | None = None
 
 
 class PullOut(BaseModel):

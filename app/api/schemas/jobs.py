@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 JobKind = Literal["batch", "benchmark", "comparison", "pull"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -52,6 +52,17 @@ class JobProgress(BaseModel):
     tokens_used: int | None = None
     model: str | None = None
     result_id: str | None = None
+
+
+class PullProgress(BaseModel):
+    """One progress object as Ollama streams it from `/api/pull`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(examples=["pulling manifest", "success"])
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
 
 
 def job_out(job: dict[str, Any]) -> JobOut:
