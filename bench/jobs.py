@@ -38,7 +38,8 @@ MODEL = "llama3.1:8b"
 
 
 @contextlib.contextmanager
-def gateway(backend: str, database_url: str) -> Iterator[str]:
+def gateway(backend: str, database_url: str, *args: str) -> Iterator[str]:
+    """`ollama-gateway serve [args]` on a free port in front of `backend`; its URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -49,7 +50,7 @@ def gateway(backend: str, database_url: str) -> Iterator[str]:
         "GATEWAY_LOG_LEVEL": "warning",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"],
+        [sys.executable, "-m", "app.cli", "serve", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -61,7 +62,7 @@ def gateway(backend: str, database_url: str) -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=15)
+        proc.wait(timeout=60)
 
 
 def in_process(client: httpx.Client, prompts: list[str]) -> float:

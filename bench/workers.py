@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,39 +20,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from jobs import gateway  # noqa: E402
 from run import wrk  # noqa: E402
 
-from tests.support.servers import free_port, running_emulator, wait_until_up  # noqa: E402
+from tests.support.servers import running_emulator  # noqa: E402
 
 MODEL = "llama3.1:8b"
 BODY = {"model": MODEL, "prompt": "Explain recursion.", "options": {"max_tokens": 32}}
 
 
 def measure(backend: str, workers: int, seconds: float, connections: int) -> dict[str, float]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "GATEWAY_BACKENDS": backend,
-            "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench.db",
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_LOG_LEVEL": "warning",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--workers", str(workers)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_up(url + "/healthz", proc)
-            wrk(f"{url}/gateway/generate", BODY, connections, 3, None)  # warm-up
-            return wrk(f"{url}/gateway/generate", BODY, connections, seconds, None)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        gateway(backend, f"sqlite+aiosqlite:///{tmp}/bench.db", "--workers", str(workers)) as url,
+    ):
+        wrk(f"{url}/gateway/generate", BODY, connections, 3, None)  # warm-up
+        return wrk(f"{url}/gateway/generate", BODY, connections, seconds, None)
 
 
 def main() -> None:
