@@ -81,9 +81,15 @@ class Shutdown:
 
 
 async def until_shutdown(items: AsyncIterator[T], ending: asyncio.Event) -> AsyncIterator[T]:
-    """`items`, until `ending` is set: then `ShuttingDown` is raised in the consumer (the
-    source is closed by whoever owns it)."""
+    """`items`, until `ending` is set: then `ShuttingDown` is raised in the consumer.
+
+    Each item is awaited in a task of its own, raced against `ending`. However this ends
+    (exhausted, shutting down, the consumer cancelled or gone), the pending step is
+    cancelled and awaited first, so `items` is never left running: its own cleanup (a run
+    stored as cancelled) happens, and its owner may close it.
+    """
     stop = asyncio.ensure_future(ending.wait())
+    step: asyncio.Future[T] | None = None
     try:
         while True:
             if ending.is_set():
@@ -91,13 +97,15 @@ async def until_shutdown(items: AsyncIterator[T], ending: asyncio.Event) -> Asyn
             step = asyncio.ensure_future(anext(items))
             await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not step.done():
-                step.cancel()
-                await asyncio.gather(step, return_exceptions=True)
                 raise ShuttingDown
             try:
                 item = step.result()
             except StopAsyncIteration:
                 return
+            step = None
             yield item
     finally:
         stop.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
