@@ -247,10 +247,35 @@ def _local_model_backend(gguf: str | None) -> Iterator[str]:
             child.kill()
 
 
+def ensure_admin_key(settings: Settings) -> None:
+    """Store the deployment's admin key (GATEWAY_ADMIN_KEY or GATEWAY_ADMIN_KEY_FILE), if it
+    has one, unless it is stored already: safe to run from every replica at once."""
+    from app.access import KeyStore
+    from app.access.keys import BOOTSTRAP_KEY_NAME
+
+    if settings.admin_key is None:
+        return
+    store = KeyStore(settings.database_url)
+    try:
+        outcome = store.ensure_bootstrap_key(settings.admin_key.get_secret_value())
+    finally:
+        store.close()
+    if outcome == "created":
+        typer.echo(
+            f"stored the admin key from the environment (key {BOOTSTRAP_KEY_NAME!r})", err=True
+        )
+    elif outcome == "revoked":
+        typer.echo("the admin key from the environment was revoked: it stays revoked", err=True)
+
+
 def exposure_refusal(settings: Settings) -> str | None:
-    """Why `serve` must not start (anonymous access off loopback), or None."""
+    """Why `serve` must not start (anonymous access off loopback), or None.
+
+    The deployment's admin key, if it has one, is stored first, so a container started
+    with GATEWAY_ADMIN_KEY is secure and up with no manual step."""
     from app.access import KeyStore, is_loopback
 
+    ensure_admin_key(settings)
     if is_loopback(settings.host) or settings.allow_anonymous:
         return None
     store = KeyStore(settings.database_url)
@@ -262,7 +287,8 @@ def exposure_refusal(settings: Settings) -> str | None:
         return None
     return (
         f"refusing to serve on {settings.host} without API keys: anyone who can reach it "
-        "could use it. Create a key first (ollama-gateway keys create --scope admin "
+        "could use it. Set GATEWAY_ADMIN_KEY (or GATEWAY_ADMIN_KEY_FILE) to an admin key of "
+        "your choosing, create a key first (ollama-gateway keys create --scope admin "
         "--name NAME), bind to 127.0.0.1, or set GATEWAY_ALLOW_ANONYMOUS=true."
     )
 
@@ -430,7 +456,19 @@ def openapi(
 
 
 def main() -> None:
-    cli()
+    from pydantic import ValidationError
+
+    try:
+        cli()
+    except ValidationError as exc:
+        # Bad settings: say which and why in one line each, never quoting a value (some are
+        # secrets), instead of a traceback.
+        for error in exc.errors(include_input=False, include_url=False):
+            where = "GATEWAY_" + "_".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            prefix = "" if not error["loc"] else f"{where}: "
+            typer.echo(f"Error: {prefix}{message}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

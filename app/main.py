@@ -132,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ensure_schema, settings.database_url, upgrade_old=settings.auto_migrate
         )
         services = build_services(settings)
+        if settings.admin_key is not None:
+            await services.keys.aensure_bootstrap_key(settings.admin_key.get_secret_value())
         exposed = not is_loopback(settings.host) and not settings.allow_anonymous
         if exposed and not await services.keys.ahas_keys():
             raise RuntimeError(

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+KEY_PREFIX = "ogw_"
+"""What every API key starts with (keys the gateway makes: `ogw_` and 43 URL-safe characters)."""
+
+ADMIN_KEY_MIN_CHARS = 32
+ADMIN_KEY_MAX_CHARS = 200
+_KEY_BODY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+GENERATE_KEY_HINT = (
+    "make one with: python3 -c \"import secrets; print('ogw_' + secrets.token_urlsafe(32))\""
+)
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why `key` cannot be an API key of the gateway (never quoting it), or None.
+
+    A key chosen by an operator (`GATEWAY_ADMIN_KEY`) must look like one the gateway makes:
+    `ogw_`, then URL-safe characters (letters, digits, `_`, `-`), 32 to 200 characters in all.
+    """
+    if not key.startswith(KEY_PREFIX):
+        return f"it must start with {KEY_PREFIX!r}"
+    if len(key) < ADMIN_KEY_MIN_CHARS:
+        return f"it is {len(key)} characters long; it must have at least {ADMIN_KEY_MIN_CHARS}"
+    if len(key) > ADMIN_KEY_MAX_CHARS:
+        return f"it must have at most {ADMIN_KEY_MAX_CHARS} characters"
+    if not _KEY_BODY.match(key[len(KEY_PREFIX) :]):
+        return "after 'ogw_' it may hold only letters, digits, '_' and '-'"
+    return None
 
 
 def default_database_url() -> str:
@@ -25,7 +54,10 @@ class Settings(BaseSettings):
     `create_app`; nothing reads the environment after start-up.
     """
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+    # Errors never quote a value: some hold secrets (the admin key, the database password).
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     backends: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://127.0.0.1:11434"],
@@ -160,10 +192,53 @@ class Settings(BaseSettings):
         description="Seconds an API key lookup is reused; a key revoked by another process "
         "stops working within this time.",
     )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="An admin API key to store (hashed, named `bootstrap-admin`) at start if "
+        "no active key has it: a deployment is secure and up with no manual step. `ogw_` "
+        "and URL-safe characters, at least 32 in all. Never logged or shown.",
+    )
+    admin_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the admin key (a mounted secret; surrounding whitespace "
+        "is stripped). Set this or `admin_key`, not both.",
+    )
     auto_migrate: bool = Field(
         default=False,
         description="Upgrade the database schema at start instead of refusing to start.",
     )
+
+    @field_validator("admin_key", "admin_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`GATEWAY_ADMIN_KEY=` (an empty line of an env file) means no key."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _read_admin_key(self) -> Settings:
+        if self.admin_key_file is not None:
+            if self.admin_key is not None:
+                raise ValueError("set GATEWAY_ADMIN_KEY or GATEWAY_ADMIN_KEY_FILE, not both")
+            try:
+                text = self.admin_key_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(
+                    f"GATEWAY_ADMIN_KEY_FILE: cannot read {str(self.admin_key_file)!r} "
+                    f"({type(exc).__name__})"
+                ) from None
+            if not text:
+                raise ValueError(f"GATEWAY_ADMIN_KEY_FILE: {str(self.admin_key_file)!r} is empty")
+            self.admin_key = SecretStr(text)
+        if self.admin_key is not None:
+            problem = api_key_problem(self.admin_key.get_secret_value())
+            if problem is not None:
+                source = "GATEWAY_ADMIN_KEY_FILE" if self.admin_key_file else "GATEWAY_ADMIN_KEY"
+                raise ValueError(
+                    f"{source} is not a usable API key: {problem}; {GENERATE_KEY_HINT}"
+                )
+        return self
 
     @field_validator("backends", mode="before")
     @classmethod

@@ -6,28 +6,40 @@ its SHA-256 through a unique index, and the stored digest is compared again with
 it is right. Lookups are cached for `cache_seconds` per process, so a key revoked by
 another process (the `keys revoke` command) stops working within that time; revoking
 through this process's `revoke` takes effect at once.
+
+A deployment can also bring its own admin key (`GATEWAY_ADMIN_KEY`): `aensure_bootstrap_key`
+stores it at start like any key, once, however many replicas start at the same moment.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.access.principal import SCOPES, Principal, Scope
+from app.settings import KEY_PREFIX, api_key_problem
 from app.storage.database_user import DatabaseUser
 from app.storage.repositories import ApiKeys, new_id
 from app.storage.tables import ApiKey
 
-__all__ = ["KEY_PREFIX", "KeyStore", "NewKey", "hash_key"]
+__all__ = ["BOOTSTRAP_KEY_NAME", "KEY_PREFIX", "BootstrapOutcome", "KeyStore", "NewKey", "hash_key"]
 
-KEY_PREFIX = "ogw_"
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP_KEY_NAME = "bootstrap-admin"
+
+BootstrapOutcome = Literal["created", "exists", "revoked"]
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 
 
@@ -127,6 +139,63 @@ class KeyStore(DatabaseUser):
         self._forget()
         return NewKey(key=key, record=key_dict(row))
 
+    async def aensure_bootstrap_key(
+        self, key: str, *, name: str = BOOTSTRAP_KEY_NAME
+    ) -> BootstrapOutcome:
+        """Store `key` as an admin key unless a key with its hash is stored already.
+
+        `created`: stored now (hashed, like any key); `exists`: an active key has it (an
+        earlier start, or another replica starting at the same moment: the unique hash
+        decides, and the loser finds the winner's row); `revoked`: it was revoked, and a
+        revoked key stays revoked (restarting with it in the environment does not bring it
+        back). ValueError, never quoting the key, when it does not look like a key.
+        """
+        problem = api_key_problem(key)
+        if problem is not None:
+            raise ValueError(f"the admin key is not a usable API key: {problem}")
+        digest = hash_key(key)
+        await self._prepare()
+        outcome = await self._stored_state(digest)
+        if outcome is None:
+            row = ApiKey(
+                id=new_id(),
+                name=name,
+                scope="admin",
+                key_hash=digest,
+                prefix=key[:12],
+                models=None,
+                requests_per_minute=None,
+                tokens_per_minute=None,
+                created_at=datetime.now(UTC),
+            )
+            try:
+                async with self.db.session() as session:
+                    await ApiKeys(session).add(row)
+            except IntegrityError:
+                # Another process stored the same hash between our look and our insert.
+                outcome = await self._stored_state(digest)
+                if outcome is None:
+                    raise
+            else:
+                outcome = "created"
+                self._forget()
+                logger.info("stored the admin key from the environment as %r (id %s)", name, row.id)
+        if outcome == "revoked":
+            logger.warning(
+                "the admin key from the environment (GATEWAY_ADMIN_KEY) was revoked; it stays "
+                "revoked: set a new one or create a key with `ollama-gateway keys create`"
+            )
+        return outcome
+
+    async def _stored_state(self, digest: str) -> BootstrapOutcome | None:
+        """`exists` or `revoked` for a stored key with this hash, None for none."""
+        async with self.db.session() as session:
+            query = select(ApiKey.revoked_at).where(ApiKey.key_hash == digest)
+            rows = (await session.execute(query)).all()
+        if not rows:
+            return None
+        return "exists" if any(r.revoked_at is None for r in rows) else "revoked"
+
     async def alist(self, include_revoked: bool = False) -> list[dict[str, Any]]:
         await self._prepare()
         async with self.db.session() as session:
@@ -192,6 +261,9 @@ class KeyStore(DatabaseUser):
                 tokens_per_minute=tokens_per_minute,
             )
         )
+
+    def ensure_bootstrap_key(self, key: str, *, name: str = BOOTSTRAP_KEY_NAME) -> BootstrapOutcome:
+        return self._run(self.aensure_bootstrap_key(key, name=name))
 
     def list(self, include_revoked: bool = False) -> list[dict[str, Any]]:
         return self._run(self.alist(include_revoked))
