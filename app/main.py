@@ -146,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.manager.usage_observers.append(services.metrics.observe_run)
         app.state.services = services
         services.shutdown.install()
+        await services.manager.aapply_backend_registry()  # then every 2 s, in pool.watch
         watcher = asyncio.create_task(
             services.manager.pool.watch(settings.health_interval), name="backend-health"
         )

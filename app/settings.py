@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     health_interval: float = Field(
         default=10.0, gt=0, description="Seconds between background backend health checks."
     )
+    backend_registry: bool = Field(
+        default=True,
+        description="Keep backends added or removed through `/gateway/backends` in the "
+        "database, where every process and replica follows them (within seconds) and a "
+        "restart keeps them; false: such changes stay in the process that made them.",
+    )
     store_ollama_api: bool = Field(
         default=True,
         description="Store generations and chats that come through Ollama's API (`/api`).",

@@ -18,14 +18,21 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.backends.client import OllamaClient
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 
-__all__ = ["BackendPool", "BackendSpec", "BackendState", "parse_backend"]
+__all__ = [
+    "BackendPool",
+    "BackendSpec",
+    "BackendState",
+    "Reconciled",
+    "parse_backend",
+    "spec_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +78,24 @@ def parse_backend(text: str) -> BackendSpec:
                        max_concurrency=max_concurrency)  # fmt: skip
 
 
+def spec_text(spec: BackendSpec) -> str:
+    """`spec` written as `parse_backend` reads it: `name=url[;max=N][;weight=W]`."""
+    text = f"{spec.name}={spec.url}"
+    if spec.max_concurrency is not None:
+        text += f";max={spec.max_concurrency}"
+    if spec.weight != 1.0:
+        text += f";weight={spec.weight!r}"
+    return text
+
+
 @dataclass
 class BackendState:
     """What the pool knows of one backend."""
 
     spec: BackendSpec
     client: OllamaClient
+    source: str = "settings"
+    """Where it comes from: `settings` (the start-up list) or `api` (added at run time)."""
     outstanding: int = 0
     waiting: int = 0
     failures: int = 0
@@ -107,6 +126,7 @@ class BackendState:
         return {
             "name": self.spec.name,
             "url": self.spec.url,
+            "source": self.source,
             "weight": self.spec.weight,
             "max_concurrency": self.spec.max_concurrency,
             "circuit": "closed" if self.available else "open",
@@ -123,8 +143,24 @@ class BackendState:
         }
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """What `BackendPool.reconcile` changed."""
+
+    added: list[BackendState]
+    removed: list[BackendState]
+    """Taken out of the pool: their owner lets their requests finish and closes them."""
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
 class BackendPool:
-    """The configured Ollama servers, one `OllamaClient` each."""
+    """The configured Ollama servers, one `OllamaClient` each.
+
+    `membership_sync`, when the pool's owner sets it (the core does, to follow its backend
+    registry), is run by `watch` every `membership_interval` seconds.
+    """
 
     def __init__(
         self,
@@ -154,6 +190,9 @@ class BackendPool:
         self.connect_timeout = connect_timeout
         self.transport = transport
         self.states = [self._state(spec) for spec in specs]
+        self.membership_sync: Callable[[], Awaitable[None]] | None = None
+        self.membership_interval = 2.0
+        self._skipped: set[tuple[str, str]] = set()
 
     def _state(self, spec: BackendSpec) -> BackendState:
         client = OllamaClient(
@@ -164,23 +203,69 @@ class BackendPool:
         )
         return BackendState(spec, client)
 
-    def add(self, backend: str | BackendSpec) -> BackendState:
+    def add(self, backend: str | BackendSpec, *, source: str = "api") -> BackendState:
         """Add a backend at run time (its inventory is fetched on first use).
 
         ValueError for a bad spec, or a name or URL already in the pool.
         """
         spec = backend if isinstance(backend, BackendSpec) else parse_backend(backend)
         with self._lock:
-            for state in self.states:
-                if spec.name == state.spec.name or spec.url == state.spec.url:
-                    raise ValueError(
-                        f"backend {spec.name!r} ({spec.url}) clashes with {state.spec.name!r} "
-                        f"({state.spec.url}), which is already in the pool"
-                    )
+            self.check_free(spec)
             state = self._state(spec)
+            state.source = source
             # a new list, so a request iterating over the old one is not disturbed
             self.states = [*self.states, state]
         return state
+
+    def check_free(self, spec: BackendSpec) -> None:
+        """ValueError when `spec`'s name or URL is already in the pool."""
+        for state in self.states:
+            if spec.name == state.spec.name or spec.url == state.spec.url:
+                raise ValueError(
+                    f"backend {spec.name!r} ({spec.url}) clashes with {state.spec.name!r} "
+                    f"({state.spec.url}), which is already in the pool"
+                )
+
+    def reconcile(self, wanted: Sequence[tuple[BackendSpec, str]]) -> Reconciled:
+        """Make the pool hold exactly `wanted` (spec and source), in that order.
+
+        A backend whose spec is unchanged keeps its state (circuit, load, inventory,
+        client); one whose spec changed is replaced. An entry whose name or URL repeats an
+        earlier one is left out (and logged once). An empty `wanted` leaves the pool as it
+        is: the pool never goes empty. The caller retires the states taken out.
+        """
+        with self._lock:
+            current = {state.spec.name: state for state in self.states}
+            states: list[BackendState] = []
+            added: list[BackendState] = []
+            names: set[str] = set()
+            urls: set[str] = set()
+            for spec, source in wanted:
+                if spec.name in names or spec.url in urls:
+                    if (spec.name, spec.url) not in self._skipped:
+                        self._skipped.add((spec.name, spec.url))
+                        logger.warning(
+                            "backend %s (%s) left out: its name or URL is already in use",
+                            spec.name,
+                            spec.url,
+                        )
+                    continue
+                names.add(spec.name)
+                urls.add(spec.url)
+                state = current.get(spec.name)
+                if state is None or state.spec != spec:
+                    state = self._state(spec)
+                    added.append(state)
+                state.source = source
+                states.append(state)
+            if not states:
+                logger.warning("the backend list is empty; the pool keeps its backends")
+                return Reconciled([], [])
+            kept = {id(state) for state in states}
+            removed = [state for state in self.states if id(state) not in kept]
+            if added or removed or [id(s) for s in states] != [id(s) for s in self.states]:
+                self.states = states
+        return Reconciled(added, removed)
 
     def remove(self, backend: str) -> BackendState:
         """Take a backend (by name or URL) out of the pool; its requests in flight finish.
@@ -348,17 +433,21 @@ class BackendPool:
                 gate.release()
 
     async def watch(self, interval: float) -> None:
-        """Refresh every backend's health and inventory every `interval` seconds, forever.
+        """Refresh every backend's health and inventory every `interval` seconds, forever;
+        with a `membership_sync`, also run it every `membership_interval` seconds.
 
-        Run as a task by the app's lifespan, so routing rarely waits on an inventory and a
-        backend that came back is noticed without a request failing first.
+        Run as a task by the app's lifespan (and the `worker` command), so routing rarely
+        waits on an inventory, a backend that came back is noticed without a request
+        failing first, and backends added or removed elsewhere are followed.
         """
-        while True:
-            try:
-                await self.refresh_stale(force=True)
-            except Exception:  # one bad round must not stop the watcher
-                logger.exception("backend health check failed")
-            await asyncio.sleep(interval)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                _every(interval, lambda: self.refresh_stale(force=True), "backend health check")
+            )
+            if self.membership_sync is not None:
+                group.create_task(
+                    _every(self.membership_interval, self.membership_sync, "backend list sync")
+                )
 
     def describe(self) -> list[dict[str, Any]]:
         return [state.describe() for state in self.states]
@@ -367,3 +456,21 @@ class BackendPool:
         """Close every backend's pooled connections."""
         for state in self.states:
             await state.client.aclose()
+
+
+async def _every(interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run `step` every `interval` seconds, forever; one failing round does not stop it
+    (the first failure of a run of them is logged with its traceback)."""
+    failing = False
+    while True:
+        try:
+            await step()
+        except Exception:
+            if failing:
+                logger.warning("%s failed again", what)
+            else:
+                logger.exception("%s failed", what)
+            failing = True
+        else:
+            failing = False
+        await asyncio.sleep(interval)

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from app.backends.errors import BackendError
-from app.backends.pool import BackendPool
+from app.backends.pool import BackendPool, BackendState, Reconciled, parse_backend
 from app.loop_thread import LoopThread
 from app.ollama._execution import RunSpec, generate_spec, require_model_name
 from app.ollama._store import ResultStore, store_result
@@ -43,6 +43,7 @@ from app.ollama.admin import (
     retire_backend,
 )
 from app.ollama.autostart import ServerAutoStart
+from app.ollama.backend_registry import BackendRegistry, Member
 from app.ollama.cli_mode import OllamaCli
 from app.ollama.executor import RunExecutor
 from app.ollama.names import model_key, same_model
@@ -109,6 +110,14 @@ class OllamaManager:
                 transport=self.settings.http_transport,
             )
             self._owns_pool = True
+        self._configured = [state.spec for state in self.pool.states]
+        """The start-up list, which the backend registry is laid over."""
+        self.registry: BackendRegistry | None = None
+        """The backend registry this manager's pool follows (see `aadd_backend`)."""
+        if self._owns_pool and use_http_api and self.settings.backend_registry:
+            self.registry = BackendRegistry(self.settings.database_url)
+            self.pool.membership_sync = self.aapply_backend_registry
+        self._retiring: dict[asyncio.Task[None], BackendState] = {}
         # Only a manager that talks to its own base_url may start a server for it.
         self._may_start_server = pool is None and not backends
         self._cli = None if use_http_api else OllamaCli(ollama_binary, self.pool.urls[0])
@@ -151,6 +160,8 @@ class OllamaManager:
         if self._loop_thread.started and not self._loop_thread.in_loop_thread():
             with contextlib.suppress(Exception):
                 self._loop_thread.run(self._close_clients())
+        if self.registry is not None:
+            self.registry.close()
         self._server.stop()
         self._loop_thread.close()
 
@@ -160,10 +171,20 @@ class OllamaManager:
             with contextlib.suppress(Exception):
                 await asyncio.wrap_future(self._loop_thread.submit(self._close_clients()))
         await self._close_clients()
+        if self.registry is not None:
+            await self.registry.aclose()
         await asyncio.to_thread(self._server.stop)
         await asyncio.to_thread(self._loop_thread.close)
 
     async def _close_clients(self) -> None:
+        # Backends still draining after the registry took them out: closed now.
+        loop = asyncio.get_running_loop()
+        retiring = [(t, s) for t, s in list(self._retiring.items()) if t.get_loop() is loop]
+        for task, _ in retiring:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in retiring), return_exceptions=True)
+        for _, state in retiring:
+            await state.client.aclose()
         if self._owns_pool:
             await self.pool.aclose()
 
@@ -207,10 +228,19 @@ class OllamaManager:
     async def aadd_backend(self, backend: str) -> dict[str, Any]:
         """Add a backend at run time (`name=url;max=N;weight=W`); returns its status.
 
-        ValueError for a bad spec or a name or URL already in use. Not persisted: the
-        configured `GATEWAY_BACKENDS` is what a restart begins with.
+        ValueError for a bad spec or a name or URL already in use. With the backend
+        registry (`Settings.backend_registry`, on by default) it is recorded there first,
+        so every process and replica sharing the database takes it up within seconds and
+        restarts keep it; then this pool takes it up at once.
         """
-        state = self.pool.add(backend)
+        spec = parse_backend(backend)
+        if self.registry is None:
+            state = self.pool.add(spec, source="api")
+        else:
+            self.pool.check_free(spec)
+            await self.registry.aadd(spec, self._configured)
+            await self.aapply_backend_registry()
+            state = self.pool.targets(spec.name)[0]
         self._models_cache = None
         await self.pool.refresh(state)
         return state.describe()
@@ -218,11 +248,51 @@ class OllamaManager:
     async def aremove_backend(self, backend: str) -> None:
         """Take a backend (name or URL) out of the pool; requests in flight on it finish.
 
-        ValueError when it is unknown or the last one.
+        ValueError when it is unknown or the last one. With the backend registry the
+        removal is recorded there first (a backend from `GATEWAY_BACKENDS` too), so every
+        process and replica drops it within seconds and a restart does not bring it back.
         """
-        state = self.pool.remove(backend)
-        self._models_cache = None
-        await retire_backend(state, self.settings.request_timeout)
+        if self.registry is None:
+            state = self.pool.remove(backend)
+            self._models_cache = None
+            await retire_backend(state, self.settings.request_timeout)
+            return
+        removed = await self.registry.aremove(backend, self._configured)
+        changes = self._reconcile(await self.registry.amembers(self._configured), retire=False)
+        for state in changes.removed:
+            if state.spec.name == removed.name:
+                await retire_backend(state, self.settings.request_timeout)
+            else:
+                self._retire_later(state)
+
+    async def aapply_backend_registry(self) -> None:
+        """Bring the pool in line with the backend registry now (nothing without one).
+
+        Run at start (after the start-up list) and then every `pool.membership_interval`
+        (2) seconds by `pool.watch`; removed backends' requests finish in the background.
+        """
+        if self.registry is not None:
+            self._reconcile(await self.registry.amembers(self._configured))
+
+    def _reconcile(self, wanted: list[Member], *, retire: bool = True) -> Reconciled:
+        changes = self.pool.reconcile([(member.spec, member.source) for member in wanted])
+        if changes:
+            self._models_cache = None
+            for state in changes.added:
+                logger.info("backend %s (%s) taken up", state.spec.name, state.spec.url)
+            for state in changes.removed:
+                logger.info("backend %s (%s) taken out", state.spec.name, state.spec.url)
+                if retire:
+                    self._retire_later(state)
+        return changes
+
+    def _retire_later(self, state: BackendState) -> None:
+        task = asyncio.create_task(
+            retire_backend(state, self.settings.request_timeout),
+            name=f"retire-backend-{state.spec.name}",
+        )
+        self._retiring[task] = state
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     async def amodel_locations(self, force_refresh: bool = False) -> dict[str, list[str]]:
         """Which backends (by name) have each model, keyed by the normalised model name.

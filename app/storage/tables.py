@@ -336,3 +336,27 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_api_keys_name", "name"),)
+
+
+class RegisteredBackend(Base):
+    """The backend registry: a backend added or removed through `/gateway/backends`.
+
+    Every process and replica brings its pool in line with these rows: a row without
+    `removed_at` is a backend in use (its `spec` wins over a `GATEWAY_BACKENDS` entry of
+    the same name); a row with `removed_at` keeps that name out of every pool, even when
+    `GATEWAY_BACKENDS` lists it, until it is added through the API again. Backends that
+    were never changed through the API have no row.
+    """
+
+    __tablename__ = "backends"
+
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    spec: Mapped[str] = mapped_column(
+        Text, doc="As in GATEWAY_BACKENDS: `name=url[;max=N][;weight=W]`"
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utc_now, doc="When it was (last) added through the API"
+    )
+    removed_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime(), doc="When it was removed through the API; None while in use"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
@@ -11,23 +13,41 @@ from app.api.errors import ApiError, Problem
 router = APIRouter(prefix="/gateway/backends", tags=["backends"])
 
 
+PROCESS = " As this process sees it: each process and replica keeps its own."
+
+
 class BackendOut(BaseModel):
+    """A backend. The list of backends is shared by every process and replica on the
+    database (the backend registry, unless `GATEWAY_BACKEND_REGISTRY=false`); circuit
+    state, load and queues are per process."""
+
     name: str
     url: str
-    healthy: bool
-    circuit: str = Field(description="closed (in use) or open (taken out after failures).")
-    outstanding: int = Field(description="Requests in flight now.")
-    queued: int = Field(description="Requests waiting for a slot now.")
+    source: Literal["settings", "api"] = Field(
+        description="`settings`: from the start-up list, `GATEWAY_BACKENDS`; `api`: added "
+        "through `POST /gateway/backends` (stored in the database, shared by every process "
+        "and replica)."
+    )
+    healthy: bool = Field(description="It answered this process's probe just now.")
+    circuit: str = Field(
+        description="closed (in use) or open (taken out after failures)." + PROCESS
+    )
+    outstanding: int = Field(description="Requests in flight now." + PROCESS)
+    queued: int = Field(description="Requests waiting for a slot now." + PROCESS)
     queue_wait_ms_mean: float | None = Field(
-        default=None, description="Mean wait for a slot of the last requests that waited."
+        default=None,
+        description="Mean wait for a slot of the last requests that waited." + PROCESS,
     )
     queue_wait_ms_max: float | None = Field(
-        default=None, description="Longest wait for a slot of the last requests that waited."
+        default=None,
+        description="Longest wait for a slot of the last requests that waited." + PROCESS,
     )
-    max_concurrency: int | None = None
+    max_concurrency: int | None = Field(
+        default=None, description="Requests at once it admits (`max`), in each process."
+    )
     weight: float = 1.0
-    consecutive_failures: int = 0
-    last_error: str | None = None
+    consecutive_failures: int = Field(default=0, description="Failures in a row." + PROCESS)
+    last_error: str | None = Field(default=None, description="Its last failure." + PROCESS)
     loaded: list[str] = Field(default_factory=list, description="Models loaded in memory.")
     version: str | None = None
     models: list[str] | None = Field(default=None, description="Installed model names.")
@@ -46,7 +66,8 @@ class BackendAdd(BaseModel):
 
 @router.get("", operation_id="list_backends", response_model=list[BackendOut])
 async def list_backends(manager: ManagerDep) -> list[BackendOut]:
-    """Each backend: health, version, installed and loaded models, load and queue."""
+    """Each backend: where it comes from, health, version, installed and loaded models, and
+    this process's circuit, load and queue (each process and replica keeps its own)."""
     return [BackendOut(**status) for status in await manager.abackend_status()]
 
 
@@ -58,7 +79,8 @@ async def list_backends(manager: ManagerDep) -> list[BackendOut]:
     responses={409: {"model": Problem, "description": "Its name or URL is already in use."}},
 )
 async def add_backend(body: BackendAdd, manager: ManagerDep) -> BackendOut:
-    """Add a backend now (not persisted: a restart begins with GATEWAY_BACKENDS)."""
+    """Add a backend now. It is stored in the database: every process and replica sharing
+    it takes the backend up within 5 s, and restarts keep it."""
     try:
         added = await manager.aadd_backend(body.backend)
     except ValueError as exc:
@@ -78,7 +100,9 @@ async def add_backend(body: BackendAdd, manager: ManagerDep) -> BackendOut:
     },
 )
 async def remove_backend(backend: str, manager: ManagerDep) -> Response:
-    """Take a backend out (requests in flight on it finish first)."""
+    """Take a backend out (requests in flight on it finish first), in every process and
+    replica within 5 s, and for good: a backend from `GATEWAY_BACKENDS` too stays out
+    after restarts, until it is added through the API again."""
     try:
         await manager.aremove_backend(backend)
     except ValueError as exc:
