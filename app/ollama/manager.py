@@ -266,11 +266,8 @@ class OllamaManager:
                 self._retire_later(state)
 
     async def aapply_backend_registry(self) -> None:
-        """Bring the pool in line with the backend registry now (nothing without one).
-
-        Run at start (after the start-up list) and then every `pool.membership_interval`
-        (2) seconds by `pool.watch`; removed backends' requests finish in the background.
-        """
+        """Bring the pool in line with the backend registry (run at start, then every 2 s
+        by `pool.watch`); removed backends' requests finish in the background."""
         if self.registry is not None:
             self._reconcile(await self.registry.amembers(self._configured))
 
@@ -278,8 +275,8 @@ class OllamaManager:
         changes = self.pool.reconcile([(member.spec, member.source) for member in wanted])
         if changes:
             self._models_cache = None
-            for state in changes.added:
-                logger.info("backend %s (%s) taken up", state.spec.name, state.spec.url)
+            if changes.added:
+                logger.info("backends taken up: %s", [s.spec.name for s in changes.added])
             for state in changes.removed:
                 logger.info("backend %s (%s) taken out", state.spec.name, state.spec.url)
                 if retire:
