@@ -358,8 +358,15 @@ class OllamaClient:
         return BackendError(message or f"HTTP {status}", status=status, url=self.base_url)
 
     def _log_transport_error(self, during: str, exc: BaseException) -> None:
-        """The library's own words go to the log; clients get the gateway's."""
-        logger.warning("backend %s: %s: %s: %s", self.base_url, during, type(exc).__name__, exc)
+        """The library's own words go to the log; clients get the gateway's. A backend that
+        cannot be reached is logged at debug level: the health checks meet it every round,
+        and `/readyz` and `/gateway/backends` already say it is down."""
+        level = (
+            logging.DEBUG
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            else logging.WARNING
+        )
+        logger.log(level, "backend %s: %s: %s: %s", self.base_url, during, type(exc).__name__, exc)
 
     def _map_transport_error(self, exc: httpx.HTTPError) -> BackendError:
         """A transport failure in the gateway's words (see `_log_transport_error`)."""
