@@ -154,6 +154,19 @@ class StreamAccumulator:
         return "".join(self.pieces)
 
     @property
+    def restartable(self) -> bool:
+        """Whether nothing has gone to the caller yet (no chunk callback: it waits for the
+        whole result), so the run may start over on another backend."""
+        return self.on_chunk is None
+
+    def restart(self) -> None:
+        """Forget a partial answer: the run starts over (on another backend)."""
+        self.first_token_at = None
+        self.pieces, self.thinking, self.tool_calls = [], [], []
+        self.final = None
+        self.index = 0
+
+    @property
     def time_to_first_token(self) -> float | None:
         if self.first_token_at is None:
             return None

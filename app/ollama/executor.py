@@ -158,12 +158,16 @@ class RunExecutor:
     async def _execute_http(
         self, spec: RunSpec, acc: StreamAccumulator, backend: list[str], deadline: float
     ) -> None:
-        """Stream from the best backend; fail over to the next while nothing was received.
+        """Stream from the best backend; fail over to the next while the caller has
+        received nothing.
 
-        A backend that fails before its first chunk (no connection, 5xx, timeout, full
-        queue) is counted by the pool's circuit breaker and the next candidate is tried,
-        at most `MAX_ATTEMPTS` in all. Once a chunk has arrived the run is that backend's:
-        a failure then ends the run (its partial text is kept).
+        A backend that fails (no connection, 5xx, timeout, full queue, or a reply cut
+        short) is counted by the pool's circuit breaker and the next candidate is tried, at
+        most `MAX_ATTEMPTS` in all, within the run's deadline. What counts is the first
+        byte sent to the caller, not the first received from the backend: a run whose
+        caller waits for the whole result (no chunk callback) starts over elsewhere even
+        after the backend began answering. A streamed run is the backend's once a chunk
+        has gone out: a failure then ends it (its partial text is kept).
         """
         payload = spec.payload()
         candidates = await self.pool.candidates(spec.model, has_model=same_model)
@@ -187,8 +191,11 @@ class RunExecutor:
                 if backend_fault and not isinstance(exc, BackendBusy):
                     self.pool.record_failure(state, exc)
                 last = attempt == min(len(candidates), MAX_ATTEMPTS) - 1
-                if received or last or not (backend_fault or isinstance(exc, BackendBusy)):
+                sent = received and not acc.restartable
+                if sent or last or not (backend_fault or isinstance(exc, BackendBusy)):
                     raise
+                if received:
+                    acc.restart()
                 failed_over.append(f"{state.client.base_url}: {exc}")
                 spec.metadata["failed_over_from"] = failed_over
                 continue

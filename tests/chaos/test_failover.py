@@ -1,0 +1,63 @@
+"""Faults lose nothing: a backend SIGKILLed while it is answering costs a pause, not an
+answer, for every run whose caller has received nothing yet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from app.main import create_app
+from tests.api.conftest import gateway_settings
+from tests.support.servers import free_port, running_process, serving_in_thread
+
+MODEL = "llama3.1:8b"
+
+
+@contextlib.contextmanager
+def emulator(token_delay_ms: float) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """An emulator process (its URL and process, to kill)."""
+    port = free_port()
+    args = [sys.executable, "-m", "app.cli", "emulator", "--host", "127.0.0.1", "--port",
+            str(port), "--models", MODEL, "--token-delay-ms", str(token_delay_ms)]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with running_process(args, url + "/") as proc:
+        yield url, proc
+
+
+def test_60_plain_runs_survive_a_backend_killed_while_they_generate(tmp_path: Path) -> None:
+    """60 concurrent non-streamed `/gateway/generate` runs over two backends, one SIGKILLed
+    while they are generating: all 60 succeed; those that were on it say where they
+    failed over from."""
+    with emulator(20) as (first, victim), emulator(20) as (second, _):
+        settings = gateway_settings([first, second], tmp_path, request_timeout=60)
+        with serving_in_thread(create_app(settings)) as url:
+
+            async def scenario() -> list[httpx.Response]:
+                async with httpx.AsyncClient(timeout=60) as client:
+                    body = {"model": MODEL, "prompt": "tell me a long story"}
+                    runs = [
+                        asyncio.create_task(client.post(f"{url}/gateway/generate", json=body))
+                        for _ in range(60)
+                    ]
+                    await asyncio.sleep(0.4)  # they are generating (20 ms a token)
+                    victim.send_signal(signal.SIGKILL)
+                    return list(await asyncio.gather(*runs))
+
+            started = time.monotonic()
+            replies = asyncio.run(scenario())
+            took = time.monotonic() - started
+    statuses = [r.status_code for r in replies]
+    assert statuses == [200] * 60, [r.text[:200] for r in replies if r.status_code != 200][:3]
+    moved = [r.json() for r in replies if r.json()["metadata"].get("failed_over_from")]
+    assert moved, "no run was on the killed backend"
+    assert all(r["metadata"]["backend"] == second for r in moved)
+    assert all(r["response"] and r["success"] for r in moved)
+    print(f"60 of 60 answered in {took:.1f} s; {len(moved)} failed over")  # for the record (-s)
