@@ -545,6 +545,7 @@ class OllamaManager:
         headers: Mapping[str, str] | None = None,
         record: RunSpec | None = None,
         store_kind: str = "generate",
+        buffered: bool = False,
     ) -> Relayed:
         """Forward one raw request to the backend that should serve `model`.
 
@@ -554,17 +555,14 @@ class OllamaManager:
         queue) is given up for the next, at most `MAX_ATTEMPTS` in all. A model no backend
         has goes to any healthy backend, which answers in Ollama's own words. With
         `record` (see `relay.spec_of_body`) a generate or chat reply is read on the side
-        and the run stored as `store_kind`. Raises `BackendError` when no backend answers.
+        and the run stored as `store_kind`. `buffered` (a client that waits for the whole
+        reply): a reply cut short is retried on the next backend too. Raises
+        `BackendError` when no backend answers.
         """
         return await self._relay.arelay(
-            method,
-            path,
-            model=model,
-            content=content,
-            headers=headers,
-            record=record,
-            store_kind=store_kind,
-        )
+            method, path, model=model, content=content, headers=headers, record=record,
+            store_kind=store_kind, buffered=buffered,
+        )  # fmt: skip
 
     async def arelay_each(
         self,

@@ -193,6 +193,10 @@ class RunRecorder:
             raise
 
 
+async def _one_piece(content: bytes) -> AsyncIterator[bytes]:
+    yield content
+
+
 class Relay:
     """Raw requests through the pool of `executor`, for the Ollama-compatible `/api` surface.
 
@@ -217,6 +221,7 @@ class Relay:
         headers: Mapping[str, str] | None = None,
         record: RunSpec | None = None,
         store_kind: str = "generate",
+        buffered: bool = False,
     ) -> Relayed:
         """See `OllamaManager.arelay`."""
         await self.executor.ensure_server()
@@ -247,9 +252,19 @@ class Relay:
                     state, BackendError(f"HTTP {reply.status}", status=reply.status)
                 )
                 continue
+            body: AsyncIterator[bytes] = reply.body
+            if buffered:  # the client waits for the whole reply: one cut short is retried
+                try:
+                    whole = await Relayed(reply.status, reply.headers, body).read()
+                except BackendError as exc:
+                    await stack.aclose()
+                    self.pool.record_failure(state, exc)
+                    if last:
+                        raise
+                    continue
+                body = _one_piece(whole)
             if reply.status < 500:
                 self.pool.record_success(state)
-            body: AsyncIterator[bytes] = reply.body
             if record is not None and record.kind in ("generate", "chat"):
                 recorder = RunRecorder(
                     record,

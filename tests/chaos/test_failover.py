@@ -61,3 +61,39 @@ def test_60_plain_runs_survive_a_backend_killed_while_they_generate(tmp_path: Pa
     assert all(r["metadata"]["backend"] == second for r in moved)
     assert all(r["response"] and r["success"] for r in moved)
     print(f"60 of 60 answered in {took:.1f} s; {len(moved)} failed over")  # for the record (-s)
+
+
+SURFACES = [
+    ("/api/generate", {"model": MODEL, "prompt": "a long story", "stream": False}, "response"),
+    (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "a long story"}]},
+        "choices",
+    ),
+]
+
+
+def test_plain_runs_on_the_drop_in_surfaces_survive_a_killed_backend(tmp_path: Path) -> None:
+    """The same on Ollama's `/api` (`stream: false`) and OpenAI's `/v1`: 20 runs each, one
+    backend SIGKILLed while they generate, all answered."""
+    with emulator(20) as (first, victim), emulator(20) as (second, _):
+        settings = gateway_settings([first, second], tmp_path, request_timeout=60)
+        with serving_in_thread(create_app(settings)) as url:
+
+            async def scenario() -> list[tuple[str, httpx.Response]]:
+                async with httpx.AsyncClient(timeout=60) as client:
+                    runs = [
+                        (path, asyncio.create_task(client.post(f"{url}{path}", json=body)))
+                        for path, body, _ in SURFACES
+                        for _ in range(20)
+                    ]
+                    await asyncio.sleep(0.4)
+                    victim.send_signal(signal.SIGKILL)
+                    return [(path, await run) for path, run in runs]
+
+            replies = asyncio.run(scenario())
+    failed = [(p, r.status_code, r.text[:200]) for p, r in replies if r.status_code != 200]
+    assert not failed, failed[:3]
+    for path, reply in replies:
+        key = next(k for p, _, k in SURFACES if p == path)
+        assert reply.json()[key], reply.text

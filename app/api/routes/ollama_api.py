@@ -163,6 +163,7 @@ async def _run(
         headers=FORWARDED_HEADERS,
         record=record,
         store_kind="stream" if streamed else kind,
+        buffered=not streamed,
     )
     return await relayed_response(relayed, request)
 
