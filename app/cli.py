@@ -406,6 +406,13 @@ def emulator(
     first_token_delay_ms: Annotated[
         float, typer.Option(help="Delay before the first token (model load / prompt eval).")
     ] = 0.0,
+    reply_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Filler engine: answers run to N tokens (or num_predict when smaller).",
+        ),
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -432,6 +439,7 @@ def emulator(
             models=[m.strip() for m in models.split(",") if m.strip()],
             token_delay_ms=token_delay_ms,
             first_token_delay_ms=first_token_delay_ms,
+            reply_tokens=reply_tokens,
             engine=engine,
             gguf=gguf,
             max_queue=max_queue,

@@ -14,6 +14,9 @@ class EmulatorConfig:
     models: list[str] = field(default_factory=list)
     token_delay_ms: float = 0.0
     first_token_delay_ms: float = 0.0
+    reply_tokens: int | None = None
+    """Filler engine: answers are this many tokens long (or `num_predict`, when smaller)
+    instead of the 20 to 60 the prompt decides; still the same text for the same prompt."""
     version: str = VERSION
     engine: str = "filler"
     """`filler` (deterministic text) or `llama-cpp` (a real GGUF model, see llama_engine)."""

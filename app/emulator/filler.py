@@ -62,7 +62,9 @@ class FillerEngine:
             if job.wants_json:
                 pieces = text.json_pieces(spec.name, system + history, seed, job.schema)
             else:
-                pieces = text.answer_pieces(spec.name, system + history, seed, temperature)
+                pieces = text.answer_pieces(
+                    spec.name, system + history, seed, temperature, self.state.config.reply_tokens
+                )
             num_predict = options.get("num_predict")
             stop = [str(s) for s in options.get("stop") or []]
             pieces, reason = text.apply_limits(

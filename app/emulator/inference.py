@@ -7,9 +7,11 @@ capabilities), keeps the loaded-model bookkeeping, then hands the work to the en
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from app.emulator.engine import EmbedJob, Engine, GenerationJob
+from app.emulator.engine import EmbedJob, Engine, Event, GenerationJob, Piece
 from app.emulator.errors import OllamaError, go_quote, json_type
 from app.emulator.names import ModelName, parse
 from app.emulator.parsing import (
@@ -20,13 +22,31 @@ from app.emulator.parsing import (
     parse_body,
 )
 from app.emulator.responses import Scope, Send, lines_of, send_json, single_reply, stream_objects
-from app.emulator.state import Installed, State
+from app.emulator.state import Faults, Installed, State
 from app.emulator.wire import utc_now
 
 __all__ = ["InferenceEndpoints"]
 
 JSON = dict[str, Any]
 Kind = Literal["generate", "chat"]
+
+
+async def token_faults(events: AsyncIterator[Event], faults: Faults) -> AsyncIterator[Event]:
+    """A generation's events with the per-token faults applied: `slow_ms` before each
+    piece, the `stall_after_tokens` pause, the `fail_after_tokens` failure (an
+    `OllamaError(500)` in place of whatever would come after N pieces). The faults are
+    read as each event comes, so a change made mid-reply applies at once."""
+    tokens = 0
+    async for event in events:
+        if faults.fail_after_tokens is not None and tokens >= faults.fail_after_tokens:
+            raise OllamaError(500, faults.fail_message)
+        if isinstance(event, Piece) and faults.slow_ms > 0:
+            await asyncio.sleep(faults.slow_ms / 1000)
+        yield event
+        if isinstance(event, Piece):
+            tokens += 1
+            if tokens == faults.stall_after_tokens and faults.stall_after_tokens_ms > 0:
+                await asyncio.sleep(faults.stall_after_tokens_ms / 1000)
 
 
 class InferenceEndpoints:
@@ -150,7 +170,7 @@ class InferenceEndpoints:
             stream=req.get("stream") is not False,
             cold=cold,
         )
-        events = await self.engine.generate(job)
+        events = token_faults(await self.engine.generate(job), self.state.faults)
         if job.stream:
             cut = self.state.faults.cut_after_chunks
             await stream_objects(send, lines_of(kind, raw, events), cut_after=cut)

@@ -80,7 +80,8 @@ async def stream_objects(
     send: Send, objects: AsyncIterator[JSON], *, cut_after: int | None = None
 ) -> None:
     """Send each object as an NDJSON line as it comes; after `cut_after` lines, drop the
-    connection instead (the `cut_after_chunks` fault)."""
+    connection instead (the `cut_after_chunks` fault). An `OllamaError` raised once the
+    stream has started ends it as Ollama does: with an `{"error": ...}` line."""
     await send(
         {
             "type": "http.response.start",
@@ -89,11 +90,16 @@ async def stream_objects(
         }
     )
     sent = 0
-    async for obj in objects:
-        if cut_after is not None and sent >= cut_after:
-            raise CutConnection(f"emulated connection cut after {sent} chunks")
-        await send({"type": "http.response.body", "body": dumps(obj) + b"\n", "more_body": True})
-        sent += 1
+    try:
+        async for obj in objects:
+            if cut_after is not None and sent >= cut_after:
+                raise CutConnection(f"emulated connection cut after {sent} chunks")
+            line = dumps(obj) + b"\n"
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+            sent += 1
+    except OllamaError as exc:
+        line = dumps({"error": exc.message}) + b"\n"
+        await send({"type": "http.response.body", "body": line, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 

@@ -13,6 +13,7 @@ which hand the writing of answers to an engine (`engine.py`: the filler or llama
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from app.emulator import decoding
 from app.emulator.config import EmulatorConfig
 from app.emulator.engine import Engine
-from app.emulator.errors import OllamaError
+from app.emulator.errors import CutConnection, OllamaError
 from app.emulator.filler import FillerEngine
 from app.emulator.inference import InferenceEndpoints
 from app.emulator.llama_engine import load_engine
@@ -35,7 +36,7 @@ from app.emulator.responses import (
     send_error,
     send_json,
 )
-from app.emulator.state import State
+from app.emulator.state import FAULT_TYPES, Faults, State
 
 __all__ = ["Emulator", "create_emulator_app", "open_engine", "serve"]
 
@@ -111,6 +112,10 @@ class Emulator:
             faults = self.state.faults
             if faults.stall_ms > 0:
                 await asyncio.sleep(faults.stall_ms / 1000)
+            if faults.drop_connection > 0:
+                faults.drop_connection -= 1
+                await drop_connection(send, receive)
+                return
             if faults.fail_next > 0:
                 faults.fail_next -= 1
                 await send_error(send, OllamaError(faults.fail_status, faults.fail_message))
@@ -123,29 +128,30 @@ class Emulator:
     # -- control endpoints (outside /api/) --------------------------------------------
 
     async def set_faults(self, scope: Scope, body: bytes, send: Send) -> None:
-        """Set faults and delays; nothing is applied unless the whole body is valid."""
+        """Set faults and delays; nothing is applied unless the whole body is valid.
+
+        Unknown fields and values of the wrong type (or negative numbers) are a 400; null
+        puts a fault back to its default (off)."""
         req: Any = decoding.load(body) if body.strip() else {}
         if not isinstance(req, dict):
             raise OllamaError(400, "faults must be a JSON object")
-        faults, state = copy.copy(self.state.faults), self.state
-        delays = {"token_delay_ms": state.token_delay_ms,
-                  "first_token_delay_ms": state.first_token_delay_ms}  # fmt: skip
-        try:
-            for key in ("fail_next", "fail_status", "cut_after_chunks"):
-                if key in req:
-                    setattr(faults, key, None if req[key] is None else int(req[key]))
-            if "fail_message" in req:
-                faults.fail_message = str(req["fail_message"])
-            if "stall_ms" in req:
-                faults.stall_ms = float(req["stall_ms"] or 0)
-            for key in delays:
-                if key in req:
-                    delays[key] = float(req[key])
-        except (TypeError, ValueError) as exc:
-            raise OllamaError(400, f"invalid fault value: {exc}") from None
+        state = self.state
+        unknown = sorted(set(req) - set(FAULT_TYPES) - set(DELAYS))
+        if unknown:
+            raise OllamaError(400, f"unknown fault field(s): {', '.join(unknown)}")
+        faults, defaults = copy.copy(state.faults), Faults()
+        for key, (kind, _) in FAULT_TYPES.items():
+            if key in req:
+                value = req[key]
+                setattr(faults, key, getattr(defaults, key) if value is None
+                        else checked(key, value, kind))  # fmt: skip
+        if not 100 <= faults.fail_status <= 599:
+            raise OllamaError(400, "invalid fault value: fail_status must be 100..599")
+        delays = {key: float(checked(key, req[key], float)) if req[key] is not None else 0.0
+                  for key in DELAYS if key in req}  # fmt: skip
         state.faults = faults
-        state.token_delay_ms = delays["token_delay_ms"]
-        state.first_token_delay_ms = delays["first_token_delay_ms"]
+        state.token_delay_ms = delays.get("token_delay_ms", state.token_delay_ms)
+        state.first_token_delay_ms = delays.get("first_token_delay_ms", state.first_token_delay_ms)
         await self.get_state(scope, b"", send)
 
     async def reset(self, scope: Scope, body: bytes, send: Send) -> None:
@@ -164,6 +170,41 @@ class Emulator:
                 "first_token_delay_ms": self.state.first_token_delay_ms,
             },
         )
+
+
+async def drop_connection(send: Send, receive: Receive) -> None:
+    """Close the connection without a byte of reply (the `drop_connection` fault).
+
+    ASGI has no message for that: the transport is uvicorn's (the `send` callable is bound
+    to the request cycle that holds it). Waiting for the disconnect tells uvicorn that
+    nobody is left to answer, so it writes no 500 of its own."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    close = getattr(transport, "close", None)  # uvloop's transports are not asyncio's
+    if not callable(close):
+        raise CutConnection("emulated dropped connection (no transport to close)")
+    close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+
+DELAYS = ("token_delay_ms", "first_token_delay_ms")
+
+
+def checked(key: str, value: object, kind: type) -> int | float | str:
+    """A fault field's value if it has the right type (numbers: not negative), else a 400."""
+    if kind is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise OllamaError(400, f"invalid fault value: {key} must be an integer")
+        if value < 0:
+            raise OllamaError(400, f"invalid fault value: {key} must not be negative")
+        return int(value) if kind is int else float(value)
+    name = {int: "an integer", float: "a number", str: "a string"}[kind]
+    raise OllamaError(400, f"invalid fault value: {key} must be {name}")
 
 
 def create_emulator_app(config: EmulatorConfig) -> Emulator:

@@ -29,20 +29,45 @@ class Loaded:
 
 @dataclass
 class Faults:
+    """The emulated faults (see README, "The emulator"). Counts (`fail_next`,
+    `drop_connection`) are used up one request at a time; the others hold until reset."""
+
     fail_next: int = 0
+    """Answer the next N /api/ requests with `fail_status` and `{"error": fail_message}`."""
     fail_status: int = 500
     fail_message: str = "emulated failure"
     cut_after_chunks: int | None = None
+    """Streamed replies: drop the connection after N NDJSON lines."""
     stall_ms: float = 0.0
+    """Wait this long before answering any /api/ request."""
+    fail_after_tokens: int | None = None
+    """generate/chat: after N tokens the reply fails with `fail_message`: streamed, with
+    Ollama's in-stream `{"error": ...}` line; not streamed, with a 500."""
+    stall_after_tokens: int | None = None
+    """generate/chat: after N tokens the reply stops for `stall_after_tokens_ms`, then goes on."""
+    stall_after_tokens_ms: float = 0.0
+    drop_connection: int = 0
+    """Close the connection of the next N /api/ requests without any reply."""
+    slow_ms: float = 0.0
+    """generate/chat: an extra delay per token, on top of `token_delay_ms`."""
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "fail_next": self.fail_next,
-            "fail_status": self.fail_status,
-            "fail_message": self.fail_message,
-            "cut_after_chunks": self.cut_after_chunks,
-            "stall_ms": self.stall_ms,
-        }
+        return {name: getattr(self, name) for name in FAULT_TYPES}
+
+
+FAULT_TYPES: dict[str, tuple[type, bool]] = {
+    "fail_next": (int, False),
+    "fail_status": (int, False),
+    "fail_message": (str, False),
+    "cut_after_chunks": (int, True),
+    "stall_ms": (float, False),
+    "fail_after_tokens": (int, True),
+    "stall_after_tokens": (int, True),
+    "stall_after_tokens_ms": (float, False),
+    "drop_connection": (int, False),
+    "slow_ms": (float, False),
+}
+"""Each fault field: its type (int, float or str) and whether null is allowed (off)."""
 
 
 @dataclass

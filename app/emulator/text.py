@@ -127,10 +127,17 @@ def _rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def answer_pieces(model: str, prompt: str, seed: int, temperature: float) -> list[str]:
-    """The reply as tokenizer-like pieces; greedy (temperature 0) ignores the seed."""
+def answer_pieces(
+    model: str, prompt: str, seed: int, temperature: float, length: int | None = None
+) -> list[str]:
+    """The reply as tokenizer-like pieces; greedy (temperature 0) ignores the seed.
+
+    The prompt decides the length (20 to 60 pieces) unless `length` is given: then the
+    reply is exactly that many pieces, ending with a full stop."""
     rng = _rng(model.lower(), prompt, seed if temperature > 0 else "greedy")
     count = 20 + rng.randrange(41)
+    if length is not None:
+        count = length
     pieces = [rng.choice(_OPENERS), ","]
     sentence = 0
     while len(pieces) < count:
@@ -143,6 +150,8 @@ def answer_pieces(model: str, prompt: str, seed: int, temperature: float) -> lis
                 pieces.append("\n\n")
                 pieces.append(rng.choice(_OPENERS))
             sentence = 0
+    if length is not None:
+        return [*pieces[: length - 1], "."] if length > 0 else []
     if pieces[-1] not in (".", "!"):
         pieces.append(".")
     return pieces
