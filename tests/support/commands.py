@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.support.servers import ROOT, wait_until_up
+from tests.support.servers import ROOT, stop_process, wait_until_up
 
 
 def gateway_argv(command: Sequence[str]) -> list[str]:
@@ -42,12 +42,7 @@ def started(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=15)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tests.support.servers import ROOT, free_port, wait_until_up
+from tests.support.servers import ROOT, free_port, stop_process, wait_until_up
 
 __all__ = ["Replica", "replicas", "wait_for"]
 
@@ -52,13 +52,8 @@ class Replica:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except Exception:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=15)
 
 
 @contextlib.contextmanager

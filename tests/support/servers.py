@@ -37,6 +37,18 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 2
     raise RuntimeError(f"server at {url} did not come up within {deadline_s}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def running_process(
     args: Sequence[str], probe_url: str, env: dict[str, str] | None = None
@@ -49,12 +61,7 @@ def running_process(
         wait_until_up(probe_url, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stdout:
             proc.stdout.close()
 
