@@ -35,6 +35,7 @@ from app.ollama.manager import OllamaManager
 from app.ollama.stored_rows import batch_row, benchmark_row, comparison_row
 from app.ollama.types import ExecutionOptions, ModelExecutionResult
 from app.ollama.usage import run_principal
+from app.storage.tables import ReportRow
 
 __all__ = ["CANCEL_POLL_SECONDS", "JobRunner", "worker_name"]
 
@@ -110,7 +111,8 @@ class JobRunner:
         specs: list[RunSpec],
         results: list[ModelExecutionResult],
         started: float,
-    ) -> Any:
+    ) -> ReportRow:
+        """The report row a finished job produced (stored by `JobStore.asave_report`)."""
         request = job["request"]
         if job["kind"] == "batch":
             name = request.get("name") or f"batch-{request['model']}-{job['id'][:8]}"

@@ -22,7 +22,7 @@ from app.storage.database_user import DatabaseUser
 from app.storage.escaping import escape_row
 from app.storage.job_repository import FINISHED, JobFilter, JobRepository
 from app.storage.repositories import Executions, Reports, new_id
-from app.storage.tables import Batch, BenchmarkReport, Comparison, Job, JobEvent
+from app.storage.tables import Job, JobEvent, ReportRow
 
 __all__ = ["JOB_KINDS", "JOB_STATUSES", "JobKind", "JobStatus", "JobStore"]
 
@@ -222,7 +222,7 @@ class JobStore(DatabaseUser):
             ]
         return results_of(items)
 
-    async def asave_report(self, job_id: str, report: Batch | BenchmarkReport | Comparison) -> str:
+    async def asave_report(self, job_id: str, report: ReportRow) -> str:
         """Store the report a job produced and link the job's runs to it, in one
         transaction with the job's `report_id` (so a restarted job never stores two)."""
         async with self.db.session() as session:

@@ -57,6 +57,7 @@ from app.storage.tables import (
     Comparison,
     Execution,
     ModelConfig,
+    ReportRow,
 )
 
 logger = logging.getLogger(__name__)
@@ -324,7 +325,7 @@ class OutputManager(DatabaseUser):
 
     async def _save_group(
         self,
-        group: Batch | BenchmarkReport | Comparison,
+        group: ReportRow,
         results: Sequence[ModelExecutionResult],
         kind: str,
         link: str,

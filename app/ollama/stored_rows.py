@@ -19,7 +19,7 @@ from typing import Any
 from app.ollama.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, normalize_model_name
 from app.ollama.types import ModelExecutionResult
 from app.storage.repositories import json_size, new_id
-from app.storage.tables import Batch, BenchmarkReport, Comparison, Execution, ModelConfig
+from app.storage.tables import Batch, BenchmarkReport, Comparison, Execution, ModelConfig, ReportRow
 
 __all__ = [
     "batch_row",
@@ -166,7 +166,7 @@ def output_summary(item: dict[str, Any]) -> dict[str, Any]:
     return {**{k: item[k] for k in keys}, "response_preview": item["response"][:200]}
 
 
-def report_dict(kind: str, row: Batch | BenchmarkReport | Comparison) -> dict[str, Any]:
+def report_dict(kind: str, row: ReportRow) -> dict[str, Any]:
     base: dict[str, Any] = {
         "id": row.id,
         "type": kind,

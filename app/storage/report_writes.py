@@ -8,13 +8,11 @@ from collections.abc import Sequence
 from app.storage.db import Database
 from app.storage.escaping import escape_row
 from app.storage.repositories import Executions, Reports
-from app.storage.tables import Batch, BenchmarkReport, Comparison, Execution
+from app.storage.tables import Execution, ReportRow
 
 __all__ = ["write_report"]
 
 logger = logging.getLogger(__name__)
-
-ReportRow = Batch | BenchmarkReport | Comparison
 
 
 async def write_report(

@@ -26,6 +26,7 @@ from app.storage.tables import (
     GatewayConfig,
     Job,
     ModelConfig,
+    ReportRow,
     utc_now,
 )
 
@@ -179,15 +180,13 @@ class Reports:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(self, row: Batch | BenchmarkReport | Comparison) -> str:
+    async def add(self, row: ReportRow) -> str:
         self.session.add(row)
         await self.session.flush()
         return row.id
 
-    async def get(self, kind: str, row_id: str) -> Batch | BenchmarkReport | Comparison | None:
-        row: Batch | BenchmarkReport | Comparison | None = await self.session.get(
-            self.KINDS[kind], row_id
-        )
+    async def get(self, kind: str, row_id: str) -> ReportRow | None:
+        row: ReportRow | None = await self.session.get(self.KINDS[kind], row_id)
         return row
 
     LINKS: ClassVar[dict[str, Any]] = {

@@ -147,6 +147,10 @@ class Comparison(StoredReport, Base):
     __table_args__ = report_indexes(__tablename__)
 
 
+ReportRow = Batch | BenchmarkReport | Comparison
+"""A stored report: the three kinds runs link to as a group."""
+
+
 class Execution(Base):
     """One run: generate, chat, stream, batch item, benchmark or comparison run."""
 
