@@ -18,6 +18,7 @@ from typing import Any
 
 from app.emulator import text
 from app.emulator.catalog import Spec
+from app.emulator.continuation import Conversation, Prefill, conversation, prefill_of, rest_after
 from app.emulator.engine import Embedded, EmbedJob, Event, Finished, GenerationJob, Piece
 from app.emulator.errors import OllamaError
 from app.emulator.state import State
@@ -25,6 +26,8 @@ from app.emulator.state import State
 __all__ = ["FillerEngine", "normalise"]
 
 JSON = dict[str, Any]
+Answer = tuple[list[str], list[str], text.ToolCall | None]
+"""Thinking pieces, answer pieces, and the tool call that replaces the answer (if any)."""
 
 
 class FillerEngine:
@@ -36,35 +39,30 @@ class FillerEngine:
     # -- generate and chat -----------------------------------------------------------
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
-        """The whole answer is made at once; the events then come at the emulated pace."""
-        spec, options = job.spec, job.options
-        if job.kind == "generate":
-            prompt = history = last_user = job.prompt
-        else:
-            history = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in job.messages)
-            users = [str(m.get("content") or "") for m in job.messages if m.get("role") == "user"]
-            last_user = users[-1] if users else ""
-            prompt = history
+        """The whole answer is made at once; the events then come at the emulated pace.
+
+        A chat ending in the start of its own answer gets the rest of it (see
+        `continuation`)."""
+        options = job.options
         seed_value = options.get("seed", -1)
         seed = int(seed_value) if isinstance(seed_value, int | float) and seed_value >= 0 else 0
         temperature = float(options.get("temperature", 0.8))
-        system = job.system
-
-        thinks = "thinking" in spec.capabilities and job.think is not False
-        thinking = text.thinking_pieces(spec.name, history, seed) if thinks else []
-        tool = None
-        if job.kind == "chat" and job.tools and last_user:
-            tool = text.tool_call_for(job.tools, last_user, seed)
-        if tool is not None:
-            pieces: list[str] = []
-            reason = "stop"
+        if job.kind == "generate":
+            conv = Conversation(job.system, job.prompt, job.prompt)
+            read = job.system + job.prompt
         else:
-            if job.wants_json:
-                pieces = text.json_pieces(spec.name, system + history, seed, job.schema)
-            else:
-                pieces = text.answer_pieces(
-                    spec.name, system + history, seed, temperature, self.state.config.reply_tokens
-                )
+            conv = conversation(job.system, job.messages)
+            read = conv.system + conv.history
+        answer = self._answer(job, conv, seed, temperature)
+        prefill = prefill_of(job.messages) if job.kind == "chat" else None
+        if prefill is not None:
+            before = conversation(job.system, prefill.before)
+            continued = self._continue(self._answer(job, before, seed, temperature), prefill)
+            if continued is not None:
+                answer = continued
+        thinking, pieces, tool = answer
+        reason = "stop"
+        if tool is None:
             num_predict = options.get("num_predict")
             stop = [str(s) for s in options.get("stop") or []]
             pieces, reason = text.apply_limits(
@@ -72,7 +70,7 @@ class FillerEngine:
             )
 
         eval_count = len(thinking) + len(pieces) + (1 if tool else 0)
-        metrics = self._metrics(text.tokens_of(system + prompt) + 10, eval_count, job.cold)
+        metrics = self._metrics(text.tokens_of(read) + 10, eval_count, job.cold)
         events: list[Event] = [Piece(thinking=piece) for piece in thinking]
         events += [Piece(content=piece) for piece in pieces]
         if tool is not None:
@@ -84,12 +82,47 @@ class FillerEngine:
         if job.kind == "generate" and not job.raw:
             context = [
                 int(hashlib.md5(t.encode()).hexdigest()[:5], 16) % 128000
-                for t in [*prompt.split(), *pieces]
+                for t in [*job.prompt.split(), *pieces]
             ]
         finished = Finished(reason, metrics, context)
         if job.stream:
             return self._paced(events, finished)
         return self._all_at_once(events, finished, eval_count)
+
+    def _answer(
+        self, job: GenerationJob, conv: Conversation, seed: int, temperature: float
+    ) -> Answer:
+        """The undisturbed answer to `conv`: thinking, text pieces (before `num_predict`
+        and `stop`) or a tool call."""
+        name = job.spec.name
+        thinks = "thinking" in job.spec.capabilities and job.think is not False
+        thinking = text.thinking_pieces(name, conv.history, seed) if thinks else []
+        tool = None
+        if job.kind == "chat" and job.tools and conv.last_user:
+            tool = text.tool_call_for(job.tools, conv.last_user, seed)
+        if tool is not None:
+            return thinking, [], tool
+        if job.wants_json:
+            return (
+                thinking,
+                text.json_pieces(name, conv.system + conv.history, seed, job.schema),
+                None,
+            )
+        length = self.state.config.reply_tokens
+        pieces = text.answer_pieces(name, conv.system + conv.history, seed, temperature, length)
+        return thinking, pieces, None
+
+    @staticmethod
+    def _continue(answer: Answer, prefill: Prefill) -> Answer | None:
+        """What follows `prefill` in `answer`, or None when `answer` does not start with it."""
+        thinking, pieces, tool = answer
+        if tool is not None:
+            return None
+        if prefill.content:
+            rest = rest_after(pieces, prefill.content)
+            return None if rest is None else ([], rest, None)
+        thought = rest_after(thinking, prefill.thinking)
+        return None if thought is None else (thought, pieces, None)
 
     def _metrics(self, prompt_tokens: int, eval_count: int, cold: bool) -> dict[str, int]:
         token_ns = int(self.state.token_delay_ms * 1_000_000) or 2_000_000

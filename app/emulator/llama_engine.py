@@ -135,6 +135,15 @@ class LlamaEngine:
     def prompt_for(self, job: GenerationJob) -> str:
         """The text the model reads: the chat template applied, except for a raw generate."""
         if job.kind == "chat":
+            last = job.messages[-1] if len(job.messages) > 1 else {}
+            if (
+                last.get("role") == "assistant"
+                and last.get("content")
+                and not last.get("tool_calls")
+            ):
+                # A trailing assistant message is continued, as Ollama does: the turns before
+                # it, the assistant's turn opened, and its text so far.
+                return self.chat_prompt(job.messages[:-1]) + str(last["content"])
             return self.chat_prompt(job.messages)
         if job.raw:
             return job.prompt
