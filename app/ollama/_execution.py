@@ -148,6 +148,9 @@ class StreamAccumulator:
         self.tool_calls: list[Any] = []
         self.final: dict[str, Any] | None = None
         self.index = 0
+        self.fed = 0
+        """Pieces (text or thinking) taken so far: the tokens the caller has seen."""
+        self.last_fed_at: float | None = None
 
     @property
     def text(self) -> str:
@@ -165,6 +168,8 @@ class StreamAccumulator:
         self.pieces, self.thinking, self.tool_calls = [], [], []
         self.final = None
         self.index = 0
+        self.fed = 0
+        self.last_fed_at = None
 
     @property
     def time_to_first_token(self) -> float | None:
@@ -175,8 +180,10 @@ class StreamAccumulator:
     def feed(self, content: str, thinking: str | None = None) -> None:
         if not content and not thinking:
             return
+        self.fed += 1
+        self.last_fed_at = time.perf_counter()
         if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+            self.first_token_at = self.last_fed_at
         if content:
             self.pieces.append(content)
         if thinking:

@@ -1,7 +1,8 @@
 """`RunExecutor`: one run, from a validated `RunSpec` to a stored `ModelExecutionResult`.
 
 The execution core shared by `OllamaManager`, `ModelRunner` and the relay: it streams from
-the best backend (failing over to the next while nothing was received) or runs the
+the best backend (failing over to the next: starting over while the caller has nothing,
+continuing the answer once it has part of it) or runs the
 `ollama` binary in CLI mode, keeps the deadline, builds the result and its metadata,
 reports the run's usage and stores it. Storage and the server check are the owner's
 (`OllamaManager`), handed in as callables.
@@ -22,6 +23,7 @@ from app.ollama._store import SaveResult
 from app.ollama.cli_mode import OllamaCli
 from app.ollama.metadata import ErrorKind, RunMetadata, RunMode, as_plain_dict, error_kind
 from app.ollama.names import same_model
+from app.ollama.stream_resume import StreamResume, continuation_body, resume_refusal
 from app.ollama.types import ModelExecutionResult, StreamingChunk
 from app.ollama.usage import UsageObserver, run_principal, usage_of, usage_sink
 from app.settings import Settings
@@ -31,7 +33,7 @@ __all__ = ["MAX_ATTEMPTS", "RunExecutor"]
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-"""Backends a run may be tried on before it fails (only while nothing was received)."""
+"""Backends a run may be tried on (started over or continued) before it fails."""
 
 
 class RunExecutor:
@@ -158,48 +160,75 @@ class RunExecutor:
     async def _execute_http(
         self, spec: RunSpec, acc: StreamAccumulator, backend: list[str], deadline: float
     ) -> None:
-        """Stream from the best backend; fail over to the next while the caller has
-        received nothing.
+        """Stream from the best backend; fail over to the next, at most `MAX_ATTEMPTS`
+        backends in all, within the run's deadline.
 
         A backend that fails (no connection, 5xx, timeout, full queue, or a reply cut
-        short) is counted by the pool's circuit breaker and the next candidate is tried, at
-        most `MAX_ATTEMPTS` in all, within the run's deadline. What counts is the first
-        byte sent to the caller, not the first received from the backend: a run whose
-        caller waits for the whole result (no chunk callback) starts over elsewhere even
-        after the backend began answering. A streamed run is the backend's once a chunk
-        has gone out: a failure then ends it (its partial text is kept).
+        short) is counted by the pool's circuit breaker and the next candidate is tried.
+        While the caller has received nothing the run starts over there; what counts is the
+        first piece sent to the caller, not the first byte received from the backend, so a
+        run whose caller waits for the whole result (no chunk callback) starts over even
+        after the backend began answering. Once the caller has part of the answer, the next
+        backend continues it instead (`app.ollama.stream_resume`); where that is not
+        possible the failure ends the run, its partial text kept.
         """
-        payload = spec.payload()
+        request = spec.payload()
+        payload, kind = request, spec.kind
         candidates = await self.pool.candidates(spec.model, has_model=same_model)
         failed_over: list[str] = []
+        resume = StreamResume(acc)
         for attempt, state in enumerate(candidates[:MAX_ATTEMPTS]):
             backend[:] = [state.client.base_url]
+            resume.begin(state.client.base_url)
             received = False
             try:
                 async with self.pool.lease(state):
                     client = state.client
-                    if spec.kind == "generate":
+                    if kind == "generate":
                         stream = client.generate_stream(payload, timeout=deadline)
                     else:
                         stream = client.chat_stream(payload, timeout=deadline)
                     async with contextlib.aclosing(stream) as chunks:
                         async for chunk in chunks:
                             received = True
-                            acc.feed_ollama_chunk(spec.kind, chunk)
+                            acc.feed_ollama_chunk(kind, chunk)
+                            resume.observe()
             except BackendError as exc:
                 backend_fault = exc.status is None or exc.status >= 500 or received
                 if backend_fault and not isinstance(exc, BackendBusy):
                     self.pool.record_failure(state, exc)
                 last = attempt == min(len(candidates), MAX_ATTEMPTS) - 1
-                sent = received and not acc.restartable
-                if sent or last or not (backend_fault or isinstance(exc, BackendBusy)):
+                delivered = acc.fed > 0 and not acc.restartable
+                refusal = resume_refusal(spec.kind, request, acc) if delivered else None
+                continued = None
+                if delivered and refusal is None:
+                    continued = continuation_body(spec.kind, request, acc)
+                    if continued is None:  # num_predict ran out at the seam: complete
+                        resume.cut(exc)
+                        acc.final = resume.final_at_limit()
+                        spec.metadata.update(resume.metadata())
+                        return
+                if last or refusal or not (backend_fault or isinstance(exc, BackendBusy)):
+                    if delivered:
+                        spec.metadata["not_resumed"] = refusal or (
+                            "no other backend to continue on" if last else f"refused: {exc}"
+                        )
+                    spec.metadata.update(resume.metadata())
                     raise
-                if received:
-                    acc.restart()
                 failed_over.append(f"{state.client.base_url}: {exc}")
                 spec.metadata["failed_over_from"] = failed_over
+                if continued is not None:
+                    resume.cut(exc)
+                    spec.metadata.update(resume.metadata())
+                    payload, kind = continued, "chat"
+                elif received:
+                    acc.restart()
                 continue
             self.pool.record_success(state)
+            if resume.resumed:
+                resume.finished()
+                acc.final = resume.merged_final(acc.final)
+                spec.metadata.update(resume.metadata())
             return
 
     async def _execute_cli(self, spec: RunSpec, acc: StreamAccumulator, backend: list[str]) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "ERROR_CLASSES",
     "ErrorKind",
     "GroupKind",
+    "ResumePoint",
     "RunMetadata",
     "RunMode",
     "Surface",
@@ -68,6 +69,22 @@ RunMode = Literal["http", "cli", "relay"]
 """Through the backends' HTTP API, the `ollama` command line, or relayed as sent (`/api`)."""
 Surface = Literal["gateway", "ollama", "openai"]
 """The API a run came through."""
+
+
+class ResumePoint(TypedDict):
+    """One seam of a resumed stream: the answer was cut on `backend` and continued."""
+
+    backend: str
+    """The backend that failed."""
+    error: str
+    """How it failed."""
+    after_tokens: int
+    """Tokens (pieces) the caller had received when it failed."""
+    after_chars: int
+    """Characters of answer text the caller had received."""
+    pause: float | None
+    """Seconds between the last piece before the seam and the first after it (None: no
+    piece came after it)."""
 
 
 class RunMetadata(TypedDict, total=False):
@@ -110,7 +127,16 @@ class RunMetadata(TypedDict, total=False):
     backend: str | None
     """The backend's URL."""
     failed_over_from: list[str]
-    """Backends that failed before this one answered."""
+    """Backends that failed before this one answered (`url: error`)."""
+    resumed: bool
+    """A streamed run whose backend failed mid-answer, continued on another backend."""
+    backends: list[str]
+    """A resumed run: every backend that wrote part of the answer, in order (`backend`
+    is the last)."""
+    resumes: list[ResumePoint]
+    """A resumed run: where the answer was cut and continued, seam by seam."""
+    not_resumed: str
+    """Why a streamed run cut short mid-answer could not continue on another backend."""
     time_to_first_token: float
     """Seconds from the request to the first token."""
     tokens_per_second: float

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -32,6 +32,7 @@ from app.ollama.executor import MAX_ATTEMPTS, RunExecutor
 from app.ollama.metadata import ErrorKind, RunMetadata, Surface, error_kind
 from app.ollama.names import model_key, same_model
 from app.ollama.options import RequestPlan
+from app.ollama.relay_resume import RelayResume
 from app.ollama.types import ModelExecutionResult
 
 __all__ = ["Relay", "Relayed", "RunRecorder", "spec_of_body"]
@@ -130,6 +131,8 @@ class RunRecorder:
         self.store = store
         self.stored = False
         self.error: str | None = None
+        self.resumer: RelayResume | None = None
+        """Set for a streamed reply: continues it elsewhere when its backend fails."""
 
     def feed(self, line: bytes) -> bool:
         """Take one line (or the whole non-streamed reply); True when it ends the run."""
@@ -143,6 +146,8 @@ class RunRecorder:
             self.error = str(chunk["error"])
             return True
         self.acc.feed_ollama_chunk(self.spec.kind, chunk)
+        if self.resumer is not None:
+            self.resumer.resume.observe()
         return chunk.get("done") is True
 
     async def finish(
@@ -170,6 +175,18 @@ class RunRecorder:
 
     async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass `body` on line by line, storing the run at its end (see the module doc)."""
+        try:
+            async with contextlib.aclosing(self._lines(body)) as lines:
+                async for line in lines:
+                    yield line
+        except (asyncio.CancelledError, GeneratorExit):
+            with contextlib.suppress(Exception):
+                await self.finish("the client left before the run finished", "Cancelled")
+            raise
+
+    async def _lines(self, body: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """`body`'s lines; when its backend fails, the continuation's (`resumer`), else an
+        error line."""
         buffer = b""
         try:
             async for piece in body:
@@ -177,20 +194,51 @@ class RunRecorder:
                 while (cut := buffer.find(b"\n")) >= 0:
                     line, buffer = buffer[: cut + 1], buffer[cut + 1 :]
                     if self.feed(line):
+                        self._raise_resumable_error()
                         await self.finish()
                     yield line
             if buffer:
                 if self.feed(buffer):
+                    self._raise_resumable_error()
                     await self.finish()
                 yield buffer
             await self.finish()
+            return
         except BackendError as exc:
-            await self.finish(str(exc), error_kind(exc))
-            yield json.dumps({"error": str(exc)}).encode() + b"\n"
-        except (asyncio.CancelledError, GeneratorExit):
+            failure = exc
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:  # the failed reply is not read on
             with contextlib.suppress(Exception):
-                await self.finish("the client left before the run finished", "Cancelled")
-            raise
+                await aclose()
+        if self.resumer is not None:
+            try:
+                async with contextlib.aclosing(self.resumer.lines(failure)) as more:
+                    async for line, final in more:
+                        if final:
+                            await self.finish()
+                        yield line
+                await self.finish()
+                return
+            except BackendError as exc:
+                failure = exc
+        await self.finish(str(failure), error_kind(failure))
+        yield json.dumps({"error": str(failure)}).encode() + b"\n"
+
+    def _raise_resumable_error(self) -> None:
+        """An error line after part of the answer is the backend failing mid-stream: raised
+        (not passed on) when the run may continue elsewhere."""
+        if self.error is not None and self.resumer is not None and self.acc.fed > 0:
+            error, self.error = self.error, None
+            raise BackendError(error, status=200)
+
+
+def _json_object(content: bytes | None) -> dict[str, Any] | None:
+    """A request body as the JSON object it is, or None."""
+    try:
+        value = json.loads(content) if content else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 async def _one_piece(content: bytes) -> AsyncIterator[bytes]:
@@ -266,14 +314,26 @@ class Relay:
             if reply.status < 500:
                 self.pool.record_success(state)
             if record is not None and record.kind in ("generate", "chat"):
+                served_by = [state.spec.url]
                 recorder = RunRecorder(
                     record,
                     reply.status,
-                    build=partial(
-                        self.executor.build_result, mode="relay", backend=[state.spec.url]
-                    ),
+                    build=partial(self.executor.build_result, mode="relay", backend=served_by),
                     store=partial(self.executor.store, kind=store_kind),
                 )
+                request = _json_object(content)
+                if not buffered and reply.status == 200 and request is not None:
+                    recorder.resumer = RelayResume(
+                        self.pool,
+                        record,
+                        recorder.acc,
+                        request,
+                        first=state,
+                        release_first=stack.aclose,
+                        others=attempts[attempt + 1 :],
+                        backend=served_by,
+                        timeout=self.settings.request_timeout,
+                    )
                 body = recorder.tee(body)
             return Relayed(
                 status=reply.status,
