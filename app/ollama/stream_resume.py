@@ -146,8 +146,10 @@ class StreamResume:
             return
         if self._first_at is None:
             self._first_at = at
-            if self.seams and self.seams[-1]["pause"] is None and self._seam_at is not None:
-                self.seams[-1]["pause"] = at - self._seam_at
+            if self.seams:
+                self._wrote()
+                if self.seams[-1]["pause"] is None and self._seam_at is not None:
+                    self.seams[-1]["pause"] = at - self._seam_at
         self._last_at = at
 
     def cut(self, error: BackendError) -> None:
@@ -155,7 +157,7 @@ class StreamResume:
         now = time.perf_counter()
         self.carried_total_ns += int((now - self._segment_started) * 1e9)
         if self.acc.fed > self._segment_fed:
-            self.backends.append(self._backend)
+            self._wrote()
             if self._first_at is not None and self._last_at is not None:
                 self.carried_eval_ns += int((self._last_at - self._first_at) * 1e9)
             self._seam_at = self.acc.last_fed_at
@@ -192,10 +194,17 @@ class StreamResume:
     def finished(self) -> None:
         """The current backend ended the answer."""
         if self.resumed:
+            self._wrote()
+
+    def _wrote(self) -> None:
+        """The current backend wrote part of the answer."""
+        if not self.backends or self.backends[-1] != self._backend:
             self.backends.append(self._backend)
 
     def metadata(self) -> RunMetadata:
-        """What a result says of its seams (nothing for a run that was not resumed)."""
+        """What a result says of its seams (nothing for a run that was not resumed). Its
+        lists are this object's own, so a run stopped later (cancelled, failed again) is
+        described as it is then."""
         if not self.resumed:
             return {}
-        return {"resumed": True, "backends": list(self.backends), "resumes": self.seams}
+        return {"resumed": True, "backends": self.backends, "resumes": self.seams}

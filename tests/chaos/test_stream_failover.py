@@ -20,7 +20,7 @@ import httpx
 
 from app.main import create_app
 from tests.api.conftest import gateway_settings, set_faults
-from tests.chaos.streams import SURFACES, Streamed, stored_runs, stream
+from tests.chaos.streams import SURFACES, Streamed, request, stored_runs, stream
 from tests.support.servers import free_port, running_process, serving_in_thread
 
 MODEL = "llama3.1:8b"
@@ -254,3 +254,41 @@ def test_a_stream_with_images_ends_with_a_clean_error_and_its_partial_text(
         meta = run["metadata"]
         assert not run["success"] and meta["partial_response"] == got.text, run
         assert "images" in meta["not_resumed"] and not meta.get("resumed"), meta
+
+
+def test_a_client_that_leaves_during_the_continuation_cancels_it(tmp_path: Path) -> None:
+    """A client that goes away while a resumed stream goes on (`/api`, then `/v1`): the
+    run is stored as cancelled, resumed on both backends, with the text it had; no request
+    slot is left taken."""
+    with emulator(PACE_MS, 40) as (first, _), emulator(PACE_MS, 40) as (second, _):
+        settings = gateway_settings([first, second], tmp_path)
+        with serving_in_thread(create_app(settings)) as url:
+
+            async def leave(client: httpx.AsyncClient, surface: str) -> int:
+                path, body = request(surface, MODEL, f"leaving on {surface}")
+                lines = 0
+                async with client.stream("POST", path, json=body) as reply:
+                    async for line in reply.aiter_lines():
+                        lines += bool(line.strip())
+                        if lines == 7:  # after the seam (4 tokens), before the next (8)
+                            return lines
+                return lines
+
+            async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                    for backend in (first, second):
+                        set_faults(backend, fail_after_tokens=4)
+                    for surface in ("api-chat", "v1-chat"):
+                        assert await leave(client, surface) == 7
+                    await asyncio.sleep(0.5)  # the gateway sees the disconnects
+                    backends = (await client.get("/gateway/backends")).json()
+                    return await stored_runs(client), backends
+
+            stored, backends = asyncio.run(scenario())
+    assert len(stored) == 2
+    for run in stored:
+        meta = run["metadata"]
+        assert run["status"] == "cancelled" and not run["success"], run
+        assert meta["resumed"] is True and len(meta["backends"]) == 2, meta
+        assert meta["resumes"][0]["after_tokens"] == 4 and len(meta["partial_response"]) > 0
+    assert [b["outstanding"] for b in backends] == [0, 0], backends
