@@ -10,7 +10,7 @@ failed run had produced so far.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -141,6 +141,8 @@ class StreamAccumulator:
 
     def __init__(self, on_chunk: ChunkCallback | None = None) -> None:
         self.on_chunk = on_chunk
+        #: Awaited after each backend chunk: returns when the caller has room for more.
+        self.pace: Callable[[], Awaitable[None]] | None = None
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.pieces: list[str] = []

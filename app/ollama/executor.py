@@ -36,6 +36,36 @@ MAX_ATTEMPTS = 3
 """Backends a run may be tried on (started over or continued) before it fails."""
 
 
+STREAM_BUFFER = 32
+"""Chunks a streamed run may hold for its caller before the backend is read further."""
+
+
+class ChunkBuffer:
+    """The chunks of a streamed run on their way to its caller, with room to wait for:
+    `put` never blocks (the run's callback is synchronous), `room` waits until fewer than
+    `limit` are held, so the run reads its backend at the caller's pace."""
+
+    def __init__(self, limit: int) -> None:
+        self.queue: asyncio.Queue[StreamingChunk] = asyncio.Queue()
+        self.limit = limit
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def put(self, chunk: StreamingChunk) -> None:
+        self.queue.put_nowait(chunk)
+        if self.queue.qsize() >= self.limit:
+            self._room.clear()
+
+    async def get(self) -> StreamingChunk:
+        chunk = await self.queue.get()
+        if self.queue.qsize() < self.limit:
+            self._room.set()
+        return chunk
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+
 class RunExecutor:
     """Runs `RunSpec`s on a backend pool (or through `cli`) and builds their results.
 
@@ -65,6 +95,7 @@ class RunExecutor:
         spec: RunSpec,
         *,
         on_chunk: ChunkCallback | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         save_output: bool = True,
         output_dir: str | None = None,
@@ -81,6 +112,7 @@ class RunExecutor:
         piece, then one closing `done` chunk whose `stats` describe the outcome.
         """
         acc = StreamAccumulator(on_chunk)
+        acc.pace = pace
         deadline = deadline or spec.plan.timeout or self.settings.request_timeout
         mode: RunMode = "cli" if self.cli is not None and spec.kind == "generate" else "http"
         backend: list[str] = []
@@ -130,16 +162,23 @@ class RunExecutor:
         """`execute` as an async iterator of its chunks, ending with the `done` chunk.
 
         Leaving the iteration early cancels the run (which is then stored as cancelled).
+        The backend is read no faster than the caller takes the chunks: at most
+        `STREAM_BUFFER` wait between them, so a slow reader holds little memory.
         """
-        queue: asyncio.Queue[StreamingChunk] = asyncio.Queue()
+        buffer = ChunkBuffer(STREAM_BUFFER)
+        queue = buffer.queue
         task = asyncio.create_task(
             self.execute(
-                spec, on_chunk=queue.put_nowait, save_output=save_output, store_kind=store_kind
+                spec,
+                on_chunk=buffer.put,
+                pace=buffer.room,
+                save_output=save_output,
+                store_kind=store_kind,
             )
         )
         try:
             while True:
-                getter = asyncio.ensure_future(queue.get())
+                getter = asyncio.ensure_future(buffer.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if not getter.done():
                     getter.cancel()
@@ -193,6 +232,8 @@ class RunExecutor:
                             received = True
                             acc.feed_ollama_chunk(kind, chunk)
                             resume.observe()
+                            if acc.pace is not None:
+                                await acc.pace()
             except BackendError as exc:
                 backend_fault = exc.status is None or exc.status >= 500 or received
                 if backend_fault and not isinstance(exc, BackendBusy):
