@@ -176,7 +176,7 @@ class RunExecutor:
             backend[:] = [state.client.base_url]
             received = False
             try:
-                async with self.pool.lease(state):
+                async with self.pool.lease(state, spec.model):
                     client = state.client
                     if spec.kind == "generate":
                         stream = client.generate_stream(payload, timeout=deadline)
