@@ -350,9 +350,17 @@ class BackendPool:
         key, batch = self._key(model), batch_runs.get()
         gate = state.gate(self.batch_share)
         if gate is not None and not gate.fits(key, batch) and state.waiting >= self.max_queue:
+            spec = state.spec
+            limits = ", ".join(
+                f"{name}={value}"
+                for name, value in (
+                    ("max", spec.max_concurrency),
+                    ("max_per_model", spec.max_per_model),
+                )
+                if value is not None
+            )
             raise BackendBusy(
-                f"backend {state.spec.name} is at its limit of "
-                f"{state.spec.max_concurrency} requests and its queue is full",
+                f"backend {state.spec.name} is at its limit ({limits}) and its queue is full",
                 status=503,
                 url=state.spec.url,
             )
