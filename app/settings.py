@@ -61,7 +61,16 @@ class Settings(BaseSettings):
 
     backends: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://127.0.0.1:11434"],
-        description="Comma-separated Ollama base URLs.",
+        description="Comma-separated Ollama backends, each `[name=]url[;max=N]"
+        "[;max_per_model=N][;weight=W][;tags=a,b][;token_env=NAME]`.",
+    )
+    batch_share: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Part of a backend's `max` slots that runs of jobs (batches, benchmarks, "
+        "comparisons) may hold while interactive requests wait for one; those wait behind "
+        "interactive requests in every backend's queue.",
     )
     database_url: str = Field(
         default_factory=default_database_url,
@@ -249,8 +258,16 @@ class Settings(BaseSettings):
     @field_validator("backends", mode="before")
     @classmethod
     def _split_backends(cls, value: object) -> object:
+        """Comma-separated entries; a piece without `://` continues the entry before it
+        (the rest of its `tags=a,b`)."""
         if isinstance(value, str):
-            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+            entries: list[str] = []
+            for part in (p.strip() for p in value.split(",")):
+                if part and entries and "://" not in part:
+                    entries[-1] += "," + part
+                elif part:
+                    entries.append(part)
+            value = entries
         if isinstance(value, list):
             return [str(part).strip().rstrip("/") for part in value if str(part).strip()]
         return value

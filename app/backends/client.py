@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,8 @@ from app.request_context import request_id
 __all__ = ["OllamaClient", "RelayResponse"]
 
 JSONDict = dict[str, Any]
+FinalObserver = Callable[[str, JSONDict], None]
+"""Told each finished run's model and Ollama's final object (with `load_duration`)."""
 TRANSPORTS = ("httpx", "aiohttp")
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ class OllamaClient:
     line mid-stream raises `BackendError` with Ollama's text, and a connection that drops
     before the final `done` line raises `StreamInterrupted`. Consumers that stop early
     should close the generator (`contextlib.aclosing`) so the HTTP response is released.
+
+    `token`, when given, goes with every request to this server only
+    (`Authorization: Bearer`); it is kept private and never shown or logged. `on_final`
+    is told the model and final object of each generation, chat and embedding.
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class OllamaClient:
         connect_timeout: float = 5.0,
         max_connections: int = 100,
         transport: str = "httpx",
+        token: str | None = None,
+        on_final: FinalObserver | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
@@ -76,6 +84,8 @@ class OllamaClient:
         )
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._lock = threading.Lock()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.on_final = on_final
 
     def __repr__(self) -> str:
         return f"OllamaClient({self.base_url!r})"
@@ -94,6 +104,7 @@ class OllamaClient:
                     base_url=self.base_url,
                     timeout=self._timeout(None),
                     limits=self._limits,
+                    headers=self._headers,
                     trust_env=False,
                     event_hooks={"request": [_pass_request_id]},
                     transport=self._make_transport(),
@@ -187,21 +198,23 @@ class OllamaClient:
 
     async def embed(self, model: str, inputs: str | list[str], **extra: Any) -> JSONDict:
         body: JSONDict = {"model": model, "input": inputs, **extra}
-        return self._json(await self._request("POST", "/api/embed", json_body=body))
+        return self._observed(
+            body, self._json(await self._request("POST", "/api/embed", json_body=body))
+        )
 
     async def generate(
         self, payload: Mapping[str, Any], *, timeout: float | None = None
     ) -> JSONDict:
         """`POST /api/generate` with `stream: false`: one object holding the whole reply."""
         body = {**payload, "stream": False}
-        return self._json(
-            await self._request("POST", "/api/generate", json_body=body, timeout=timeout)
-        )
+        reply = await self._request("POST", "/api/generate", json_body=body, timeout=timeout)
+        return self._observed(body, self._json(reply))
 
     async def chat(self, payload: Mapping[str, Any], *, timeout: float | None = None) -> JSONDict:
         """`POST /api/chat` with `stream: false`."""
         body = {**payload, "stream": False}
-        return self._json(await self._request("POST", "/api/chat", json_body=body, timeout=timeout))
+        reply = await self._request("POST", "/api/chat", json_body=body, timeout=timeout)
+        return self._observed(body, self._json(reply))
 
     # -- streams ---------------------------------------------------------------------
 
@@ -237,6 +250,7 @@ class OllamaClient:
                     received += 1
                     if obj.get("done") is True:
                         saw_done = True
+                        self._observed(body, obj)
                     yield obj
         except httpx.HTTPError as exc:
             if received and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
@@ -320,6 +334,16 @@ class OllamaClient:
         )
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _observed(self, body: Mapping[str, Any], final: JSONDict) -> JSONDict:
+        """`final`, after `on_final` was told of it (for a request naming a model)."""
+        model = body.get("model")
+        if self.on_final is not None and isinstance(model, str) and "load_duration" in final:
+            try:
+                self.on_final(model, final)
+            except Exception:  # bookkeeping must not fail a run
+                logger.exception("backend %s: recording a finished run failed", self.base_url)
+        return final
 
     def _json(self, response: httpx.Response, line: str | None = None) -> JSONDict:
         """The JSON object the backend sent: the whole of `response`, or with `line` that

@@ -1,12 +1,14 @@
 """`BackendPool`: the configured Ollama servers, and which one a request goes to.
 
-Routing: only backends whose circuit is closed and that have the model; among those, one
-that has the model loaded in memory first (a cold load costs seconds), then the fewest
-outstanding requests per unit of weight. Inventory (`/api/tags`, `/api/ps`) is refreshed
-when older than `inventory_ttl`. A backend that fails (no connection, 5xx, timeout)
-`breaker_threshold` times in a row is taken out for `cooldown` seconds, then tried again.
-Each backend admits `max_concurrency` requests at once (when set); up to `max_queue`
-more wait at most `queue_timeout` seconds, after which `BackendBusy` (503) is raised.
+Routing: only backends whose circuit is closed and that have the model; among those, the
+one where the request would wait least: its queue, per slot and weight, against the
+model's cold-load time there when it is not loaded (see `app.backends.state`). Inventory
+(`/api/tags`, `/api/ps`) is refreshed when older than `inventory_ttl`. A backend that fails
+(no connection, 5xx, timeout) `breaker_threshold` times in a row is taken out for
+`cooldown` seconds, then tried again. Each backend admits `max_concurrency` requests at
+once and `max_per_model` runs of one model (when set), interactive requests before batch
+runs (`app.backends.gate`); up to `max_queue` more wait at most `queue_timeout` seconds,
+after which `BackendBusy` (503) is raised.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import difflib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from app.backends.client import OllamaClient
+from app.backends.client import JSONDict, OllamaClient
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
+from app.backends.gate import batch_runs
+from app.backends.spec import BackendSpec, parse_backend, spec_text
+from app.backends.state import DEFAULT_LOAD_SECONDS, BackendState
 
 __all__ = [
     "BackendPool",
@@ -32,115 +36,11 @@ __all__ = [
     "Reconciled",
     "parse_backend",
     "spec_text",
-]
+]  # the spec and the state live in app.backends.spec and .state; kept here for importers
 
 logger = logging.getLogger(__name__)
 
 SameModel = Callable[[str, str], bool]
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """One entry of GATEWAY_BACKENDS: `[name=]url[;max=N][;weight=W]`."""
-
-    url: str
-    name: str
-    weight: float = 1.0
-    max_concurrency: int | None = None
-
-
-def parse_backend(text: str) -> BackendSpec:
-    """`gpu1=http://10.0.0.5:11434;max=4;weight=2` or a bare URL (named by its host:port)."""
-    head, *params = [part.strip() for part in text.split(";")]
-    name, sep, url = head.partition("=")
-    if not sep or "://" in name:
-        name, url = "", head
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        raise ValueError(f"backend {text!r}: expected a URL such as http://host:11434")
-    weight, max_concurrency = 1.0, None
-    for param in params:
-        key, _, value = param.partition("=")
-        try:
-            if key == "max":
-                max_concurrency = int(value)
-                if max_concurrency < 1:
-                    raise ValueError
-            elif key == "weight":
-                weight = float(value)
-                if weight <= 0:
-                    raise ValueError
-            else:
-                raise KeyError(key)
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"backend {text!r}: bad parameter {param!r}") from exc
-    return BackendSpec(url=url, name=name or url.split("://", 1)[1], weight=weight,
-                       max_concurrency=max_concurrency)  # fmt: skip
-
-
-def spec_text(spec: BackendSpec) -> str:
-    """`spec` written as `parse_backend` reads it: `name=url[;max=N][;weight=W]`."""
-    text = f"{spec.name}={spec.url}"
-    if spec.max_concurrency is not None:
-        text += f";max={spec.max_concurrency}"
-    if spec.weight != 1.0:
-        text += f";weight={spec.weight!r}"
-    return text
-
-
-@dataclass
-class BackendState:
-    """What the pool knows of one backend."""
-
-    spec: BackendSpec
-    client: OllamaClient
-    source: str = "settings"
-    """Where it comes from: `settings` (the start-up list) or `api` (added at run time)."""
-    outstanding: int = 0
-    waiting: int = 0
-    failures: int = 0
-    down_until: float = 0.0
-    last_error: str | None = None
-    models: list[str] | None = None
-    loaded: list[str] = field(default_factory=list)
-    inventory_at: float = 0.0
-    waits: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    """Recent queue waits in seconds (requests that had to wait for a slot)."""
-    _gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = field(default_factory=dict)
-
-    @property
-    def available(self) -> bool:
-        return time.monotonic() >= self.down_until
-
-    def gate(self) -> asyncio.Semaphore | None:
-        limit = self.spec.max_concurrency
-        if limit is None:
-            return None
-        loop = asyncio.get_running_loop()
-        gate = self._gates.get(loop)
-        if gate is None:
-            gate = self._gates[loop] = asyncio.Semaphore(limit)
-        return gate
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "url": self.spec.url,
-            "source": self.source,
-            "weight": self.spec.weight,
-            "max_concurrency": self.spec.max_concurrency,
-            "circuit": "closed" if self.available else "open",
-            "outstanding": self.outstanding,
-            "queued": self.waiting,
-            "queue_wait_ms_mean": round(sum(self.waits) / len(self.waits) * 1000, 3)
-            if self.waits
-            else None,
-            "queue_wait_ms_max": round(max(self.waits) * 1000, 3) if self.waits else None,
-            "consecutive_failures": self.failures,
-            "last_error": self.last_error,
-            "models": self.models,
-            "loaded": self.loaded,
-        }
 
 
 @dataclass(frozen=True)
@@ -159,7 +59,11 @@ class BackendPool:
     """The configured Ollama servers, one `OllamaClient` each.
 
     `membership_sync`, when the pool's owner sets it (the core does, to follow its backend
-    registry), is run by `watch` every `membership_interval` seconds.
+    registry), is run by `watch` every `membership_interval` seconds. `model_key` turns a
+    model's name into the key its per-model counts and times are kept under (the core
+    passes Ollama's name rules; by default a name is its own key). `batch_share` is the
+    part of a backend's slots batch runs may hold while interactive requests wait;
+    `default_load` the cold-load time assumed for a model before one was seen.
     """
 
     def __init__(
@@ -175,6 +79,9 @@ class BackendPool:
         max_queue: int = 64,
         queue_timeout: float = 30.0,
         transport: str = "aiohttp",
+        batch_share: float = 0.5,
+        default_load: float = DEFAULT_LOAD_SECONDS,
+        model_key: Callable[[str], str] | None = None,
     ) -> None:
         if not backends:
             raise ValueError("BackendPool needs at least one backend URL")
@@ -185,6 +92,9 @@ class BackendPool:
         self.cooldown = cooldown
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
+        self.batch_share = batch_share
+        self.default_load = default_load
+        self.model_key = model_key or (lambda name: name)
         self._lock = threading.Lock()
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -195,13 +105,44 @@ class BackendPool:
         self._skipped: set[tuple[str, str]] = set()
 
     def _state(self, spec: BackendSpec) -> BackendState:
+        token = spec.token()
+        if spec.token_env is not None and token is None:
+            logger.warning(
+                "backend %s: the environment variable %s holds no token; none is sent",
+                spec.name,
+                spec.token_env,
+            )
         client = OllamaClient(
             spec.url,
             timeout=self.timeout,
             connect_timeout=self.connect_timeout,
             transport=self.transport,
+            token=token,
         )
-        return BackendState(spec, client)
+        state = BackendState(spec, client, token_set=token is not None)
+        client.on_final = lambda model, final: self._finished(state, model, final)
+        return state
+
+    def _key(self, model: str | None) -> str | None:
+        if model is None:
+            return None
+        try:
+            return self.model_key(model)
+        except ValueError:
+            return model
+
+    def _finished(self, state: BackendState, model: str, final: JSONDict) -> None:
+        """A run of `model` finished on `state`: its cold-load time is noted when it started
+        while the model was not loaded there, and the model counts as loaded from now."""
+        key = self._key(model) or model
+        load = final.get("load_duration")
+        if state.cold_runs[key] and isinstance(load, int | float) and load > 0:
+            state.record_load(key, load / 1e9)
+        if not self._is_loaded(state, key):
+            state.loaded = [*state.loaded, model]
+
+    def _is_loaded(self, state: BackendState, key: str) -> bool:
+        return any(self._key(name) == key for name in state.loaded)
 
     def add(self, backend: str | BackendSpec, *, source: str = "api") -> BackendState:
         """Add a backend at run time (its inventory is fetched on first use).
@@ -381,9 +322,13 @@ class BackendPool:
                 raise BackendError(f"model '{model}' not found{hint}", status=404)
             healthy = having
 
-        def rank(state: BackendState) -> tuple[int, float]:
+        key, batch = self._key(model), batch_runs.get()
+
+        def rank(state: BackendState) -> tuple[float, float]:
             loaded = model is not None and any(same(m, model) for m in state.loaded)
-            return (0 if loaded else 1, (state.outstanding + 1) / state.spec.weight)
+            return state.expected_wait(
+                key, loaded=loaded, batch=batch, default_load=self.default_load
+            )
 
         return sorted(healthy, key=rank)
 
@@ -394,27 +339,42 @@ class BackendPool:
         return (await self.candidates(model, has_model=has_model))[0].client
 
     @contextlib.asynccontextmanager
-    async def lease(self, state: BackendState) -> AsyncIterator[BackendState]:
-        """Hold one of the backend's request slots for the duration of a request."""
-        gate = state.gate()
-        if gate is not None and gate.locked() and state.waiting >= self.max_queue:
+    async def lease(
+        self, state: BackendState, model: str | None = None
+    ) -> AsyncIterator[BackendState]:
+        """Hold one of the backend's request slots for the duration of a request (for a
+        run of `model`, when given: counted against `max_per_model`, timed for ranking).
+
+        A run in a batch context (`app.backends.gate.as_batch`) waits behind interactive
+        requests."""
+        key, batch = self._key(model), batch_runs.get()
+        gate = state.gate(self.batch_share)
+        if gate is not None and not gate.fits(key, batch) and state.waiting >= self.max_queue:
+            spec = state.spec
+            limits = ", ".join(
+                f"{name}={value}"
+                for name, value in (
+                    ("max", spec.max_concurrency),
+                    ("max_per_model", spec.max_per_model),
+                )
+                if value is not None
+            )
             raise BackendBusy(
-                f"backend {state.spec.name} is at its limit of "
-                f"{state.spec.max_concurrency} requests and its queue is full",
+                f"backend {state.spec.name} is at its limit ({limits}) and its queue is full",
                 status=503,
                 url=state.spec.url,
             )
-        state.waiting += 1
+        state.count_waiting(key, batch, 1)
         try:
             if gate is not None:
                 try:
-                    if gate.locked():
+                    if gate.fits(key, batch):
+                        await gate.acquire(key, batch)
+                    else:
                         queued_at = time.monotonic()
                         async with asyncio.timeout(self.queue_timeout):
-                            await gate.acquire()
+                            await gate.acquire(key, batch)
                         state.waits.append(time.monotonic() - queued_at)
-                    else:
-                        await gate.acquire()
                 except TimeoutError:
                     raise BackendBusy(
                         f"backend {state.spec.name} had no free slot within "
@@ -423,14 +383,18 @@ class BackendPool:
                         url=state.spec.url,
                     ) from None
         finally:
-            state.waiting -= 1
-        state.outstanding += 1
+            state.count_waiting(key, batch, -1)
+        cold = key is not None and not self._is_loaded(state, key)
+        state.count_running(key, batch, cold, 1)
+        started = time.monotonic()
         try:
             yield state
         finally:
-            state.outstanding -= 1
+            state.count_running(key, batch, cold, -1)
             if gate is not None:
-                gate.release()
+                gate.release(key, batch)
+        if key is not None:  # only a run that ended normally is timed
+            state.record_service(key, time.monotonic() - started)
 
     async def watch(self, interval: float) -> None:
         """Refresh every backend's health and inventory every `interval` seconds, forever;

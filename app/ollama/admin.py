@@ -18,22 +18,64 @@ from typing import Any
 from app.backends.client import OllamaClient
 from app.backends.errors import BackendError, BackendUnavailable
 from app.backends.pool import BackendPool, BackendState
+from app.backends.spec import BackendSpec, parse_backend
 from app.ollama.names import model_key
 from app.ollama.types import OllamaModel
+from app.settings import Settings
 
 __all__ = [
+    "API_TOKEN_ENV_PREFIX",
     "ProgressCallback",
+    "api_backend_spec",
     "backend_status",
     "delete_model",
     "list_models",
     "model_from_tag",
     "model_locations",
     "model_stats",
+    "pool_options",
     "pull_model",
     "retire_backend",
 ]
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+
+API_TOKEN_ENV_PREFIX = "BACKEND_TOKEN_"
+"""What the name of a `token_env` given through the API starts with, unless a start-up
+entry already names it: the API cannot have another variable of the gateway's
+environment (its database URL, its cloud credentials) sent to a URL of its choosing."""
+
+
+def pool_options(settings: Settings) -> dict[str, Any]:
+    """The `BackendPool` options `settings` set, for a core's own pool."""
+    return {
+        "timeout": settings.request_timeout,
+        "connect_timeout": settings.connect_timeout,
+        "health_timeout": settings.health_timeout,
+        "transport": settings.http_transport,
+        "batch_share": settings.batch_share,
+        "model_key": model_key,
+    }
+
+
+def api_backend_spec(text: str, configured: Sequence[BackendSpec]) -> BackendSpec:
+    """A backend added through the API, read from `text`; ValueError for a bad spec, or a
+    `token_env` the API may not name (see `API_TOKEN_ENV_PREFIX`) or that is not set."""
+    spec = parse_backend(text)
+    env = spec.token_env
+    if env is None:
+        return spec
+    if not env.startswith(API_TOKEN_ENV_PREFIX) and env not in {c.token_env for c in configured}:
+        raise ValueError(
+            f"token_env {env!r}: through the API, the variable's name must start with "
+            f"{API_TOKEN_ENV_PREFIX!r} (or be one GATEWAY_BACKENDS names)"
+        )
+    if spec.token() is None:
+        raise ValueError(
+            f"token_env {env!r}: the variable is not set in the gateway's environment (or "
+            "holds more than printable characters without spaces)"
+        )
+    return spec
 
 
 def model_from_tag(tag: Mapping[str, Any]) -> OllamaModel:

@@ -221,7 +221,7 @@ class RunExecutor:
             resume.begin(state.client.base_url)
             received = False
             try:
-                async with self.pool.lease(state):
+                async with self.pool.lease(state, spec.model):
                     client = state.client
                     if kind == "generate":
                         stream = client.generate_stream(payload, timeout=deadline)

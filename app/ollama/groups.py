@@ -1,9 +1,10 @@
 """Group runs: batches, benchmarks and model comparisons.
 
 Checking a group's inputs (to `RunSpec`s, `ValueError` before anything is sent), running
-its runs through a `RunExecutor`, building the benchmark and comparison reports, and
-storing a report together with its runs, linked to it. `ModelRunner`'s group methods are
-doors onto `GroupRuns`.
+its runs through a `RunExecutor` (as batch runs: they wait behind interactive requests for
+a backend's slots), building the benchmark and comparison reports, and storing a report
+together with its runs, linked to it. `ModelRunner`'s group methods are doors onto
+`GroupRuns`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from app.backends.gate import as_batch
 from app.ollama._execution import RunSpec, generate_spec
 from app.ollama._store import ResultStore, save_group
 from app.ollama.errors import InvalidRequest
@@ -188,7 +190,8 @@ class GroupRuns:
                 on_result(index, result)
             return result
 
-        results = list(await asyncio.gather(*(one(i, s) for i, s in enumerate(specs))))
+        with as_batch():  # its runs wait behind interactive requests
+            results = list(await asyncio.gather(*(one(i, s) for i, s in enumerate(specs))))
         if save_output and results:
             name = batch_name or f"batch-{specs[0].model}-{time.strftime('%Y%m%d-%H%M%S')}"
             await self._save(
@@ -204,8 +207,9 @@ class GroupRuns:
         its `group_id`."""
         started = time.perf_counter()
         results = []
-        for spec in specs:
-            results.append(await self.executor.execute(spec, save_output=False))
+        with as_batch():
+            for spec in specs:
+                results.append(await self.executor.execute(spec, save_output=False))
         report = benchmark_report(model_name, specs, results, time.perf_counter() - started)
         if save_output:
             await self._save(
@@ -222,8 +226,9 @@ class GroupRuns:
         """Run each model's spec one after another and compare them; stored, each model's
         run in `results` names the comparison as its `group_id`."""
         results: dict[str, ModelExecutionResult] = {}
-        for spec in specs:
-            results[spec.model] = await self.executor.execute(spec, save_output=False)
+        with as_batch():
+            for spec in specs:
+                results[spec.model] = await self.executor.execute(spec, save_output=False)
         comparison = comparison_report(test_prompt, results)
         if save_output:
             runs = list(results.values())

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from app.backends.gate import as_batch
 from app.ollama._execution import RunSpec
 from app.ollama.errors import InvalidRequest
 from app.ollama.groups import (
@@ -69,7 +70,8 @@ class JobRunner:
             return  # finished (or gone) meanwhile
         token = run_principal.set(job["owner"])
         try:
-            await self._run(job)
+            with as_batch():  # a job's runs wait behind interactive requests
+                await self._run(job)
         except JobCancelled:
             await self.store.afinish(job_id, "cancelled")
         except InvalidRequest as exc:

@@ -26,19 +26,21 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from app.backends.errors import BackendError
-from app.backends.pool import BackendPool, BackendState, Reconciled, parse_backend
+from app.backends.pool import BackendPool, BackendState, Reconciled
 from app.loop_thread import LoopThread
 from app.ollama._execution import RunSpec, generate_spec, require_model_name
 from app.ollama._store import ResultStore, store_result
 from app.ollama.admin import (
     BackendLoad,
     ProgressCallback,
+    api_backend_spec,
     backend_loads,
     backend_status,
     delete_model,
     list_models,
     model_locations,
     model_stats,
+    pool_options,
     pull_model,
     retire_backend,
 )
@@ -102,13 +104,7 @@ class OllamaManager:
             self.pool, self._owns_pool = pool, False
         else:
             urls = backends if backends else [self.base_url]
-            self.pool = BackendPool(
-                urls,
-                timeout=self.settings.request_timeout,
-                connect_timeout=self.settings.connect_timeout,
-                health_timeout=self.settings.health_timeout,
-                transport=self.settings.http_transport,
-            )
+            self.pool = BackendPool(urls, **pool_options(self.settings))
             self._owns_pool = True
         self._configured = [state.spec for state in self.pool.states]
         """The start-up list, which the backend registry is laid over."""
@@ -226,14 +222,14 @@ class OllamaManager:
         self.pool.targets(backend)
 
     async def aadd_backend(self, backend: str) -> dict[str, Any]:
-        """Add a backend at run time (`name=url;max=N;weight=W`); returns its status.
+        """Add a backend at run time (an entry as in GATEWAY_BACKENDS); returns its status.
 
-        ValueError for a bad spec or a name or URL already in use. With the backend
-        registry (`Settings.backend_registry`, on by default) it is recorded there first,
-        so every process and replica sharing the database takes it up within seconds and
-        restarts keep it; then this pool takes it up at once.
+        ValueError for a bad spec (see `api_backend_spec`: a `token_env` too) or a name or
+        URL already in use. With the backend registry (`Settings.backend_registry`, on by
+        default) it is recorded there first, so every process and replica sharing the
+        database takes it up within seconds and restarts keep it; then this pool at once.
         """
-        spec = parse_backend(backend)
+        spec = api_backend_spec(backend, self._configured)
         if self.registry is None:
             state = self.pool.add(spec, source="api")
         else:
@@ -497,7 +493,7 @@ class OllamaManager:
             extra["truncate"] = truncate
         await self._ensure_server()
         state = self.pool.state_of(await self.pool.pick(model_name, has_model=same_model))
-        async with self.pool.lease(state):
+        async with self.pool.lease(state, model_name):
             try:
                 reply = await state.client.embed(model_name, inputs, **extra)
             except BackendError as exc:

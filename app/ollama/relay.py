@@ -280,11 +280,12 @@ class Relay:
                 raise
             candidates = await self.pool.candidates(None)
         attempts = candidates[:MAX_ATTEMPTS]
+        runs = model if path in ("/api/generate", "/api/chat", "/api/embed") else None
         for attempt, state in enumerate(attempts):
             last = attempt == len(attempts) - 1
             stack = contextlib.AsyncExitStack()
             try:
-                await stack.enter_async_context(self.pool.lease(state))
+                await stack.enter_async_context(self.pool.lease(state, runs))
                 reply = await state.client.relay(method, path, content=content, headers=headers)
             except BackendError as exc:
                 await stack.aclose()

@@ -42,8 +42,47 @@ class BackendOut(BaseModel):
         default=None,
         description="Longest wait for a slot of the last requests that waited." + PROCESS,
     )
+    queued_batch: int = Field(
+        default=0,
+        description="Of those, runs of jobs (batches, benchmarks, comparisons): they wait "
+        "behind interactive requests." + PROCESS,
+    )
+    outstanding_batch: int = Field(
+        default=0, description="Runs of jobs among the requests in flight." + PROCESS
+    )
+    in_flight: dict[str, int] = Field(
+        default_factory=dict, description="Runs in flight per model." + PROCESS
+    )
+    queued_by_model: dict[str, int] = Field(
+        default_factory=dict, description="Runs waiting for a slot per model." + PROCESS
+    )
+    load_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per model, the time its cold loads took here (a running mean of "
+        "Ollama's `load_duration` of runs that started with the model not loaded); a model "
+        "not seen loading counts as 5 s when requests are routed." + PROCESS,
+    )
+    run_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per model, the time a run held a slot here (a running mean), which "
+        "routing multiplies by the queue to estimate a request's wait." + PROCESS,
+    )
     max_concurrency: int | None = Field(
         default=None, description="Requests at once it admits (`max`), in each process."
+    )
+    max_per_model: int | None = Field(
+        default=None,
+        description="Runs of one model at once it admits (`max_per_model`), in each process.",
+    )
+    tags: list[str] = Field(default_factory=list, description="Its labels (`tags`).")
+    token_env: str | None = Field(
+        default=None,
+        description="The environment variable whose bearer token is sent to it (`token_env`; "
+        "the token itself is never shown).",
+    )
+    token_set: bool = Field(
+        default=False,
+        description="That variable was set when this process took the backend up.",
     )
     weight: float = 1.0
     consecutive_failures: int = Field(default=0, description="Failures in a row." + PROCESS)
@@ -58,9 +97,13 @@ class BackendAdd(BaseModel):
     backend: str = Field(
         min_length=1,
         max_length=2048,
-        pattern=r"^([^=;\s]+=)?https?://[^;\s]+(;(max|weight)=[0-9.]+)*$",
-        description="As in GATEWAY_BACKENDS: `[name=]url[;max=N][;weight=W]`.",
-        examples=["gpu2=http://10.0.0.6:11434;max=4;weight=2"],
+        pattern=r"^([^=;\s]+=)?https?://[^;\s]+"
+        r"(;(max|max_per_model|weight)=[0-9.]+|;tags=[A-Za-z0-9_.,-]+|;token_env=\w+)*$",
+        description="As in GATEWAY_BACKENDS: `[name=]url[;max=N][;max_per_model=N]"
+        "[;weight=W][;tags=a,b][;token_env=NAME]`. Through the API, `token_env` must name a "
+        "variable set in the gateway's environment whose name starts with `BACKEND_TOKEN_` "
+        "(or one a GATEWAY_BACKENDS entry names).",
+        examples=["gpu2=http://10.0.0.6:11434;max=4;weight=2;tags=a100,big"],
     )
 
 
