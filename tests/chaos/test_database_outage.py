@@ -263,11 +263,14 @@ def test_requests_that_need_the_database_get_503_with_retry_after(
                 assert reply.status_code == 503, (reply.request.url, reply.text)
                 assert reply.headers["Retry-After"].isdigit(), reply.headers
 
+            job = {"model": MODEL, "prompts": ["a", "b"], "background": True}
             for reply in (
                 client.get("/gateway/results"),
                 client.get(f"/gateway/results/{result_id}"),
                 client.get("/gateway/audit"),
                 client.post("/gateway/keys", json={"name": "new", "scope": "user"}),
+                client.get("/gateway/jobs"),
+                client.post("/gateway/batches", json=job),  # a job needs its record
             ):
                 unavailable(reply)
                 assert reply.json()["title"] == "Database unavailable", reply.text
