@@ -14,9 +14,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8000 \
-    GATEWAY_MIGRATIONS_DIR=/srv/migrations
+    GATEWAY_MIGRATIONS_DIR=/srv/migrations \
+    GATEWAY_SPOOL_DIR=/var/lib/ollama-gateway/spool
+# The spool (results kept while the database does not answer) wants a persistent volume
+# here: docker-compose.yml and the Kubernetes manifests mount one.
 RUN groupadd --system --gid 10001 gateway \
-    && useradd --system --uid 10001 --gid gateway --create-home gateway
+    && useradd --system --uid 10001 --gid gateway --create-home gateway \
+    && mkdir -p /var/lib/ollama-gateway/spool \
+    && chown -R 10001:10001 /var/lib/ollama-gateway
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /srv

@@ -184,6 +184,8 @@ async def _work(settings: Settings) -> None:
     tasks = [
         asyncio.create_task(jobs.work(), name="jobs"),
         asyncio.create_task(manager.pool.watch(settings.health_interval), name="health"),
+        # runs of jobs stored while the database did not answer (see app/storage/spool.py)
+        asyncio.create_task(services.spool.replay_forever(services.outputs.db), name="spool"),
         asyncio.create_task(stop.wait(), name="stop"),
     ]
     try:

@@ -53,6 +53,7 @@ from app.api.schemas.jobs import JobOut, JobProgress, PullProgress
 from app.api.schemas.runs import BatchJobOut, BatchProgress, ChunkEvent, ErrorEvent
 from app.api.shutdown import Shutdown
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
+from app.ollama.database_outage import RowSpool
 from app.ollama.jobs import Jobs
 from app.settings import Settings
 from app.storage.migrations import ensure_schema
@@ -83,6 +84,11 @@ COMMON_ERRORS: dict[int | str, dict[str, object]] = {
         "lone surrogates) anywhere in its body, path or query; `errors` names each field.",
     },
     500: {"model": Problem, "description": "The gateway failed; the error was logged."},
+    503: {
+        "model": Problem,
+        "description": "The database does not answer and the request needs it; retry later "
+        "(`Retry-After`). Runs are still served: their results wait in the spool.",
+    },
 }
 
 
@@ -95,13 +101,19 @@ AUTH_ERRORS: dict[int | str, dict[str, object]] = {
 
 def build_services(settings: Settings) -> Services:
     """The core objects for one app instance (nothing touches the network here)."""
-    outputs = OutputManager(database_url=settings.database_url)
+    # The schema was ensured before (the lifespan, `worker`): a first write during a
+    # database outage goes to the spool rather than failing on that check.
+    outputs = OutputManager(database_url=settings.database_url, ensure_schema_on_first_use=False)
     manager = OllamaManager(
         auto_start_server=False,
         base_url=settings.backends[0],
         backends=settings.backends,
         settings=settings,
         output_manager=outputs,
+    )
+    # Runs and reports wait here while the database does not answer (see app/storage/spool.py).
+    outputs.spool = spool = RowSpool(
+        settings.spool_dir, settings.database_url, settings.spool_max_bytes
     )
     audit = AuditWriter(AuditStore(settings.database_url))
     escaped = {"executions": lambda: outputs.escaped_count, "audit_log": lambda: audit.escaped}
@@ -117,7 +129,8 @@ def build_services(settings: Settings) -> Services:
             RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
         ),
         audit=audit,
-        metrics=Metrics(manager.backend_loads, escaped),
+        metrics=Metrics(manager.backend_loads, escaped, spool.depth),
+        spool=spool,
         shutdown=Shutdown(settings.shutdown_drain, settings.shutdown_grace),
     )
 
@@ -150,12 +163,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watcher = asyncio.create_task(
             services.manager.pool.watch(settings.health_interval), name="backend-health"
         )
+        # What an earlier run (or process) spooled is written now, and from then on
+        # whenever the database answers again.
+        replayer = asyncio.create_task(
+            services.spool.replay_forever(services.outputs.db), name="spool-replay"
+        )
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, replayer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await services.jobs.aclose()
             await services.audit.aclose()
             await services.limiter.aclose()

@@ -41,10 +41,19 @@ def api_key_problem(key: str) -> str | None:
     return None
 
 
+def data_dir() -> Path:
+    """The per-user data directory (`~/.local/share/ollama-gateway` on Linux)."""
+    return Path(user_data_dir("ollama-gateway", appauthor=False))
+
+
 def default_database_url() -> str:
     """A SQLite file in the per-user data directory, so `serve` needs nothing installed."""
-    data_dir = Path(user_data_dir("ollama-gateway", appauthor=False))
-    return f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}"
+    return f"sqlite+aiosqlite:///{data_dir() / 'gateway.db'}"
+
+
+def default_spool_dir() -> Path:
+    """`spool/` in the per-user data directory, beside the default SQLite file."""
+    return data_dir() / "spool"
 
 
 class Settings(BaseSettings):
@@ -205,7 +214,8 @@ class Settings(BaseSettings):
         default=5.0,
         ge=0,
         description="Seconds an API key lookup is reused; a key revoked by another process "
-        "stops working within this time.",
+        "stops working within this time. While the database does not answer, a key looked up "
+        "within this time of its last answer keeps working.",
     )
     admin_key: SecretStr | None = Field(
         default=None,
@@ -217,6 +227,18 @@ class Settings(BaseSettings):
         default=None,
         description="A file holding the admin key (a mounted secret; surrounding whitespace "
         "is stripped). Set this or `admin_key`, not both.",
+    )
+    spool_dir: Path = Field(
+        default_factory=default_spool_dir,
+        description="Where results wait, fsynced, while the database does not answer; they "
+        "are written to it, in order and once each, when it answers again (also after a "
+        "restart: keep this directory on a persistent disk). One subdirectory per database.",
+    )
+    spool_max_bytes: int = Field(
+        default=268_435_456,
+        ge=0,
+        description="Largest size of the spool file; when a result would take it over, its "
+        "request fails with 503 and Retry-After (0: no spool, every such request fails).",
     )
     auto_migrate: bool = Field(
         default=False,

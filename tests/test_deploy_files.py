@@ -127,7 +127,7 @@ def test_compose_runs_replicas_behind_haproxy_with_a_worker_and_its_services() -
         assert services[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
     assert "/healthz" in " ".join(one["healthcheck"]["test"])
     named = set(spec["volumes"])
-    for service in ("ollama", "postgres"):
+    for service in ("ollama", "postgres", *GATEWAYS):
         mounts = {m.split(":")[0] for m in services[service]["volumes"]}
         assert mounts <= named
 
@@ -274,6 +274,11 @@ def test_kubernetes_manifests_run_the_api_and_workers_safely() -> None:
     assert pause == ["sleep", "5"]
     grace = int(config["GATEWAY_SHUTDOWN_GRACE"])
     assert pod["terminationGracePeriodSeconds"] > grace + int(pause[1])
+    # the spool (results kept while the database does not answer) is on a volume, the
+    # root filesystem being read-only
+    spool_dir = re.search(r"GATEWAY_SPOOL_DIR=(\S+)", (ROOT / "Dockerfile").read_text())
+    assert spool_dir is not None
+    assert spool_dir[1] in {m["mountPath"] for m in gateway["volumeMounts"]}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
     assert [c["command"] for c in pod["initContainers"]] == [["ollama-gateway", "migrate"]]

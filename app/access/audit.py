@@ -8,9 +8,10 @@ flushes and stops.
 
 One bad entry never holds back the others: a batch the database refuses is retried
 entry by entry, and an entry refused on its own is stored with its text escaped (and
-flagged `text_escaped`, counted in `escaped`). Only when the database itself fails (an
-entry with nothing to escape is refused too) are the entries kept for the next round, in
-a bounded backlog, never raised to a request.
+flagged `text_escaped`, counted in `escaped`). Only when the database itself fails (it
+does not answer, or an entry with nothing to escape is refused too) are the entries kept
+for the next round, in a bounded backlog in memory, never raised to a request; an outage
+is logged once, not every round.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.access.audit_store import AuditStore
+from app.storage.outage import is_outage
 
 __all__ = ["AuditWriter"]
 
@@ -47,6 +49,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self.escaped = 0
         """Entries stored only after their text was escaped."""
+        self._outage = False
 
     def start(self) -> None:
         if self._task is None:
@@ -74,8 +77,22 @@ class AuditWriter:
                 return
             try:
                 await self.store.arecord_many(batch)
+                if self._outage:
+                    logger.info("the database answers again: audit entries are stored")
+                self._outage = False
                 return
-            except Exception:
+            except Exception as exc:
+                if is_outage(exc):
+                    if not self._outage:
+                        logger.warning(
+                            "the database does not answer: audit entries are kept in memory "
+                            "(at most %d) until it does: %r",
+                            self.max_pending,
+                            exc,
+                        )
+                    self._outage = True
+                    self._pending[:0] = batch
+                    return
                 logger.warning(
                     "storing %d audit entries failed; storing them one by one", len(batch)
                 )

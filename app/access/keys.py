@@ -7,6 +7,11 @@ it is right. Lookups are cached for `cache_seconds` per process, so a key revoke
 another process (the `keys revoke` command) stops working within that time; revoking
 through this process's `revoke` takes effect at once.
 
+While the database does not answer, the last verdict on a key stands if it was fresh
+(looked up within `cache_seconds`) when the database last answered: a key in use before an
+outage keeps working through it, and so does "no key exists" (anonymous loopback access).
+A key not seen for longer cannot be checked: `DatabaseUnavailable` (503, retry later).
+
 A deployment can also bring its own admin key (`GATEWAY_ADMIN_KEY`): `aensure_bootstrap_key`
 stores it at start like any key, once, however many replicas start at the same moment.
 """
@@ -19,10 +24,10 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -30,12 +35,15 @@ from sqlalchemy.exc import IntegrityError
 from app.access.principal import SCOPES, Principal, Scope
 from app.settings import KEY_PREFIX, api_key_problem
 from app.storage.database_user import DatabaseUser
+from app.storage.outage import DatabaseUnavailable, is_outage
 from app.storage.repositories import ApiKeys, new_id
 from app.storage.tables import ApiKey
 
 __all__ = ["BOOTSTRAP_KEY_NAME", "KEY_PREFIX", "BootstrapOutcome", "KeyStore", "NewKey", "hash_key"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
@@ -81,14 +89,58 @@ def _principal(row: ApiKey) -> Principal:
     )
 
 
+class _Outage(Exception):
+    """A lookup found the database not answering (its cause, when it tried)."""
+
+    def __init__(self, cause: BaseException | None) -> None:
+        super().__init__("the database does not answer")
+        self.__cause__ = cause
+
+
 class KeyStore(DatabaseUser):
     """The API keys of one database."""
+
+    OUTAGE_RETRY_SECONDS = 1.0
+    """While the database does not answer, lookups try it again at most this often."""
 
     def __init__(self, database_url: str, *, cache_seconds: float = 5.0) -> None:
         super().__init__(database_url, name="key-store")
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._count: tuple[float, int] | None = None
+        self._answered_at = float("-inf")
+        """When the newest lookup that the database answered was made."""
+        self._retry_at = float("-inf")
+        """Until then the database is taken to be down (it failed a lookup just now)."""
+
+    def _fresh(self, at: float | None, now: float) -> bool:
+        return at is not None and now - at <= self.cache_seconds
+
+    async def _lookup(self, query: Callable[[ApiKeys], Awaitable[T]], at: float) -> T:
+        """Run `query` (a lookup made at `at`); `_Outage` when the database does not answer."""
+        if time.monotonic() < self._retry_at:
+            raise _Outage(None)
+        try:
+            await self._prepare()
+            async with self.db.session() as session:
+                value = await query(ApiKeys(session))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._retry_at = time.monotonic() + self.OUTAGE_RETRY_SECONDS
+            raise _Outage(exc) from exc
+        self._answered_at = max(self._answered_at, at)
+        return value
+
+    def _stale_usable(self, at: float | None) -> bool:
+        """During an outage: whether a verdict made at `at` was fresh when the database
+        last answered."""
+        return at is not None and self._answered_at - at <= self.cache_seconds
+
+    @staticmethod
+    def _unavailable(what: str) -> DatabaseUnavailable:
+        logger.warning("the database does not answer: %s cannot be checked", what)
+        return DatabaseUnavailable(f"the database does not answer: {what} cannot be checked")
 
     def _forget(self) -> None:
         self._cache.clear()
@@ -211,13 +263,16 @@ class KeyStore(DatabaseUser):
         return record
 
     async def ahas_keys(self) -> bool:
-        """Whether any active key exists (cached like lookups)."""
+        """Whether any active key exists (cached like lookups, also through an outage)."""
         now = time.monotonic()
-        if self._count is None or now - self._count[0] > self.cache_seconds:
-            await self._prepare()
-            async with self.db.session() as session:
-                self._count = (now, await ApiKeys(session).count_active())
-        return self._count[1] > 0
+        count = self._count
+        if count is None or not self._fresh(count[0], now):
+            try:
+                self._count = count = (now, await self._lookup(ApiKeys.count_active, now))
+            except _Outage as outage:
+                if count is None or not self._stale_usable(count[0]):
+                    raise self._unavailable("whether any API key exists") from outage.__cause__
+        return count[1] > 0
 
     async def aauthenticate(self, key: str) -> Principal | None:
         """The principal of an active key, or None for an unknown or revoked one."""
@@ -226,16 +281,23 @@ class KeyStore(DatabaseUser):
         digest = hash_key(key)
         now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] <= self.cache_seconds:
+        if cached is not None and self._fresh(cached[0], now):
             return cached[1]
-        await self._prepare()
-        async with self.db.session() as session:
-            row = await ApiKeys(session).by_hash(digest)
-            principal = (
-                _principal(row)
-                if row is not None and hmac.compare_digest(row.key_hash, digest)
-                else None
-            )
+
+        async def by_hash(keys: ApiKeys) -> ApiKey | None:
+            return await keys.by_hash(digest)
+
+        try:
+            row = await self._lookup(by_hash, now)
+        except _Outage as outage:
+            if cached is None or not self._stale_usable(cached[0]):
+                raise self._unavailable("the API key") from outage.__cause__
+            return cached[1]
+        principal = (
+            _principal(row)
+            if row is not None and hmac.compare_digest(row.key_hash, digest)
+            else None
+        )
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now, principal)

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from app.access import AuditWriter, KeyStore, RateLimiter
 from app.api.errors import ApiError
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
+from app.ollama.database_outage import RowSpool
 from app.ollama.jobs import Jobs
 from app.settings import Settings
 
@@ -38,6 +39,8 @@ class Services:
     audit: AuditWriter
     metrics: Metrics
     shutdown: Shutdown
+    spool: RowSpool
+    """Where results wait while the database does not answer (its depth: /readyz, /metrics)."""
     background: set[asyncio.Task[None]] = field(default_factory=set)
     """Fire-and-forget work (token charges) kept referenced until done."""
 

@@ -26,6 +26,12 @@ from app.ollama import (
     ModelExecutionResult,
     RunCancelled,
 )
+from app.ollama.database_outage import (
+    OUTAGE_TYPES,
+    DatabaseUnavailable,
+    SpoolFull,
+    is_outage,
+)
 from app.ollama.metadata import error_class, run_metadata
 
 logger = logging.getLogger(__name__)
@@ -89,7 +95,11 @@ RUN_ERRORS: dict[int | str, dict[str, object]] = {
     404: {"model": Problem, "description": "The model is not installed."},
     422: {"model": Problem, "description": "The request is invalid."},
     502: {"model": Problem, "description": "The backend failed."},
-    503: {"model": Problem, "description": "No backend is available; retry later."},
+    503: {
+        "model": Problem,
+        "description": "No backend is available, or the database does not answer and the "
+        "spool that keeps results meanwhile is full; retry later (`Retry-After`).",
+    },
     504: {"model": Problem, "description": "The run timed out."},
 }
 """The errors of a route that runs a model (generate, chat, batches, ...)."""
@@ -322,10 +332,53 @@ async def _backend_error(request: Request, exc: Exception) -> JSONResponse:
     return await _api_error(request, problem)
 
 
+DATABASE_RETRY_AFTER = "5"
+
+
+def database_unavailable(request: Request, exc: BaseException) -> JSONResponse:
+    """503 with `Retry-After` for a request that needs the database while it does not
+    answer: the client may retry; nothing is wrong with its request."""
+    rid = getattr(request.state, "request_id", None)
+    logger.warning(
+        "%s %s: the database does not answer (%s: %s)",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc,
+        extra={"request_id": rid},
+    )
+    if isinstance(exc, SpoolFull):
+        detail = (
+            "the database does not answer and the gateway's spool for results is full, so "
+            "the result could not be kept; retry later"
+        )
+    elif isinstance(exc, DatabaseUnavailable):
+        detail = f"{exc}; retry later"  # says what could not be done (a key checked ...)
+    else:
+        detail = "the database does not answer; retry later"
+    return error_response(
+        request,
+        503,
+        "Database unavailable",
+        detail,
+        headers={"Retry-After": DATABASE_RETRY_AFTER},
+    )
+
+
+async def _outage_or_unhandled(request: Request, exc: Exception) -> JSONResponse:
+    """The classes a database outage surfaces as (`OUTAGE_TYPES`): a 503 when it is one,
+    else what any unhandled exception gets."""
+    if is_outage(exc):
+        return database_unavailable(request, exc)
+    return await _unhandled(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(BackendError, _backend_error)
-    app.add_exception_handler(Exception, _unhandled)
+    for outage_type in OUTAGE_TYPES:
+        app.add_exception_handler(outage_type, _outage_or_unhandled)
+    app.add_exception_handler(Exception, _outage_or_unhandled)

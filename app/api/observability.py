@@ -8,7 +8,7 @@ route template and status, times it, tracks streams in flight; and writes one ac
 
 `Metrics` holds one app's Prometheus registry (each app its own: no global state): HTTP
 metrics, per-model run metrics fed by the core's usage observers, and the backends' load (through the core)
-read at scrape time.
+read at scrape time, as is the spool's depth.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ollama.admin import BackendLoad
+from app.ollama.database_outage import SpoolDepth
 from app.ollama.usage import RunUsage
 from app.request_context import request_id
 
@@ -86,11 +87,32 @@ class EscapedRowsCollector(Collector):
         yield family
 
 
+class SpoolCollector(Collector):
+    """The spool's depth (results waiting for the database), read at scrape time: the same
+    from every process that shares the spool directory."""
+
+    def __init__(self, depth: Callable[[], SpoolDepth]) -> None:
+        self.depth = depth
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = self.depth()
+        yield GaugeMetricFamily(
+            "gateway_spool_entries",
+            "Results (or reports with their runs) spooled while the database did not answer, "
+            "not yet written to it",
+            value=float(depth.entries),
+        )
+        yield GaugeMetricFamily(
+            "gateway_spool_bytes", "Bytes of those spooled entries", value=float(depth.bytes)
+        )
+
+
 class Metrics:
     def __init__(
         self,
         backend_loads: Callable[[], list[BackendLoad]],
         escaped: Mapping[str, Callable[[], int]] | None = None,
+        spool_depth: Callable[[], SpoolDepth] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         # With `serve --workers N` (PROMETHEUS_MULTIPROC_DIR set), samples go to files that
@@ -135,6 +157,8 @@ class Metrics:
         # per process).
         self.registry.register(BackendCollector(backend_loads))
         self.registry.register(EscapedRowsCollector(escaped or {}))
+        if spool_depth is not None:
+            self.registry.register(SpoolCollector(spool_depth))
 
     def close(self) -> None:
         """This process is ending: its live gauges leave the multiprocess sum."""

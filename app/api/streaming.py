@@ -28,9 +28,14 @@ from app.api.schemas.common import ResultOut
 from app.api.schemas.runs import ChunkEvent, ErrorEvent
 from app.api.shutdown import SHUTTING_DOWN, Shutdown, ShuttingDown, until_shutdown
 from app.ollama import ModelExecutionResult, StreamingChunk
+from app.ollama.database_outage import DatabaseUnavailable
 from app.ollama.jobs import Jobs
 
 PING_SECONDS = 10
+SPOOL_FULL = (
+    "the database does not answer and the spool that keeps results meanwhile is full: "
+    "the result could not be kept; retry later"
+)
 JOB_POLL_SECONDS = 0.25
 EARLY_ERROR_SECONDS = 1.0
 
@@ -93,6 +98,9 @@ async def _events(
             chunk = await anext(chunks)
     except ShuttingDown:
         error = ErrorEvent(code="shutting_down", message=SHUTTING_DOWN)
+        yield _event("error", error.model_dump())
+    except DatabaseUnavailable:  # the spool is full: the run is done but cannot be kept
+        error = ErrorEvent(code="database_unavailable", message=SPOOL_FULL)
         yield _event("error", error.model_dump())
     finally:
         first.cancel()

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from app.ollama.errors import InvalidRequest
 from app.ollama.types import ModelExecutionResult
+from app.storage.outage import DatabaseUnavailable
 
 __all__ = ["ResultStore", "SaveResult", "save_group", "store_result"]
 
@@ -76,7 +77,9 @@ async def store_result(
     output_dir: str | None = None,
     links: Mapping[str, str | None] | None = None,
 ) -> str | None:
-    """Store one result in `store`; a storage failure is logged and noted, never raised.
+    """Store one result in `store`; a storage failure is logged and noted, never raised,
+    except `DatabaseUnavailable`: the database does not answer and the result cannot be
+    kept until it does (the spool is full), so the caller must not be told it was stored.
 
     The stored id goes to `metadata["result_id"]`. With `output_dir` the storage's sync
     `save_execution_result` is used (it writes an export there).
@@ -90,6 +93,9 @@ async def store_result(
             result_id = await asyncio.to_thread(store.save_execution_result, result, output_dir)
         else:
             result_id = await store.arecord_execution(result, kind=kind, **dict(links or {}))
+    except DatabaseUnavailable:
+        logger.error("a %s result could not be stored: the database does not answer", kind)
+        raise
     except Exception as exc:
         logger.exception("storing a %s result failed", kind)
         result.metadata["storage_error"] = _error_text(exc)
@@ -108,12 +114,16 @@ async def save_group(
     """Store a group report (batch, benchmark, comparison) and its runs, linked to it.
 
     The storage writes each run's `result_id` and group id into its metadata. A storage
-    failure is logged and noted on the runs, never raised.
+    failure is logged and noted on the runs, never raised (but for `DatabaseUnavailable`,
+    as in `store_result`).
     """
     if store is None:
         return None
     try:
         return await save(store)
+    except DatabaseUnavailable:
+        logger.error("a %s report could not be stored: the database does not answer", kind)
+        raise
     except Exception as exc:
         logger.exception("storing a %s report failed", kind)
         for result in results:

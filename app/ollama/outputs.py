@@ -51,6 +51,7 @@ from app.storage.repositories import (
     delete_finished_jobs,
     delete_older_than,
 )
+from app.storage.spool import RowSpool
 from app.storage.tables import (
     Batch,
     BenchmarkReport,
@@ -101,6 +102,8 @@ class OutputManager(DatabaseUser):
         self._committers: dict[asyncio.AbstractEventLoop, GroupCommit] = {}
         self.escaped_rows = 0
         """Rows of reports stored only after their text was escaped (see `escaped_count`)."""
+        self.spool: RowSpool | None = None
+        """Where runs go while the database does not answer (the app sets it; see spool.py)."""
 
     def __repr__(self) -> str:
         return f"OutputManager({masked(self.database_url)!r})"
@@ -109,10 +112,7 @@ class OutputManager(DatabaseUser):
 
     async def aping(self) -> None:
         """Raise if the database does not answer a trivial query."""
-        from sqlalchemy import text
-
-        async with self.db.session() as session:
-            await session.execute(text("SELECT 1"))
+        await self.db.ping()
 
     async def _export(self, output_dir: str | Path | None, name: str, payload: Any) -> Path | None:
         """Write `payload` as JSON to `output_dir/name` (off the event loop); None without
@@ -177,7 +177,7 @@ class OutputManager(DatabaseUser):
                 async with self.db.session() as session:
                     await Executions(session).add_all(rows)
 
-            committer = self._committers[loop] = GroupCommit(write_rows)
+            committer = self._committers[loop] = GroupCommit(write_rows, self.spool)
         return committer
 
     async def asave_execution_result(
@@ -345,7 +345,7 @@ class OutputManager(DatabaseUser):
 
         async def write() -> str:
             await self._prepare()
-            ids, escaped = await write_report(self.db, group, rows)
+            ids, escaped = await write_report(self.db, group, rows, self.spool)
             self.escaped_rows += escaped
             for result, result_id in zip(results, ids, strict=True):
                 if result.metadata is None:

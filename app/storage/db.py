@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -99,6 +99,11 @@ class Database:
         factory = self._sessions[asyncio.get_running_loop()]
         async with factory() as session, session.begin():
             yield session
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer a trivial query."""
+        async with self.session() as session:
+            await session.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         """Dispose the calling loop's engine (others are disposed on their own loops)."""

@@ -9,6 +9,11 @@ so one bad row fails only its own caller; a row that fails on its own is tried o
 with its text escaped (`app.storage.escaping`), so a run whose text the database cannot
 hold as it is (NUL on PostgreSQL) is still stored, flagged `text_escaped` and counted in
 `escaped`.
+
+With a `spool`, rows the database cannot take because it does not answer (an outage, see
+`app.storage.outage`) go to the spool instead, and their callers get their ids as if
+they had been committed (the spool is durable and is written to the database when it
+answers again); only a full spool fails them (`SpoolFull`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from app.storage.escaping import escape_row
+from app.storage.outage import DatabaseUnavailable, is_outage
+from app.storage.spool import RowSpool
 from app.storage.tables import Execution
 
 __all__ = ["GroupCommit"]
@@ -27,8 +34,11 @@ WriteRows = Callable[[Sequence[Execution]], Awaitable[None]]
 class GroupCommit:
     """One per event loop (futures belong to their loop)."""
 
-    def __init__(self, write: WriteRows, max_batch: int = 500) -> None:
+    def __init__(
+        self, write: WriteRows, spool: RowSpool | None = None, max_batch: int = 500
+    ) -> None:
         self._write = write
+        self.spool = spool
         self.max_batch = max_batch
         self._pending: list[tuple[Execution, asyncio.Future[str]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -50,6 +60,9 @@ class GroupCommit:
             try:
                 await self._write([row for row, _ in batch])
             except Exception as exc:
+                if self.spool is not None and is_outage(exc):
+                    await self._to_spool(batch)
+                    continue
                 if len(batch) == 1:
                     await self._write_alone(batch[0][0], batch[0][1], first_error=exc)
                     continue
@@ -58,6 +71,18 @@ class GroupCommit:
             else:
                 for row, future in batch:
                     _settle(future, value=row.id)
+
+    async def _to_spool(self, batch: Sequence[tuple[Execution, asyncio.Future[str]]]) -> None:
+        """Spool the rows (one entry each); their callers get their ids, or `SpoolFull`."""
+        assert self.spool is not None
+        try:
+            await self.spool.aappend([[row] for row, _ in batch])
+        except DatabaseUnavailable as exc:
+            for _, future in batch:
+                _settle(future, error=exc)
+            return
+        for row, future in batch:
+            _settle(future, value=row.id)
 
     async def _write_alone(
         self, row: Execution, future: asyncio.Future[str], first_error: Exception | None = None
@@ -73,6 +98,9 @@ class GroupCommit:
             else:
                 _settle(future, value=row.id)
                 return
+        if self.spool is not None and error is not None and is_outage(error):
+            await self._to_spool([(row, future)])
+            return
         if not escape_row(row):  # nothing to escape: the failure was not the row's text
             _settle(future, error=error or RuntimeError("the row could not be stored"))
             return

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from app.storage.db import Database
 from app.storage.escaping import escape_row
+from app.storage.outage import is_outage
 from app.storage.repositories import Executions, Reports
+from app.storage.spool import RowSpool
 from app.storage.tables import Execution, ReportRow
 
 __all__ = ["write_report"]
@@ -16,10 +18,14 @@ logger = logging.getLogger(__name__)
 
 
 async def write_report(
-    db: Database, report: ReportRow, runs: Sequence[Execution]
+    db: Database, report: ReportRow, runs: Sequence[Execution], spool: RowSpool | None = None
 ) -> tuple[list[str], int]:
     """Store `report` and `runs` (all of it or nothing); the runs' ids and how many rows
-    had to be stored with their text escaped (the database refused them as they were)."""
+    had to be stored with their text escaped (the database refused them as they were).
+
+    With a `spool`, a database that does not answer gets them later: they go to the spool
+    as one entry (`SpoolFull` when it is full).
+    """
 
     async def store() -> list[str]:
         async with db.session() as session:
@@ -28,7 +34,11 @@ async def write_report(
 
     try:
         return await store(), 0
-    except Exception:
+    except Exception as exc:
+        if spool is not None and is_outage(exc):
+            await spool.aappend([[report, *runs]])
+            logger.warning("the database does not answer: report %s spooled", report.id)
+            return [run.id for run in runs], 0
         escaped = [escape_row(row) for row in (report, *runs)]
         if not any(escaped):
             raise

@@ -19,6 +19,7 @@ def gateway_settings(backends: list[str], tmp_path: Path, **extra: Any) -> Setti
     values: dict[str, Any] = {
         "backends": backends,
         "database_url": f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
+        "spool_dir": tmp_path / "spool",
         "request_timeout": 30,
         "connect_timeout": 2,
         "health_timeout": 1,

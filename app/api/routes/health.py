@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -21,17 +22,34 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
 
+class SpoolState(BaseModel):
+    """Results waiting in the spool for the database (`GATEWAY_SPOOL_DIR`)."""
+
+    entries: int = Field(description="Entries (a run, or a report with its runs) waiting.")
+    bytes: int = Field(description="Their size in the spool file.")
+    max_bytes: int = Field(description="`GATEWAY_SPOOL_MAX_BYTES`: the spool file's bound.")
+
+
 class Readiness(BaseModel):
-    """Whether the gateway can serve. The details (backends, database, missing) are shown
-    only to an admin key, or to anyone while no key is needed."""
+    """Whether the gateway can serve. The details (backends, database, spool, missing,
+    degraded) are shown only to an admin key, or to anyone while no key is needed."""
 
     status: str = Field(description="`ready`, or `not ready` when a dependency is missing.")
     backends: list[dict[str, Any]] | None = Field(
         default=None, description="Each backend's health."
     )
     database: str | None = Field(default=None, description="`ok`, or what went wrong reaching it.")
+    spool: SpoolState | None = Field(
+        default=None, description="Results spooled while the database did not answer."
+    )
     missing: list[str] | None = Field(
         default=None, description="The dependencies that do not answer."
+    )
+    degraded: list[str] | None = Field(
+        default=None,
+        description="Dependencies that do not answer but are done without for now: "
+        "`database` while its results go to the spool (runs are served; other requests "
+        "that need the database get 503 with Retry-After).",
     )
 
 
@@ -48,9 +66,11 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "A dependency does not answer."}},
 )
 async def readyz(services: ServicesDep, request: Request) -> JSONResponse:
-    """Ready when at least one backend and the database answer; says which is missing (to
-    an admin key, or while no key is needed). From SIGTERM on: 503 `shutting down`, so a
-    load balancer stops sending here while requests in flight finish."""
+    """Ready when at least one backend answers and results can be stored: the database
+    answers, or else the spool has room (runs are still served; their results wait in the
+    spool, and the database is listed as `degraded`). Says what is missing (to an admin
+    key, or while no key is needed). From SIGTERM on: 503 `shutting down`, so a load
+    balancer stops sending here while requests in flight finish."""
     if services.shutdown.draining:
         return JSONResponse({"status": "shutting down"}, status_code=503)
     backends = await services.manager.abackend_status()
@@ -60,14 +80,25 @@ async def readyz(services: ServicesDep, request: Request) -> JSONResponse:
     except Exception as exc:
         logger.warning("readiness: the database does not answer: %r", exc)
         database = f"{type(exc).__name__}: {exc}"
-    missing = []
+    spool = services.spool
+    depth = await spool.adepth()
+    missing: list[str] = []
+    degraded: list[str] = []
     if not any(b["healthy"] for b in backends):
         missing.append("backend")
     if database != "ok":
-        missing.append("database")
+        room = await asyncio.to_thread(spool.has_room)
+        (degraded if room else missing).append("database")
     status = "not ready" if missing else "ready"
     code = 503 if missing else 200
     if not await sees_details(request, services):
         return JSONResponse({"status": status}, status_code=code)
-    body = Readiness(status=status, backends=backends, database=database, missing=missing)
+    body = Readiness(
+        status=status,
+        backends=backends,
+        database=database,
+        spool=SpoolState(entries=depth.entries, bytes=depth.bytes, max_bytes=spool.max_bytes),
+        missing=missing,
+        degraded=degraded,
+    )
     return JSONResponse(body.model_dump(), status_code=code)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
 from app.api.auth import UserDep, require_admin
-from app.api.deps import OutputsDep
+from app.api.deps import OutputsDep, ServicesDep
 from app.api.errors import ApiError, Problem
 from app.api.ownership import owner_of, readable_result
 from app.api.schemas.common import IsoDateTime
@@ -25,8 +26,27 @@ from app.ollama.outputs import CURSOR_PATTERN
 router = APIRouter(prefix="/gateway/results", tags=["results"])
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": Problem, "description": "No stored result with that id."}
+    404: {"model": Problem, "description": "No stored result with that id."},
+    503: {
+        "model": Problem,
+        "description": "The database does not answer, or results wait in the spool to be "
+        "written to it (this one may be among them); retry later (`Retry-After`).",
+    },
 }
+
+
+async def not_found(result_id: str, services: ServicesDep) -> ApiError:
+    """404, or 503 while spooled results wait: the id may be one of theirs, answered with
+    a 200 during a database outage and readable once the spool is written (seconds)."""
+    if await asyncio.to_thread(services.spool.has_pending):
+        return ApiError(
+            503,
+            "Result not yet stored",
+            f"no stored result with id '{result_id}' yet; results spooled while the database "
+            "did not answer are being written to it: retry later",
+            headers={"Retry-After": "1"},
+        )
+    return ApiError(404, "Result not found", f"no stored result with id '{result_id}'")
 
 
 @router.get("", operation_id="list_results", response_model=ResultPage)
@@ -91,10 +111,15 @@ async def cleanup_results(body: CleanupRequest, outputs: OutputsDep) -> CleanupO
 @router.get(
     "/{result_id}", operation_id="get_result", response_model=StoredResult, responses=NOT_FOUND
 )
-async def get_result(result_id: str, outputs: OutputsDep, principal: UserDep) -> StoredResult:
-    """One stored run (a user key sees only its own)."""
+async def get_result(
+    result_id: str, outputs: OutputsDep, principal: UserDep, services: ServicesDep
+) -> StoredResult:
+    """One stored run (a user key sees only its own). A run answered while the database
+    did not answer is readable once the spool has been written to it: until then 503."""
     item = await outputs.aget_result(result_id)
-    if item is None or not readable_result(item, principal):
+    if item is None:
+        raise await not_found(result_id, services)
+    if not readable_result(item, principal):
         raise ApiError(404, "Result not found", f"no stored result with id '{result_id}'")
     return StoredResult.model_validate(item)
 
@@ -105,9 +130,13 @@ async def get_result(result_id: str, outputs: OutputsDep, principal: UserDep) ->
     status_code=status.HTTP_204_NO_CONTENT,
     responses=NOT_FOUND,
 )
-async def delete_result(result_id: str, outputs: OutputsDep, principal: UserDep) -> Response:
+async def delete_result(
+    result_id: str, outputs: OutputsDep, principal: UserDep, services: ServicesDep
+) -> Response:
     """Delete one stored run (a user key only its own)."""
     item = await outputs.aget_result(result_id)
+    if item is None:
+        raise await not_found(result_id, services)
     if (
         item is None
         or not readable_result(item, principal)
