@@ -385,12 +385,12 @@ class BackendPool:
         finally:
             state.count_waiting(key, batch, -1)
         cold = key is not None and not self._is_loaded(state, key)
-        state.count_running(key, batch, cold, 1)
         started = time.monotonic()
+        state.count_running(key, batch, cold, 1, started=started)
         try:
             yield state
         finally:
-            state.count_running(key, batch, cold, -1)
+            state.count_running(key, batch, cold, -1, started=started)
             if gate is not None:
                 gate.release(key, batch)
         if key is not None:  # only a run that ended normally is timed

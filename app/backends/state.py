@@ -86,6 +86,15 @@ class BackendState:
     token_set: bool = False
     """Its `token_env` variable was set when its client was made."""
     _gates: dict[asyncio.AbstractEventLoop, SlotGate] = field(default_factory=dict)
+    _started_sum: float = 0.0
+    """Sum of the start times of the runs in flight (their mean age is a lower bound on
+    how long a run takes here: finished short runs must not hide long ones running)."""
+
+    def in_flight_age(self) -> float:
+        """Mean seconds the runs now in flight have been running (0 when none)."""
+        if self.outstanding <= 0:
+            return 0.0
+        return max(0.0, time.monotonic() - self._started_sum / self.outstanding)
 
     @property
     def available(self) -> bool:
@@ -113,8 +122,13 @@ class BackendState:
             if self.waiting_by_model[model] <= 0:
                 del self.waiting_by_model[model]
 
-    def count_running(self, model: str | None, batch: bool, cold: bool, step: int) -> None:
+    def count_running(
+        self, model: str | None, batch: bool, cold: bool, step: int, *, started: float = 0.0
+    ) -> None:
+        """One run more (`step` 1) or fewer (-1); `started` is its `time.monotonic()` start,
+        the same both times."""
         self.outstanding += step
+        self._started_sum += step * started
         self.outstanding_batch += step if batch else 0
         if model is not None:
             for counter, counted in ((self.in_flight, True), (self.cold_runs, cold)):
@@ -142,6 +156,9 @@ class BackendState:
         service = self.service_any or DEFAULT_SERVICE_SECONDS
         if model is not None:
             service = self.service_seconds.get(model, service)
+        # Runs in flight for longer than the mean of the finished ones (short replies
+        # then a burst of long ones) show the runs here take at least that long.
+        service = max(service, self.in_flight_age())
         waiting = self.waiting if batch else self.waiting - self.waiting_batch
         ahead = self.outstanding + waiting
         wait = max(0, ahead + 1 - slots) / slots * service

@@ -136,6 +136,38 @@ def chat_spec(model_name: str, messages: Sequence[Mapping[str, Any]], plan: Requ
     )
 
 
+class Pieces:
+    """A run's text as it arrives, held compactly: a long reply is tens of thousands of
+    tokens, and one `str` object per token would cost ~60 bytes each for as long as the
+    run lasts. Pieces are joined every `_COMPACT_EVERY` appends; `len()` counts them."""
+
+    _COMPACT_EVERY = 64
+
+    def __init__(self) -> None:
+        self._done = ""
+        self._recent: list[str] = []
+        self._count = 0
+
+    def append(self, piece: str) -> None:
+        self._recent.append(piece)
+        self._count += 1
+        if len(self._recent) >= self._COMPACT_EVERY:
+            self._done += "".join(self._recent)
+            self._recent.clear()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __str__(self) -> str:
+        if self._recent:
+            self._done += "".join(self._recent)
+            self._recent.clear()
+        return self._done
+
+
 class StreamAccumulator:
     """Collects a run's text as it streams and forwards each piece to a callback."""
 
@@ -145,8 +177,8 @@ class StreamAccumulator:
         self.pace: Callable[[], Awaitable[None]] | None = None
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
-        self.pieces: list[str] = []
-        self.thinking: list[str] = []
+        self.pieces = Pieces()
+        self.thinking = Pieces()
         self.tool_calls: list[Any] = []
         self.final: dict[str, Any] | None = None
         self.index = 0
@@ -156,7 +188,7 @@ class StreamAccumulator:
 
     @property
     def text(self) -> str:
-        return "".join(self.pieces)
+        return str(self.pieces)
 
     @property
     def restartable(self) -> bool:
@@ -167,7 +199,7 @@ class StreamAccumulator:
     def restart(self) -> None:
         """Forget a partial answer: the run starts over (on another backend)."""
         self.first_token_at = None
-        self.pieces, self.thinking, self.tool_calls = [], [], []
+        self.pieces, self.thinking, self.tool_calls = Pieces(), Pieces(), []
         self.final = None
         self.index = 0
         self.fed = 0

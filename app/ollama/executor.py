@@ -325,7 +325,7 @@ class RunExecutor:
             metadata["time_to_first_token"] = acc.time_to_first_token
         metadata["chunks"] = len(acc.pieces)
         if acc.thinking:
-            metadata["thinking"] = "".join(acc.thinking)
+            metadata["thinking"] = str(acc.thinking)
         if acc.tool_calls:
             metadata["tool_calls"] = acc.tool_calls
         if error is not None:

@@ -85,7 +85,7 @@ def continuation_body(
     """
     partial: dict[str, Any] = {"role": "assistant", "content": acc.text}
     if acc.thinking:
-        partial["thinking"] = "".join(acc.thinking)
+        partial["thinking"] = str(acc.thinking)
     if kind == "chat":
         given = body.get("messages")
         messages = [*(given if isinstance(given, list) else []), partial]
