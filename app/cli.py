@@ -72,7 +72,7 @@ def serve(
         raise typer.Exit(1) from exc
     if outcome != "up to date":
         typer.echo(f"database schema {outcome}", err=True)
-    refusal = exposure_refusal(settings)
+    refusal = exposure_refusal(settings) or spool_refusal(settings)
     if refusal is not None:
         typer.echo(f"Error: {refusal}", err=True)
         raise typer.Exit(2)
@@ -167,6 +167,10 @@ def worker() -> None:
     except SchemaOutOfDate as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    refusal = spool_refusal(settings)
+    if refusal is not None:
+        typer.echo(f"Error: {refusal}", err=True)
+        raise typer.Exit(2)
     asyncio.run(_work(settings))
 
 
@@ -268,6 +272,23 @@ def ensure_admin_key(settings: Settings) -> None:
         )
     elif outcome == "revoked":
         typer.echo("the admin key from the environment was revoked: it stays revoked", err=True)
+
+
+def spool_refusal(settings: Settings) -> str | None:
+    """Why the spool (results kept while the database does not answer) cannot be
+    written, or None."""
+    from app.storage.spool import RowSpool
+
+    spool = RowSpool(settings.spool_dir, settings.database_url, settings.spool_max_bytes)
+    try:
+        spool.check()
+    except OSError as exc:
+        return (
+            f"the spool directory {settings.spool_dir} cannot be written ({exc.strerror}: "
+            f"{exc.filename}): set GATEWAY_SPOOL_DIR to a writable directory, or "
+            "GATEWAY_SPOOL_MAX_BYTES=0 to serve without a spool"
+        )
+    return None
 
 
 def exposure_refusal(settings: Settings) -> str | None:

@@ -155,6 +155,15 @@ class RowSpool:
     def __repr__(self) -> str:
         return f"RowSpool({str(self.dir)!r})"
 
+    def check(self) -> None:
+        """Make sure the spool can be written (its directory made, its file opened for
+        appending); `OSError` if not. A spool of 0 bytes is never written."""
+        if self.max_bytes <= 0:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab"):
+            pass
+
     # -- locks and positions -----------------------------------------------------------
 
     @contextlib.contextmanager

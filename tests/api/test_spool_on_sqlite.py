@@ -10,6 +10,8 @@ import pytest
 from platformdirs import user_data_dir
 
 from app.settings import Settings
+from tests.support.commands import run
+from tests.support.servers import free_port
 
 
 def test_the_default_spool_is_beside_the_default_sqlite_file(
@@ -40,3 +42,20 @@ async def test_on_sqlite_runs_are_stored_directly_and_nothing_is_spooled(
     assert "gateway_spool_entries 0.0" in metrics and "gateway_spool_bytes 0.0" in metrics
     assert not (tmp_path / "spool").exists()  # made only when something is spooled
     assert (tmp_path / "gateway.db").exists()
+
+
+def test_serve_refuses_a_spool_directory_it_cannot_write(tmp_path: Path) -> None:
+    """An unusable GATEWAY_SPOOL_DIR stops `serve` at once with what to do, rather than
+    failing on the first database outage (when the spool is needed)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {
+        "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
+        "GATEWAY_BACKENDS": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_PORT": str(free_port()),
+        "GATEWAY_SPOOL_DIR": str(blocker / "spool"),
+    }
+    refused = run(["ollama-gateway", "serve"], env, tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert f"the spool directory {blocker / 'spool'} cannot be written" in refused.stderr
+    assert "GATEWAY_SPOOL_MAX_BYTES=0" in refused.stderr
