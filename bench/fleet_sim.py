@@ -71,8 +71,9 @@ backends alive) and the part of it spent loading; the share of conversation turn
 prompt prefix was cached where they ran; requests failed (after every attempt) and
 attempts retried.
 
-`--policies` may add `pool ranking only`: the pool as it is on main (ranking, gate,
-bookkeeping) without the three stand-ins, to see what they add.
+`--policies` may add `pool ranking only` (the pool as it is on main: ranking, gate,
+bookkeeping, without the three stand-ins) and `pool + affinity` (with the affinity
+stand-in only), to see what the stand-ins add.
 """
 
 from __future__ import annotations
@@ -81,12 +82,13 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import random
 import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -449,6 +451,8 @@ class Request:
     """Seconds it waited for a model to load (over every attempt)."""
     cached: bool = False
     """Its prompt's prefix was in the backend's prompt cache."""
+    errors: list[str] = field(default_factory=list)
+    """What each failed attempt raised (the exception's class, and where)."""
 
 
 class _Resident:
@@ -739,8 +743,8 @@ Choice = tuple[BackendState, SimBackend]
 
 class Policy(Protocol):
     name: str
-    rules: bool
-    """Placement, keep-warm and affinity (the stand-ins) apply."""
+    rules: frozenset[str]
+    """Which of the stand-ins apply: `placement`, `keep-warm`, `affinity`."""
 
     async def order(self, req: Request) -> list[Choice]:
         """The backends to try for `req`, best first."""
@@ -754,7 +758,7 @@ class _Baseline:
     every policy has them) that have the model; runs go straight to Ollama's queue."""
 
     name = ""
-    rules = False
+    rules: frozenset[str] = frozenset()
 
     def __init__(self, pool: BackendPool, backends: dict[str, SimBackend]) -> None:
         self.pool = pool
@@ -892,7 +896,7 @@ class Gateway:
     with the stand-ins for placement and affinity (keep-warm runs beside it)."""
 
     name = "gateway"
-    rules = True
+    rules = frozenset({"placement", "keep-warm", "affinity"})
 
     def __init__(self, pool: BackendPool, backends: dict[str, SimBackend]) -> None:
         self.pool = pool
@@ -902,10 +906,9 @@ class Gateway:
     async def order(self, req: Request) -> list[Choice]:
         model = req.model.name
         ranked = await self.pool.candidates(model)  # the real ranking
-        if not self.rules:
-            return [(s, self.backends[s.spec.name]) for s in ranked]
-        ranked = placement(req.model, ranked)
-        if req.conversation is not None:
+        if "placement" in self.rules:
+            ranked = placement(req.model, ranked)
+        if "affinity" in self.rules and req.conversation is not None:
             ranked = affinity(self.pool, model, ranked, self.last_backend.get(req.conversation))
         return [(s, self.backends[s.spec.name]) for s in ranked]
 
@@ -927,7 +930,14 @@ class PoolOnly(Gateway):
     tells what the stand-ins add)."""
 
     name = "pool ranking only"
-    rules = False
+    rules = frozenset()
+
+
+class PoolAffinity(Gateway):
+    """The pool as it is on main with the affinity stand-in only."""
+
+    name = "pool + affinity"
+    rules = frozenset({"affinity"})
 
 
 POLICY_TYPES: dict[str, Callable[[BackendPool, dict[str, SimBackend]], Policy]] = {
@@ -935,6 +945,7 @@ POLICY_TYPES: dict[str, Callable[[BackendPool, dict[str, SimBackend]], Policy]] 
     "least outstanding": LeastOutstanding,
     "gateway": Gateway,
     "pool ranking only": PoolOnly,
+    "pool + affinity": PoolAffinity,
 }
 
 
@@ -1022,7 +1033,8 @@ class Simulation:
         self.requests.append(req)
         try:
             order = await self.policy.order(req)
-        except BackendError:
+        except BackendError as exc:
+            req.errors.append(type(exc).__name__)
             req.failed = True
             return
         attempts = order[:MAX_ATTEMPTS]
@@ -1031,6 +1043,7 @@ class Simulation:
             try:
                 await self.policy.run_on(choice, req)
             except BackendError as exc:
+                req.errors.append(f"{type(exc).__name__} at {choice[1].name}")
                 if not isinstance(exc, BackendBusy):
                     self.pool.record_failure(choice[0], exc)
                 if i == len(attempts) - 1:
@@ -1088,7 +1101,7 @@ class Simulation:
         config = self.config
         watch = self.loop.create_task(self.pool.watch(HEALTH_INTERVAL))
         keep = None
-        if self.policy.rules:
+        if "keep-warm" in self.policy.rules:
             keep = self.loop.create_task(KeepWarm(self.pool, self.backends).keep())
         self._spawn(self.arrivals())
         dying = next(b for b in self.backends.values() if b.gpu.name == "big")
@@ -1252,7 +1265,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table(results))
     plot(results, args.plot)
     walls = ", ".join(f"{r.policy} {r.wall_seconds:.1f}" for r in results)
-    print(f"plot: {args.plot}; wall {time.perf_counter() - started:.1f} s ({walls})")
+    shown = os.path.relpath(args.plot) if args.plot.is_absolute() else args.plot
+    print(f"plot: {shown}; wall {time.perf_counter() - started:.1f} s ({walls})")
 
 
 if __name__ == "__main__":
