@@ -16,8 +16,9 @@ Policies:
   (`BackendPool._finished`: cold-load times, loaded models) and `watch()` (health checks),
   plus three rules that are being added to the pool on another branch and are stood in
   for here, each in one function below: placement (`placement`), keep-warm (`KeepWarm`)
-  and conversation affinity (`affinity`). Once the pool has them, those functions should
-  be replaced by the pool's own (see the `TODO(placement)` comments).
+  and conversation affinity (`affinity`). Once the pool has them, those should be
+  replaced by the pool's own (the `TODO(placement)`, `TODO(keep-warm)` and
+  `TODO(affinity)` comments).
 
 All three share the same simulated backends, the same health checks and circuit breaker
 (`pool.watch`, `pool.refresh_stale`, `record_failure`) and the executor's failover (at
