@@ -6,7 +6,7 @@ When a chat finishes on a backend, the hash of its model and messages with the r
 appended is remembered with that backend's name. A later chat whose messages, cut after
 one of its assistant messages (the longest such prefix first), hash to a remembered key
 prefers that backend (`BackendPool.candidates(prefer=...)`), while it is healthy, allowed,
-has the model and has a free slot. Only roles and text count: images, tool calls and
+has the model and has a free slot (a request there would start, not queue). Only roles and text count: images, tool calls and
 thinking are left out of the hash.
 
 In-process state, bounded (least recently used entries go first) and expiring after `ttl`

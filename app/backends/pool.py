@@ -33,7 +33,7 @@ from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 from app.backends.gate import batch_runs
 from app.backends.placement import Placement, PlacementRule
 from app.backends.spec import BackendSpec, parse_backend, spec_text
-from app.backends.state import DEFAULT_LOAD_SECONDS, BackendState
+from app.backends.state import DEFAULT_LOAD_SECONDS, UNLIMITED_SLOTS, BackendState
 from app.backends.warm import KeepWarm, expiry_of
 
 __all__ = [
@@ -331,7 +331,8 @@ class BackendPool:
 
         Only those `model`'s placement rule allows (or, without `model`, `placed`'s: where
         a pull of it may go); `BackendUnavailable` (503) naming the rule when none of them
-        is healthy. `prefer` (a backend name) comes first while it has a free slot. With a
+        is healthy. `prefer` (a backend name) comes first while it has a free slot (see
+        `_has_free_slot`). With a
         single backend there is nothing to choose and no probe is made: the request itself
         reports an unreachable server or a missing model.
         """
@@ -375,11 +376,19 @@ class BackendPool:
         ranked = sorted(healthy, key=rank)
         if prefer is not None and ranked[0].spec.name != prefer:
             for i, state in enumerate(ranked):
-                gate = state.gate(self.batch_share)
-                if state.spec.name == prefer and (gate is None or gate.fits(key, batch)):
+                if state.spec.name == prefer and self._has_free_slot(state, key, batch):
                     ranked.insert(0, ranked.pop(i))
                     break
         return ranked
+
+    def _has_free_slot(self, state: BackendState, key: str | None, batch: bool) -> bool:
+        """A request would start on `state` now, not queue: a slot of its gate fits, or
+        (a backend without `max`) fewer than the `UNLIMITED_SLOTS` it is counted as are
+        taken."""
+        gate = state.gate(self.batch_share)
+        if gate is not None:
+            return gate.fits(key, batch)
+        return state.outstanding + state.waiting < UNLIMITED_SLOTS
 
     def preferred(self, model: str, messages: Sequence[Mapping[str, Any]]) -> str | None:
         """The backend that served the conversation `messages` continue, if remembered."""

@@ -5,6 +5,7 @@ emulator processes on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -107,13 +108,16 @@ def test_the_prompt_cache_counts_only_the_tokens_past_the_longest_cached_prefix(
 
 
 @pytest.mark.timeout(60)
-async def test_affinity_does_not_wait_for_a_backend_with_no_free_slot() -> None:
-    """Two `;max=1` backends: the next turn goes back to its backend while it is free, and
-    elsewhere while a long run holds that backend's one slot."""
+@pytest.mark.parametrize(("limit", "held"), [(";max=1", 1), ("", 4)])
+async def test_affinity_does_not_wait_for_a_backend_with_no_free_slot(
+    limit: str, held: int
+) -> None:
+    """Two backends: the next turn goes back to its backend while it has a free slot, and
+    elsewhere while its slots are held (`max=1`: one; no `max`: the 4 it counts as)."""
     with emulators(2) as urls:
         for url in urls:
             warm(url)
-        manager = manager_for([f"b{i}={url};max=1" for i, url in enumerate(urls)])
+        manager = manager_for([f"b{i}={url}{limit}" for i, url in enumerate(urls)])
         runner = ModelRunner(manager)
         try:
             messages = [{"role": "user", "content": "Tell me about the sea."}]
@@ -127,10 +131,12 @@ async def test_affinity_does_not_wait_for_a_backend_with_no_free_slot() -> None:
             assert (again.metadata or {})["backend"] == home
             assert (again.metadata or {})["prompt_eval_count"] < 10
 
-            # home's only slot is held (a lease, as a long run holds it): the turn goes on
-            # elsewhere rather than queue behind it
+            # home's slots are held (leases, as long runs hold them): the turn goes on
+            # elsewhere rather than queue behind them
             [state] = [s for s in manager.pool.states if s.spec.url == home]
-            async with manager.pool.lease(state, MODEL):
+            async with contextlib.AsyncExitStack() as leases:
+                for _ in range(held):
+                    await leases.enter_async_context(manager.pool.lease(state, MODEL))
                 moved = await runner.async_chat(MODEL, messages, save_output=False)
             back = await runner.async_chat(MODEL, messages, save_output=False)
         finally:
