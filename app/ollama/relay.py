@@ -273,7 +273,8 @@ class Relay:
     ) -> Relayed:
         """See `OllamaManager.arelay`."""
         await self.executor.ensure_server()
-        chat = _messages(content) if path == "/api/chat" and model is not None else None
+        remembers = path == "/api/chat" and model is not None and self.pool.affinity.enabled
+        chat = _messages(content) if remembers else None
         prefer = self.pool.preferred(model, chat) if model is not None and chat else None
         try:
             candidates = await self.pool.candidates(model, has_model=same_model, prefer=prefer)
