@@ -450,6 +450,14 @@ def emulator(
     max_queue: Annotated[
         int, typer.Option(help="Runs that may wait behind the running one (llama-cpp).")
     ] = 8,
+    prompt_cache_slots: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Filler engine: prompts cached per loaded model (Ollama's parallel slots); "
+            "prompt_eval_count counts only the tokens past the longest cached prefix.",
+        ),
+    ] = 4,
 ) -> None:
     """Run the Ollama emulator: a stand-in Ollama server for tests and demos."""
     from app.emulator.config import EmulatorConfig
@@ -466,6 +474,7 @@ def emulator(
             engine=engine,
             gguf=gguf,
             max_queue=max_queue,
+            prompt_cache_slots=prompt_cache_slots,
         )
     )
 

@@ -44,6 +44,7 @@ from app.api.routes import (
     models,
     ollama_api,
     openai_api,
+    placement,
     pulls,
     results,
 )
@@ -235,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (results, user),
         (config, admin),
         (backends, admin),
+        (placement, admin),
         (keys, admin),
         (audit, admin),
     ):

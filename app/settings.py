@@ -73,6 +73,35 @@ class Settings(BaseSettings):
         description="Comma-separated Ollama backends, each `[name=]url[;max=N]"
         "[;max_per_model=N][;weight=W][;tags=a,b][;token_env=NAME]`.",
     )
+    placement: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Placement rules: a JSON object from model glob to a list of backend "
+        'names or `tag:NAME` (`{"llama3.1:70b": ["gpu1"], "qwen2.5:*": ["tag:small"]}`); '
+        "the first rule whose glob matches a model's normalised name decides where it may "
+        "run (and where a pull without a target goes); a model no rule matches runs "
+        "anywhere. Admins may replace them at `/gateway/placement` (stored in the database, "
+        "shared by every replica).",
+    )
+    keep_warm: dict[str, int] = Field(
+        default_factory=dict,
+        description="Warm models: a JSON object from model name to how many backends keep "
+        'it loaded (`{"llama3.1:8b": 2}`). Loaded at start and again when evicted (checked '
+        "every health round), on backends its placement allows that have it installed.",
+    )
+    affinity_ttl: float = Field(
+        default=600.0,
+        ge=0,
+        description="Seconds a chat's backend is remembered, so the conversation's next turn "
+        "goes back to it (its prompt cache holds the conversation) while it is healthy and "
+        "has a free slot; 0 turns conversation affinity off. Kept per process.",
+    )
+    affinity_max_entries: int = Field(
+        default=10_000,
+        ge=0,
+        le=10_000_000,
+        description="Most conversations remembered for affinity per process (least recently "
+        "used forgotten first).",
+    )
     batch_share: float = Field(
         default=0.5,
         ge=0,
@@ -292,6 +321,24 @@ class Settings(BaseSettings):
             value = entries
         if isinstance(value, list):
             return [str(part).strip().rstrip("/") for part in value if str(part).strip()]
+        return value
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _check_placement(cls, value: object) -> object:
+        """Rules as `app.backends.placement` reads them (ValueError naming what is wrong)."""
+        from app.backends.placement import parse_placement
+
+        return parse_placement(value).as_json()
+
+    @field_validator("keep_warm")
+    @classmethod
+    def _check_keep_warm(cls, value: dict[str, int]) -> dict[str, int]:
+        for model, count in value.items():
+            if not model.strip() or not 1 <= count <= 1000:
+                raise ValueError(
+                    f"keep_warm: {model!r}: {count} backends; give a model name and 1 to 1000"
+                )
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -9,6 +9,10 @@ model's cold-load time there when it is not loaded (see `app.backends.state`). I
 once and `max_per_model` runs of one model (when set), interactive requests before batch
 runs (`app.backends.gate`); up to `max_queue` more wait at most `queue_timeout` seconds,
 after which `BackendBusy` (503) is raised.
+
+Placement rules (`app.backends.placement`) narrow the backends a model may use; a chat's
+earlier backend is preferred while it has a free slot (`app.backends.affinity`); warm
+models are loaded in the health rounds (`app.backends.warm`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,18 @@ import difflib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.backends.affinity import ConversationAffinity
 from app.backends.client import JSONDict, OllamaClient
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 from app.backends.gate import batch_runs
+from app.backends.placement import Placement, PlacementRule
 from app.backends.spec import BackendSpec, parse_backend, spec_text
-from app.backends.state import DEFAULT_LOAD_SECONDS, BackendState
+from app.backends.state import DEFAULT_LOAD_SECONDS, UNLIMITED_SLOTS, BackendState
+from app.backends.warm import KeepWarm, expiry_of
 
 __all__ = [
     "BackendPool",
@@ -64,6 +71,8 @@ class BackendPool:
     passes Ollama's name rules; by default a name is its own key). `batch_share` is the
     part of a backend's slots batch runs may hold while interactive requests wait;
     `default_load` the cold-load time assumed for a model before one was seen.
+    `placement` (rules), `keep_warm` (model -> backends) and `affinity` (remembered
+    conversations) may be replaced at any time by the pool's owner.
     """
 
     def __init__(
@@ -82,6 +91,9 @@ class BackendPool:
         batch_share: float = 0.5,
         default_load: float = DEFAULT_LOAD_SECONDS,
         model_key: Callable[[str], str] | None = None,
+        placement: Placement | None = None,
+        keep_warm: Mapping[str, int] | None = None,
+        affinity: ConversationAffinity | None = None,
     ) -> None:
         if not backends:
             raise ValueError("BackendPool needs at least one backend URL")
@@ -103,6 +115,9 @@ class BackendPool:
         self.membership_sync: Callable[[], Awaitable[None]] | None = None
         self.membership_interval = 2.0
         self._skipped: set[tuple[str, str]] = set()
+        self.placement = placement if placement is not None else Placement()
+        self.keep_warm = KeepWarm(keep_warm or {})
+        self.affinity = affinity if affinity is not None else ConversationAffinity()
 
     def _state(self, spec: BackendSpec) -> BackendState:
         token = spec.token()
@@ -277,6 +292,8 @@ class BackendPool:
             return
         state.models = [str(t.get("name", "")) for t in tags]
         state.loaded = [str(m.get("name", "")) for m in running]
+        until = {self._key(str(m.get("name", ""))): expiry_of(m.get("expires_at")) for m in running}
+        state.loaded_until = {key: t for key, t in until.items() if key and t is not None}
         state.inventory_at = time.monotonic()
         self.record_success(state)
 
@@ -297,19 +314,44 @@ class BackendPool:
 
     # -- routing ---------------------------------------------------------------------
 
+    def rule_for(self, model: str | None) -> PlacementRule | None:
+        """The placement rule deciding where `model` runs (None: anywhere)."""
+        key = self._key(model)
+        return None if key is None else self.placement.rule_for(key, self.model_key)
+
     async def candidates(
-        self, model: str | None = None, *, has_model: SameModel | None = None
+        self,
+        model: str | None = None,
+        *,
+        has_model: SameModel | None = None,
+        placed: str | None = None,
+        prefer: str | None = None,
     ) -> list[BackendState]:
         """The backends to try for `model`, best first (see the module docstring).
 
-        With a single backend there is nothing to choose and no probe is made: the request
-        itself reports an unreachable server or a missing model.
+        Only those `model`'s placement rule allows (or, without `model`, `placed`'s: where
+        a pull of it may go); `BackendUnavailable` (503) naming the rule when none of them
+        is healthy. `prefer` (a backend name) comes first while it has a free slot (see
+        `_has_free_slot`). With a
+        single backend there is nothing to choose and no probe is made: the request itself
+        reports an unreachable server or a missing model.
         """
-        if len(self.states) == 1:
+        rule = self.rule_for(model if model is not None else placed)
+        if len(self.states) == 1 and (rule is None or rule.allows(self.states[0].spec)):
             return list(self.states)
         await self.refresh_stale()
         same = has_model or (lambda installed, wanted: installed == wanted)
         healthy = [s for s in self.states if s.available and s.models is not None]
+        if rule is not None:
+            subject = model if model is not None else placed
+            allowed = [s for s in self.states if rule.allows(s.spec)]
+            healthy = [s for s in healthy if rule.allows(s.spec)]
+            if not healthy:
+                state_of = "none is healthy" if allowed else "no backend in the pool matches"
+                raise BackendUnavailable(
+                    f"model '{subject}': its {rule.describe()} allows no healthy backend "
+                    f"({state_of})"
+                )
         if not healthy:
             errors = "; ".join(f"{s.spec.url}: {s.last_error}" for s in self.states)
             raise BackendUnavailable("no backend is reachable: " + errors)
@@ -319,7 +361,8 @@ class BackendPool:
                 known = sorted({m for s in healthy for m in s.models or []})
                 close = difflib.get_close_matches(model, known, n=3, cutoff=0.5)
                 hint = f"; close names: {', '.join(close)}" if close else ""
-                raise BackendError(f"model '{model}' not found{hint}", status=404)
+                where = f" on the backends its {rule.describe()} allows" if rule else ""
+                raise BackendError(f"model '{model}' not found{where}{hint}", status=404)
             healthy = having
 
         key, batch = self._key(model), batch_runs.get()
@@ -330,7 +373,36 @@ class BackendPool:
                 key, loaded=loaded, batch=batch, default_load=self.default_load
             )
 
-        return sorted(healthy, key=rank)
+        ranked = sorted(healthy, key=rank)
+        if prefer is not None and ranked[0].spec.name != prefer:
+            for i, state in enumerate(ranked):
+                if state.spec.name == prefer and self._has_free_slot(state, key, batch):
+                    ranked.insert(0, ranked.pop(i))
+                    break
+        return ranked
+
+    def _has_free_slot(self, state: BackendState, key: str | None, batch: bool) -> bool:
+        """A request would start on `state` now, not queue: a slot of its gate fits, or
+        (a backend without `max`) fewer than the `UNLIMITED_SLOTS` it is counted as are
+        taken."""
+        gate = state.gate(self.batch_share)
+        if gate is not None:
+            return gate.fits(key, batch)
+        return state.outstanding + state.waiting < UNLIMITED_SLOTS
+
+    def preferred(self, model: str, messages: Sequence[Mapping[str, Any]]) -> str | None:
+        """The backend that served the conversation `messages` continue, if remembered."""
+        return self.affinity.prefer(self._key_of(model), messages)
+
+    def served(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        reply: str,
+        state: BackendState,
+    ) -> None:
+        """`state` answered the chat `messages` with `reply`: its next turn should go there."""
+        self.affinity.remember(self._key_of(model), messages, reply, state.spec.name)
 
     async def pick(
         self, model: str | None = None, *, has_model: SameModel | None = None
@@ -404,20 +476,31 @@ class BackendPool:
         waits on an inventory, a backend that came back is noticed without a request
         failing first, and backends added or removed elsewhere are followed.
         """
-        async with asyncio.TaskGroup() as group:
-            group.create_task(
-                _every(interval, lambda: self.refresh_stale(force=True), "backend health check")
-            )
-            if self.membership_sync is not None:
-                group.create_task(
-                    _every(self.membership_interval, self.membership_sync, "backend list sync")
-                )
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(_every(interval, self.health_round, "backend health check"))
+                if self.membership_sync is not None:
+                    group.create_task(
+                        _every(self.membership_interval, self.membership_sync, "backend list sync")
+                    )
+        finally:
+            await self.keep_warm.aclose()
+
+    async def health_round(self) -> None:
+        """Check every backend's health and inventory, then keep the warm models loaded."""
+        await self.refresh_stale(force=True)
+        if self.keep_warm:
+            self.keep_warm.step(self.states, self.placement, self._key_of, self.timeout)
+
+    def _key_of(self, model: str) -> str:
+        return self._key(model) or model
 
     def describe(self) -> list[dict[str, Any]]:
         return [state.describe() for state in self.states]
 
     async def aclose(self) -> None:
-        """Close every backend's pooled connections."""
+        """Stop the warm loads under way and close every backend's pooled connections."""
+        await self.keep_warm.aclose()
         for state in self.states:
             await state.client.aclose()
 

@@ -74,6 +74,10 @@ class BackendState:
     last_error: str | None = None
     models: list[str] | None = None
     loaded: list[str] = field(default_factory=list)
+    loaded_until: dict[str, float] = field(default_factory=dict)
+    """When each loaded model (by its key) unloads, in seconds since the epoch (`/api/ps`)."""
+    warm: list[str] = field(default_factory=list)
+    """The models the gateway keeps loaded here (GATEWAY_KEEP_WARM, `app.backends.warm`)."""
     inventory_at: float = 0.0
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     """Recent queue waits in seconds (requests that had to wait for a slot)."""
@@ -202,4 +206,5 @@ class BackendState:
             "last_error": self.last_error,
             "models": self.models,
             "loaded": self.loaded,
+            "warm": self.warm,
         }

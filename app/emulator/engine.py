@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from app.emulator.catalog import Spec
+
+if TYPE_CHECKING:
+    from app.emulator.prompt_cache import PromptCache
 
 __all__ = [
     "EmbedJob",
@@ -62,6 +65,8 @@ class GenerationJob:
     """The reply streams (NDJSON) rather than coming as one object."""
     cold: bool
     """The model was not loaded when the request came."""
+    cache: PromptCache | None = None
+    """The loaded model's prompt cache (None: nothing cached, every token is evaluated)."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 The same model, prompt and seed always give the same pieces; thinking models think,
 tools are called when the user names them, `format` gives valid JSON. Counters are made
-up from the text and the emulated pace: the state's `first_token_delay_ms` before the first
+up from the text and the emulated pace (`prompt_eval_count` past the loaded model's
+prompt cache, see `prompt_cache`): the state's `first_token_delay_ms` before the first
 piece and `token_delay_ms` before each next one (read as each piece goes, so a change made
 mid-stream through /_emulator/faults applies at once).
 """
@@ -21,6 +22,7 @@ from app.emulator.catalog import Spec
 from app.emulator.continuation import Conversation, Prefill, conversation, prefill_of, rest_after
 from app.emulator.engine import Embedded, EmbedJob, Event, Finished, GenerationJob, Piece
 from app.emulator.errors import OllamaError
+from app.emulator.prompt_cache import rendered, split
 from app.emulator.state import State
 
 __all__ = ["FillerEngine", "normalise"]
@@ -49,10 +51,8 @@ class FillerEngine:
         temperature = float(options.get("temperature", 0.8))
         if job.kind == "generate":
             conv = Conversation(job.system, job.prompt, job.prompt)
-            read = job.system + job.prompt
         else:
             conv = conversation(job.system, job.messages)
-            read = conv.system + conv.history
         answer = self._answer(job, conv, seed, temperature)
         prefill = prefill_of(job.messages) if job.kind == "chat" else None
         if prefill is not None:
@@ -70,7 +70,10 @@ class FillerEngine:
             )
 
         eval_count = len(thinking) + len(pieces) + (1 if tool else 0)
-        metrics = self._metrics(text.tokens_of(read) + 10, eval_count, job.cold)
+        prompt = rendered(job)
+        said = split("".join(thinking)) + split("".join(pieces))
+        evaluated = job.cache.evaluate(prompt, said) if job.cache is not None else len(prompt)
+        metrics = self._metrics(evaluated, eval_count, job.cold)
         events: list[Event] = [Piece(thinking=piece) for piece in thinking]
         events += [Piece(content=piece) for piece in pieces]
         if tool is not None:

@@ -169,6 +169,7 @@ class InferenceEndpoints:
             schema=schema,
             stream=req.get("stream") is not False,
             cold=cold,
+            cache=self.state.prompt_cache(name),
         )
         events = token_faults(await self.engine.generate(job), self.state.faults)
         if job.stream:

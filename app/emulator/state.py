@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from app.emulator.catalog import Spec, lookup, synthesise
 from app.emulator.config import EmulatorConfig
 from app.emulator.names import ModelName, parse
+from app.emulator.prompt_cache import PromptCache
 
 DEFAULT_KEEP_ALIVE_NS = 5 * 60 * 1_000_000_000
 FOREVER_NS = 292 * 365 * 24 * 3600 * 1_000_000_000
@@ -25,6 +26,8 @@ class Loaded:
     installed: Installed
     expires_ns: int
     context_length: int
+    cache: PromptCache = field(default_factory=PromptCache)
+    """Its prompt cache (see `prompt_cache`): emptied by a cold load."""
 
 
 @dataclass
@@ -130,7 +133,13 @@ class State:
         ttl = DEFAULT_KEEP_ALIVE_NS if keep_alive_ns is None else keep_alive_ns
         if ttl < 0:
             ttl = FOREVER_NS
-        self.loaded[name.key] = Loaded(installed, time.time_ns() + ttl, num_ctx)
+        cache = self.prompt_cache(name) or PromptCache(self.config.prompt_cache_slots)
+        self.loaded[name.key] = Loaded(installed, time.time_ns() + ttl, num_ctx, cache)
+
+    def prompt_cache(self, name: ModelName) -> PromptCache | None:
+        """The prompt cache of the model while it is loaded, else None."""
+        entry = self.loaded.get(name.key)
+        return entry.cache if entry is not None and entry.expires_ns > time.time_ns() else None
 
     def was_loaded(self, name: ModelName) -> bool:
         entry = self.loaded.get(name.key)

@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.backends.affinity import ConversationAffinity
 from app.backends.client import OllamaClient
 from app.backends.errors import BackendError, BackendUnavailable
+from app.backends.placement import parse_placement
 from app.backends.pool import BackendPool, BackendState
 from app.backends.spec import BackendSpec, parse_backend
 from app.ollama.names import model_key
@@ -55,6 +57,9 @@ def pool_options(settings: Settings) -> dict[str, Any]:
         "transport": settings.http_transport,
         "batch_share": settings.batch_share,
         "model_key": model_key,
+        "placement": parse_placement(settings.placement),
+        "keep_warm": settings.keep_warm,
+        "affinity": ConversationAffinity(settings.affinity_ttl, settings.affinity_max_entries),
     }
 
 
@@ -209,13 +214,14 @@ async def pull_model(
     progress: ProgressCallback | None,
     targets: Sequence[BackendState] | None,
 ) -> None:
-    """Pull onto each of `targets` in turn, or (None) onto the least loaded healthy backend.
+    """Pull onto each of `targets` in turn, or (None) onto the least loaded healthy backend
+    the model's placement rule allows.
 
     With targets each progress object carries a `backend` key. Raises `BackendError` at
     the first pull that fails or ends without a `success` status.
     """
     if targets is None:
-        client = (await pool.candidates(None))[0].client
+        client = (await pool.candidates(None, placed=model_name))[0].client
         await _pull(client, model_name, progress)
         return
     for state in targets:

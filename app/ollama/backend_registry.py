@@ -14,6 +14,9 @@ with the registry's rows laid over it:
 Writes check names and URLs against the members in the same transaction; a name is
 claimed in one statement, so two processes cannot both add it. Circuit state and load
 are not shared: each process keeps its own (`BackendPool`).
+
+The placement rules set through the API (`placement_rules`, see
+`app.ollama.placement_admin`) are kept here too, and followed in the same rounds.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Literal
 from app.backends.pool import BackendSpec, parse_backend, spec_text
 from app.storage.backend_repository import BackendRegistryRows
 from app.storage.database_user import DatabaseUser
+from app.storage.placement_repository import PlacementRows
 from app.storage.tables import RegisteredBackend
 
 __all__ = ["BackendRegistry", "Member", "members"]
@@ -103,6 +107,19 @@ class BackendRegistry(DatabaseUser):
                 raise ValueError(f"backend {found.name!r} is the last one; add another first")
             await rows.mark_removed(found.name, spec_text(found), datetime.now(UTC))
             return found
+
+    async def aplacement(self) -> str | None:
+        """The placement rules set through the API (a JSON object's text), or None."""
+        await self._prepare()
+        async with self.db.session() as session:
+            row = await PlacementRows(session).get()
+            return None if row is None else row.rules
+
+    async def aset_placement(self, rules: str) -> None:
+        """Replace the placement rules (a JSON object's text) for every process."""
+        await self._prepare()
+        async with self.db.session() as session:
+            await PlacementRows(session).put(rules, datetime.now(UTC))
 
 
 def _clash(spec: BackendSpec, other: BackendSpec) -> ValueError:

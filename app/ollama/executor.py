@@ -213,7 +213,9 @@ class RunExecutor:
         """
         request = spec.payload()
         payload, kind = request, spec.kind
-        candidates = await self.pool.candidates(spec.model, has_model=same_model)
+        chat = spec.messages if spec.kind == "chat" and spec.messages else None
+        prefer = self.pool.preferred(spec.model, chat) if chat else None
+        candidates = await self.pool.candidates(spec.model, has_model=same_model, prefer=prefer)
         failed_over: list[str] = []
         resume = StreamResume(acc)
         for attempt, state in enumerate(candidates[:MAX_ATTEMPTS]):
@@ -266,6 +268,8 @@ class RunExecutor:
                     acc.restart()
                 continue
             self.pool.record_success(state)
+            if chat:  # its next turn goes back here (conversation affinity)
+                self.pool.served(spec.model, chat, acc.text, state)
             if resume.resumed:
                 resume.finished()
                 acc.final = resume.merged_final(acc.final)

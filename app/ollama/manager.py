@@ -51,6 +51,7 @@ from app.ollama.executor import RunExecutor
 from app.ollama.names import model_key, same_model
 from app.ollama.options import plan_from_dict
 from app.ollama.outputs import OutputManager
+from app.ollama.placement_admin import PlacementAdmin
 from app.ollama.relay import Relay, Relayed
 from app.ollama.types import ModelExecutionResult, OllamaModel
 from app.ollama.usage import UsageObserver
@@ -71,10 +72,8 @@ class OllamaManager:
     `output_manager` (where `save_output=True` stores results; a default `OutputManager()`
     is created on the first save when none is given), `models_cache_ttl` (seconds
     `list_models` reuses its answer) and `server_start_timeout` (the `auto_start_server`
-    deadline).
-
-    Nothing touches the network in the constructor: `auto_start_server` checks the server
-    on first use.
+    deadline). Nothing touches the network in the constructor: `auto_start_server` checks
+    the server on first use. `placement` holds the pool's placement rules.
     """
 
     def __init__(
@@ -113,6 +112,7 @@ class OllamaManager:
         if self._owns_pool and use_http_api and self.settings.backend_registry:
             self.registry = BackendRegistry(self.settings.database_url)
             self.pool.membership_sync = self.aapply_backend_registry
+        self.placement = PlacementAdmin(self.pool, self.registry)
         self._retiring: dict[asyncio.Task[None], BackendState] = {}
         # Only a manager that talks to its own base_url may start a server for it.
         self._may_start_server = pool is None and not backends
@@ -262,10 +262,11 @@ class OllamaManager:
                 self._retire_later(state)
 
     async def aapply_backend_registry(self) -> None:
-        """Bring the pool in line with the backend registry (run at start, then every 2 s
-        by `pool.watch`); removed backends' requests finish in the background."""
+        """Bring the pool in line with the backend registry and stored placement rules (at
+        start, then every 2 s by `pool.watch`); removed backends' requests finish later."""
         if self.registry is not None:
             self._reconcile(await self.registry.amembers(self._configured))
+            await self.placement.areload()
 
     def _reconcile(self, wanted: list[Member], *, retire: bool = True) -> Reconciled:
         changes = self.pool.reconcile([(member.spec, member.source) for member in wanted])
@@ -288,10 +289,8 @@ class OllamaManager:
         task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     async def amodel_locations(self, force_refresh: bool = False) -> dict[str, list[str]]:
-        """Which backends (by name) have each model, keyed by the normalised model name.
-
-        The pool's inventory is reused for `inventory_ttl` seconds unless `force_refresh`.
-        """
+        """Which backends (by name) have each model, keyed by the normalised model name
+        (the pool's inventory is reused for `inventory_ttl` seconds unless `force_refresh`)."""
         return await model_locations(self.pool, force_refresh)
 
     def backend_loads(self) -> list[BackendLoad]:

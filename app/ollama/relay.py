@@ -273,12 +273,15 @@ class Relay:
     ) -> Relayed:
         """See `OllamaManager.arelay`."""
         await self.executor.ensure_server()
+        remembers = path == "/api/chat" and model is not None and self.pool.affinity.enabled
+        chat = _messages(content) if remembers else None
+        prefer = self.pool.preferred(model, chat) if model is not None and chat else None
         try:
-            candidates = await self.pool.candidates(model, has_model=same_model)
+            candidates = await self.pool.candidates(model, has_model=same_model, prefer=prefer)
         except BackendError as exc:
             if exc.status != 404:
                 raise
-            candidates = await self.pool.candidates(None)
+            candidates = await self.pool.candidates(None, placed=model)
         attempts = candidates[:MAX_ATTEMPTS]
         runs = model if path in ("/api/generate", "/api/chat", "/api/embed") else None
         for attempt, state in enumerate(attempts):
@@ -302,6 +305,8 @@ class Relay:
                 )
                 continue
             body: AsyncIterator[bytes] = reply.body
+            if chat and model is not None and reply.status == 200:
+                body = _remembering(body, partial(self.pool.served, model, chat, state=state))
             if buffered:  # the client waits for the whole reply: one cut short is retried
                 try:
                     whole = await Relayed(reply.status, reply.headers, body).read()
@@ -403,6 +408,59 @@ class Relay:
         if listing == "tags" and len(states) > 1:
             entries.sort(key=lambda e: _timestamp(e.get("modified_at")), reverse=True)
         return entries
+
+
+def _messages(content: bytes | None) -> list[dict[str, Any]] | None:
+    """A chat body's messages (the objects among them), or None."""
+    body = _json_object(content)
+    messages = body.get("messages") if body is not None else None
+    if not isinstance(messages, list):
+        return None
+    return [m for m in messages if isinstance(m, dict)] or None
+
+
+async def _remembering(
+    body: AsyncIterator[bytes], done: Callable[..., None]
+) -> AsyncIterator[bytes]:
+    """`body` (a chat reply, NDJSON or one object) as it is; `done(reply=)` gets the
+    answer's text once its final `done` line has passed (not for a reply that fails or is cut short)."""
+    buffer = b""
+    parts: list[str] = []
+    finished = False
+    try:
+        async for piece in body:
+            yield piece
+            if finished:
+                continue
+            buffer += piece
+            while not finished and (cut := buffer.find(b"\n")) >= 0:
+                line, buffer = buffer[:cut], buffer[cut + 1 :]
+                finished = _answer_line(line, parts, done)
+        if not finished and buffer.strip():
+            _answer_line(buffer, parts, done)
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _answer_line(line: bytes, parts: list[str], done: Callable[..., None]) -> bool:
+    """Take one line of a chat reply; True once the reply ended (well or not)."""
+    try:
+        chunk = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(chunk, dict):
+        return False
+    if "error" in chunk:
+        return True
+    message = chunk.get("message")
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        parts.append(message["content"])
+    if chunk.get("done") is True:
+        done(reply="".join(parts))
+        return True
+    return False
 
 
 async def _released(

@@ -364,3 +364,21 @@ class RegisteredBackend(Base):
     removed_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime(), doc="When it was removed through the API; None while in use"
     )
+
+
+class PlacementRules(Base):
+    """The placement rules set through `/gateway/placement` (one row, `id` 1).
+
+    Every process and replica follows this row once it exists (instead of its
+    GATEWAY_PLACEMENT); without it the start-up rules apply.
+    """
+
+    __tablename__ = "placement_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rules: Mapped[str] = mapped_column(
+        Text, doc="A JSON object from model glob to backend names or `tag:NAME`, in order"
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utc_now, doc="When they were last replaced through the API"
+    )

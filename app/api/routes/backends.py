@@ -88,6 +88,11 @@ class BackendOut(BaseModel):
     consecutive_failures: int = Field(default=0, description="Failures in a row." + PROCESS)
     last_error: str | None = Field(default=None, description="Its last failure." + PROCESS)
     loaded: list[str] = Field(default_factory=list, description="Models loaded in memory.")
+    warm: list[str] = Field(
+        default_factory=list,
+        description="Models the gateway keeps loaded here (`GATEWAY_KEEP_WARM`): loaded at "
+        "start and again when evicted." + PROCESS,
+    )
     version: str | None = None
     models: list[str] | None = Field(default=None, description="Installed model names.")
     error: str | None = Field(default=None, description="Why it is unhealthy.")
