@@ -29,8 +29,6 @@ JSONDict = dict[str, Any]
 FinalObserver = Callable[[str, JSONDict], None]
 """Told each finished run's model and Ollama's final object (with `load_duration`)."""
 TRANSPORTS = ("httpx", "aiohttp")
-READ_BUFFER = 16 * 1024
-"""aiohttp's read buffer per backend connection (it pauses reading at twice this)."""
 
 logger = logging.getLogger(__name__)
 
@@ -118,20 +116,9 @@ class OllamaClient:
         """httpx's own (None), or aiohttp under httpx's API (`httpx-aiohttp`)."""
         if self.transport == "httpx":
             return None
-        import aiohttp
-        from httpx_aiohttp import AiohttpTransport
+        from app.backends.aiohttp_transport import KeepingTransport
 
-        limits = self._limits
-
-        def session() -> aiohttp.ClientSession:
-            # A small read buffer: aiohttp stops reading a reply once twice this much waits
-            # unread, so a stream whose client reads slowly holds ~32 KiB here, not ~128.
-            connector = aiohttp.TCPConnector(
-                limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry
-            )
-            return aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFFER)
-
-        return AiohttpTransport(limits=limits, trust_env=False, client=session)
+        return KeepingTransport(self._limits)
 
     def _timeout(self, total: float | None) -> httpx.Timeout:
         seconds = self.timeout if total is None else total

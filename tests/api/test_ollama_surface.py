@@ -222,7 +222,7 @@ def test_a_stream_cut_by_the_backend_ends_with_an_error_line_and_a_failed_run(
     with pytest.raises(ollama.ResponseError) as raised:
         for part in client.generate(model="llama3.1:8b", prompt="cut short", stream=True):
             received.append(part.response)
-    assert len(received) == 3 and "mid-reply" in raised.value.error
+    assert len(received) == 3 and "mid-reply" in raised.value.error, raised.value
     run = stored(gateway_url, surface="ollama")[0]
     assert run["prompt"] == "cut short" and run["status"] == "failed"
     assert run["metadata"]["partial_response"] == "".join(received)
