@@ -15,10 +15,18 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
-from app.backends.errors import BackendBusy, BackendError
+from app.backends.client import OllamaClient
+from app.backends.errors import BackendBusy, BackendError, StreamInterrupted
 from app.backends.pool import BackendPool
-from app.ollama._execution import ChunkCallback, RunSpec, StreamAccumulator, ollama_metrics
+from app.ollama._execution import (
+    ChunkCallback,
+    Kind,
+    RunSpec,
+    StreamAccumulator,
+    ollama_metrics,
+)
 from app.ollama._store import SaveResult
 from app.ollama.cli_mode import OllamaCli
 from app.ollama.metadata import ErrorKind, RunMetadata, RunMode, as_plain_dict, error_kind
@@ -66,6 +74,26 @@ class ChunkBuffer:
         await self._room.wait()
 
 
+async def whole_reply(
+    client: OllamaClient, kind: Kind, payload: dict[str, Any], read_timeout: float
+) -> dict[str, Any]:
+    """`payload` asked with `stream: false`: the reply, checked as a stream's last line is
+    (an `error` in it, or no `done: true`, is the backend's failure)."""
+    if kind == "generate":
+        reply = await client.generate(payload, timeout=read_timeout)
+    else:
+        reply = await client.chat(payload, timeout=read_timeout)
+    if "error" in reply:
+        raise BackendError(str(reply["error"]), status=200, url=client.base_url)
+    if reply.get("done") is not True:
+        raise StreamInterrupted(
+            f"reply from backend {client.base_url} has no final chunk",
+            status=200,
+            url=client.base_url,
+        )
+    return reply
+
+
 class RunExecutor:
     """Runs `RunSpec`s on a backend pool (or through `cli`) and builds their results.
 
@@ -102,11 +130,15 @@ class RunExecutor:
         store_kind: str = "generate",
         store_links: Mapping[str, str | None] | None = None,
     ) -> ModelExecutionResult:
-        """Run `spec` to a `ModelExecutionResult`, streaming from the backend.
+        """Run `spec` to a `ModelExecutionResult`.
 
-        The backend is always asked to stream: it gives time-to-first-token, keeps the
-        partial text when a stream breaks, and a cancelled or timed-out run closes the
-        connection so the backend stops generating. The overall deadline is `deadline`,
+        With `on_chunk`, the backend is asked to stream: it gives time-to-first-token,
+        keeps the partial text when a stream breaks, and a cancelled or timed-out run
+        closes the connection so the backend stops generating. Without one (nobody takes
+        the pieces) it is asked for one JSON reply (`stream: false`, cheaper to read): a
+        failed backend is still failed over (the run starts over, as it would), a
+        cancelled or timed-out run still closes the connection, `chunks` in the metadata
+        is then 1 and `time_to_first_token` an estimate (`feed_whole_reply`). The overall deadline is `deadline`,
         else the options' timeout, else `Settings.request_timeout`. A cancelled run is
         stored as failed before the cancellation propagates. `on_chunk` receives every
         piece, then one closing `done` chunk whose `stats` describe the outcome.
@@ -223,17 +255,22 @@ class RunExecutor:
             try:
                 async with self.pool.lease(state, spec.model):
                     client = state.client
-                    if kind == "generate":
-                        stream = client.generate_stream(payload, timeout=deadline)
+                    if acc.on_chunk is None:  # nobody takes the pieces: one JSON reply
+                        reply = await whole_reply(client, kind, payload, deadline)
+                        received = True
+                        acc.feed_whole_reply(kind, reply)
                     else:
-                        stream = client.chat_stream(payload, timeout=deadline)
-                    async with contextlib.aclosing(stream) as chunks:
-                        async for chunk in chunks:
-                            received = True
-                            acc.feed_ollama_chunk(kind, chunk)
-                            resume.observe()
-                            if acc.pace is not None:
-                                await acc.pace()
+                        if kind == "generate":
+                            stream = client.generate_stream(payload, timeout=deadline)
+                        else:
+                            stream = client.chat_stream(payload, timeout=deadline)
+                        async with contextlib.aclosing(stream) as chunks:
+                            async for chunk in chunks:
+                                received = True
+                                acc.feed_ollama_chunk(kind, chunk)
+                                resume.observe()
+                                if acc.pace is not None:
+                                    await acc.pace()
             except BackendError as exc:
                 backend_fault = exc.status is None or exc.status >= 500 or received
                 if backend_fault and not isinstance(exc, BackendBusy):
