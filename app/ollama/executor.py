@@ -54,7 +54,7 @@ class ChunkBuffer:
     `limit` are held, so the run reads its backend at the caller's pace."""
 
     def __init__(self, limit: int) -> None:
-        self.queue: asyncio.Queue[StreamingChunk] = asyncio.Queue()
+        self.queue: asyncio.Queue[StreamingChunk | None] = asyncio.Queue()
         self.limit = limit
         self._room = asyncio.Event()
         self._room.set()
@@ -64,7 +64,11 @@ class ChunkBuffer:
         if self.queue.qsize() >= self.limit:
             self._room.clear()
 
-    async def get(self) -> StreamingChunk:
+    def end(self) -> None:
+        """No more chunks: `get` returns None after those already held."""
+        self.queue.put_nowait(None)
+
+    async def get(self) -> StreamingChunk | None:
         chunk = await self.queue.get()
         if self.queue.qsize() < self.limit:
             self._room.set()
@@ -198,7 +202,6 @@ class RunExecutor:
         `STREAM_BUFFER` wait between them, so a slow reader holds little memory.
         """
         buffer = ChunkBuffer(STREAM_BUFFER)
-        queue = buffer.queue
         task = asyncio.create_task(
             self.execute(
                 spec,
@@ -208,17 +211,15 @@ class RunExecutor:
                 store_kind=store_kind,
             )
         )
+        # The run's end puts a sentinel after its last chunk: one queue wait per chunk,
+        # no task or `asyncio.wait` per chunk.
+        task.add_done_callback(lambda _: buffer.end())
         try:
             while True:
-                getter = asyncio.ensure_future(buffer.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    while not queue.empty():
-                        yield queue.get_nowait()
+                chunk = await buffer.get()
+                if chunk is None:  # the run ended without its done chunk
                     task.result()  # re-raise a programming error from the run, if any
                     return
-                chunk = getter.result()
                 yield chunk
                 if chunk.done:
                     return
