@@ -12,12 +12,14 @@ It starts the emulator (`ollama-gateway emulator`), the gateway in front of it
 with `--litellm`, LiteLLM's proxy (one worker, its `ollama_chat/` provider, pointed at the
 same emulator), all on 127.0.0.1, and prints one table:
 
-- non-streaming (32 tokens a reply) at concurrency 1, 32 and 128, load from `wrk`
+- non-streaming (32 tokens a reply) at concurrency 1, 32, 128 and 256, load from `wrk`
   (Debian's package, a Lua script for the POST body; one Python process would be the
   bottleneck at 128 connections): requests/s, p50 and p99 latency, non-2xx replies, and
-  the CPU milliseconds per request of the gateway's (or LiteLLM's) process, from /proc;
+  the CPU milliseconds per request of the gateway's (or LiteLLM's) process, from /proc,
+  and its resident memory at the row's end;
 - streaming (64 tokens a stream) at concurrency 1 and 8, from an aiohttp client: time to
-  first chunk, chunks/s per stream and over all streams, CPU milliseconds per stream;
+  first chunk, chunks/s per stream and over all streams, CPU milliseconds per stream and
+  per streamed token, resident memory at the row's end;
   once with no delay between tokens (the relay's own cost per chunk) and once with
   `--stream-delay-ms` between tokens (a fast GPU's pace), set on the emulator.
 
@@ -55,6 +57,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.proc import cpu_seconds, cpu_total, loaded, quiesce, rss_mb
 from tests.support.servers import free_port, running_emulator, running_process
 
 MODEL = "llama3.1:8b"
@@ -62,7 +65,6 @@ LITELLM_KEY = "sk-bench-" + "0" * 32
 PROMPT = "Explain recursion."
 TOKENS = 32
 STREAM_TOKENS = 64
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -81,49 +83,6 @@ class Row:
     concurrency: int
     values: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of `pid` and its descendants (LiteLLM may fork)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    user, system, todo = 0, 0, [pid]
-    while todo:
-        current = todo.pop()
-        todo.extend(children.get(current, []))
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime
-    return user / TICKS, system / TICKS
-
-
-def cpu_total(pid: int) -> float:
-    return sum(cpu_seconds(pid))
-
-
-def quiesce(pid: int, limit: float = 30.0) -> None:
-    """Wait until `pid` is about idle: a load generator stops on time, and what the server
-    still has queued (LiteLLM's backlog, the gateway's last audit batch) belongs to the row
-    that caused it, not the next one."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        before = cpu_total(pid)
-        time.sleep(0.3)
-        if cpu_total(pid) - before < 0.03:  # under 10% of a core
-            return
-
-
-def loaded(pid: int, *names: str) -> list[str]:
-    """Which of `names` appear among the shared objects `pid` has mapped."""
-    maps = Path(f"/proc/{pid}/maps").read_text()
-    return [name for name in names if f"/{name}/" in maps]
 
 
 def wrk(
@@ -379,7 +338,7 @@ def main() -> None:
     parser.add_argument("--litellm", help="the litellm command of a venv with litellm[proxy]")
     parser.add_argument("--transport", default="aiohttp", choices=["httpx", "aiohttp"])
     parser.add_argument("--engine", default="filler", choices=["filler", "llama-cpp"])
-    parser.add_argument("--concurrency", default="1,32,128")
+    parser.add_argument("--concurrency", default="1,32,128,256")
     parser.add_argument("--stream-concurrency", default="1,8")
     parser.add_argument("--stream-delay-ms", type=float, default=5.0)
     parser.add_argument("--only", help="run only the cases whose name matches this regex")
@@ -476,6 +435,7 @@ def main() -> None:
                         quiesce(case.pid)
                         spent = cpu_total(case.pid) - before
                         row.values["cpu"] = spent * 1000 / max(row.values["requests"], 1)
+                        row.values["rss"] = rss_mb(case.pid)  # at the row's end
                 except (subprocess.CalledProcessError, RuntimeError) as exc:
                     row.error = str(exc).strip().splitlines()[-1]
                 rows.append(row)
@@ -521,6 +481,7 @@ def main() -> None:
                             quiesce(case.pid)
                             spent = cpu_total(case.pid) - before
                             row.values["cpu"] = spent * 1000 / max(row.values["streams"], 1)
+                            row.values["rss"] = rss_mb(case.pid)
                     except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
                         row.error = f"{type(exc).__name__}: {exc}"
                     stream_rows.append((delay, row))
@@ -567,19 +528,20 @@ def main() -> None:
     for note in notes:
         print(f"note: {note}")
     print(f"\n{'non-streaming (wrk)':40} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'non-2xx':>7} {'CPU ms/req':>10}")  # fmt: skip
+          f"{'non-2xx':>7} {'CPU ms/req':>10} {'RSS MB':>7}")  # fmt: skip
     for row in rows:
         if row.error:
             print(f"{row.case.name:40} {row.concurrency:4d} failed: {row.error}")
             continue
         r = row.values
-        cpu = f"{r['cpu']:10.2f}" if "cpu" in r else f"{'':10}"
+        cpu = f"{r['cpu']:10.2f} {r['rss']:7.0f}" if "cpu" in r else f"{'':10}"
         bad = int(r["errors"] + r["socket_errors"])
         print(f"{row.case.name:40} {row.concurrency:4d} {r['rps']:8.1f} {r['p50']:8.2f} "
               f"{r['p99']:8.2f} {bad:7d} {cpu}")  # fmt: skip
     for delay in delays:
         print(f"\n{f'streaming, {delay:g} ms per token':40} {'conc':>4} {'TTFT p50 ms':>11} "
-              f"{'chunks/s/stream':>15} {'chunks/s all':>12} {'CPU ms/stream':>13}")  # fmt: skip
+              f"{'chunks/s/stream':>15} {'chunks/s all':>12} {'CPU ms/stream':>13} "
+              f"{'ms/token':>8} {'RSS MB':>7}")  # fmt: skip
         for when, row in stream_rows:
             if when != delay:
                 continue
@@ -587,7 +549,8 @@ def main() -> None:
                 print(f"{row.case.name:40} {row.concurrency:4d} failed: {row.error}")
                 continue
             s = row.values
-            cpu = f"{s['cpu']:13.2f}" if "cpu" in s else f"{'':13}"
+            per_token = s["cpu"] / STREAM_TOKENS if "cpu" in s else 0.0
+            cpu = f"{s['cpu']:13.2f} {per_token:8.3f} {s['rss']:7.0f}" if "cpu" in s else ""
             print(f"{row.case.name:40} {row.concurrency:4d} {s['ttft']:11.2f} "
                   f"{s['rate']:15.1f} {s['all']:12.1f} {cpu}")  # fmt: skip
     for title, lines in profiles:

@@ -83,29 +83,39 @@ class Shutdown:
 async def until_shutdown(items: AsyncIterator[T], ending: asyncio.Event) -> AsyncIterator[T]:
     """`items`, until `ending` is set: then `ShuttingDown` is raised in the consumer.
 
-    Each item is awaited in a task of its own, raced against `ending`. However this ends
-    (exhausted, shutting down, the consumer cancelled or gone), the pending step is
-    cancelled and awaited first, so `items` is never left running: its own cleanup (a run
-    stored as cancelled) happens, and its owner may close it.
+    One watcher per stream, not a task per item: when `ending` is set while the consumer
+    waits for the next item, that wait is cancelled (so `items` is never left running: its
+    own cleanup, a run stored as cancelled, happens, and its owner may close it) and
+    `ShuttingDown` raised instead of the cancellation; set while the consumer is busy with
+    an item, the next step raises it.
     """
-    stop = asyncio.ensure_future(ending.wait())
-    step: asyncio.Future[T] | None = None
+    waiting: asyncio.Task[Any] | None = None
+    stopped = False
+
+    def stop(_: object) -> None:
+        nonlocal stopped
+        if waiting is not None and not waiting.done():
+            stopped = True
+            waiting.cancel()
+
+    watch = asyncio.ensure_future(ending.wait())
+    watch.add_done_callback(stop)
     try:
         while True:
             if ending.is_set():
                 raise ShuttingDown
-            step = asyncio.ensure_future(anext(items))
-            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                raise ShuttingDown
+            waiting = asyncio.current_task()  # the consumer may change between steps
             try:
-                item = step.result()
+                item = await anext(items)
             except StopAsyncIteration:
                 return
-            step = None
+            except asyncio.CancelledError:
+                if stopped and waiting is not None and waiting.uncancel() == 0:
+                    raise ShuttingDown from None  # our cancellation, not the consumer's
+                raise
+            finally:
+                waiting = None
             yield item
     finally:
-        stop.cancel()
-        if step is not None and not step.done():
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
+        watch.remove_done_callback(stop)
+        watch.cancel()

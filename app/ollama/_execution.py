@@ -237,6 +237,20 @@ class StreamAccumulator:
         if chunk.get("done") is True:
             self.final = dict(chunk)
 
+    def feed_whole_reply(self, kind: Kind, reply: Mapping[str, Any]) -> None:
+        """Take a whole `stream: false` reply (one piece). Its time to first token is an
+        estimate: when the reply arrived less the backend's decode time (`eval_duration`),
+        i.e. queueing, loading and prompt evaluation; the arrival itself when the backend
+        gives no decode time or one longer than the run so far."""
+        self.feed_ollama_chunk(kind, reply)
+        if self.first_token_at is None:
+            return
+        eval_ns = reply.get("eval_duration")
+        if isinstance(eval_ns, int) and not isinstance(eval_ns, bool) and eval_ns > 0:
+            estimate = self.first_token_at - eval_ns / 1e9
+            if estimate > self.started:
+                self.first_token_at = estimate
+
     def finish(self, result: ModelExecutionResult) -> None:
         """Send the closing `done` chunk (empty content): the outcome in `stats` and the
         finished, stored result itself in `result`."""

@@ -15,10 +15,18 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
-from app.backends.errors import BackendBusy, BackendError
+from app.backends.client import OllamaClient
+from app.backends.errors import BackendBusy, BackendError, StreamInterrupted
 from app.backends.pool import BackendPool
-from app.ollama._execution import ChunkCallback, RunSpec, StreamAccumulator, ollama_metrics
+from app.ollama._execution import (
+    ChunkCallback,
+    Kind,
+    RunSpec,
+    StreamAccumulator,
+    ollama_metrics,
+)
 from app.ollama._store import SaveResult
 from app.ollama.cli_mode import OllamaCli
 from app.ollama.metadata import ErrorKind, RunMetadata, RunMode, as_plain_dict, error_kind
@@ -46,7 +54,7 @@ class ChunkBuffer:
     `limit` are held, so the run reads its backend at the caller's pace."""
 
     def __init__(self, limit: int) -> None:
-        self.queue: asyncio.Queue[StreamingChunk] = asyncio.Queue()
+        self.queue: asyncio.Queue[StreamingChunk | None] = asyncio.Queue()
         self.limit = limit
         self._room = asyncio.Event()
         self._room.set()
@@ -56,7 +64,11 @@ class ChunkBuffer:
         if self.queue.qsize() >= self.limit:
             self._room.clear()
 
-    async def get(self) -> StreamingChunk:
+    def end(self) -> None:
+        """No more chunks: `get` returns None after those already held."""
+        self.queue.put_nowait(None)
+
+    async def get(self) -> StreamingChunk | None:
         chunk = await self.queue.get()
         if self.queue.qsize() < self.limit:
             self._room.set()
@@ -64,6 +76,26 @@ class ChunkBuffer:
 
     async def room(self) -> None:
         await self._room.wait()
+
+
+async def whole_reply(
+    client: OllamaClient, kind: Kind, payload: dict[str, Any], read_timeout: float
+) -> dict[str, Any]:
+    """`payload` asked with `stream: false`: the reply, checked as a stream's last line is
+    (an `error` in it, or no `done: true`, is the backend's failure)."""
+    if kind == "generate":
+        reply = await client.generate(payload, timeout=read_timeout)
+    else:
+        reply = await client.chat(payload, timeout=read_timeout)
+    if "error" in reply:
+        raise BackendError(str(reply["error"]), status=200, url=client.base_url)
+    if reply.get("done") is not True:
+        raise StreamInterrupted(
+            f"reply from backend {client.base_url} has no final chunk",
+            status=200,
+            url=client.base_url,
+        )
+    return reply
 
 
 class RunExecutor:
@@ -102,11 +134,15 @@ class RunExecutor:
         store_kind: str = "generate",
         store_links: Mapping[str, str | None] | None = None,
     ) -> ModelExecutionResult:
-        """Run `spec` to a `ModelExecutionResult`, streaming from the backend.
+        """Run `spec` to a `ModelExecutionResult`.
 
-        The backend is always asked to stream: it gives time-to-first-token, keeps the
-        partial text when a stream breaks, and a cancelled or timed-out run closes the
-        connection so the backend stops generating. The overall deadline is `deadline`,
+        With `on_chunk`, the backend is asked to stream: it gives time-to-first-token,
+        keeps the partial text when a stream breaks, and a cancelled or timed-out run
+        closes the connection so the backend stops generating. Without one (nobody takes
+        the pieces) it is asked for one JSON reply (`stream: false`, cheaper to read): a
+        failed backend is still failed over (the run starts over, as it would), a
+        cancelled or timed-out run still closes the connection, `chunks` in the metadata
+        is then 1 and `time_to_first_token` an estimate (`feed_whole_reply`). The overall deadline is `deadline`,
         else the options' timeout, else `Settings.request_timeout`. A cancelled run is
         stored as failed before the cancellation propagates. `on_chunk` receives every
         piece, then one closing `done` chunk whose `stats` describe the outcome.
@@ -166,7 +202,6 @@ class RunExecutor:
         `STREAM_BUFFER` wait between them, so a slow reader holds little memory.
         """
         buffer = ChunkBuffer(STREAM_BUFFER)
-        queue = buffer.queue
         task = asyncio.create_task(
             self.execute(
                 spec,
@@ -176,17 +211,15 @@ class RunExecutor:
                 store_kind=store_kind,
             )
         )
+        # The run's end puts a sentinel after its last chunk: one queue wait per chunk,
+        # no task or `asyncio.wait` per chunk.
+        task.add_done_callback(lambda _: buffer.end())
         try:
             while True:
-                getter = asyncio.ensure_future(buffer.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    while not queue.empty():
-                        yield queue.get_nowait()
+                chunk = await buffer.get()
+                if chunk is None:  # the run ended without its done chunk
                     task.result()  # re-raise a programming error from the run, if any
                     return
-                chunk = getter.result()
                 yield chunk
                 if chunk.done:
                     return
@@ -225,17 +258,22 @@ class RunExecutor:
             try:
                 async with self.pool.lease(state, spec.model):
                     client = state.client
-                    if kind == "generate":
-                        stream = client.generate_stream(payload, timeout=deadline)
+                    if acc.on_chunk is None:  # nobody takes the pieces: one JSON reply
+                        reply = await whole_reply(client, kind, payload, deadline)
+                        received = True
+                        acc.feed_whole_reply(kind, reply)
                     else:
-                        stream = client.chat_stream(payload, timeout=deadline)
-                    async with contextlib.aclosing(stream) as chunks:
-                        async for chunk in chunks:
-                            received = True
-                            acc.feed_ollama_chunk(kind, chunk)
-                            resume.observe()
-                            if acc.pace is not None:
-                                await acc.pace()
+                        if kind == "generate":
+                            stream = client.generate_stream(payload, timeout=deadline)
+                        else:
+                            stream = client.chat_stream(payload, timeout=deadline)
+                        async with contextlib.aclosing(stream) as chunks:
+                            async for chunk in chunks:
+                                received = True
+                                acc.feed_ollama_chunk(kind, chunk)
+                                resume.observe()
+                                if acc.pace is not None:
+                                    await acc.pace()
             except BackendError as exc:
                 backend_fault = exc.status is None or exc.status >= 500 or received
                 if backend_fault and not isinstance(exc, BackendBusy):

@@ -174,8 +174,8 @@ class OutputManager(DatabaseUser):
                 del self._committers[stale]
 
             async def write_rows(rows: Sequence[Execution]) -> None:
-                async with self.db.session() as session:
-                    await Executions(session).add_all(rows)
+                async with self.db.engine().begin() as connection:  # Core: no ORM session
+                    await Executions.insert(connection, rows)
 
             committer = self._committers[loop] = GroupCommit(write_rows, self.spool)
         return committer

@@ -46,8 +46,13 @@ def execution_row(
     benchmark_id: str | None = None,
     comparison_id: str | None = None,
 ) -> Execution:
-    """The executions row of a result: columns pulled out of its metadata, all of it kept."""
-    meta = dict(result.metadata or {})
+    """The executions row of a result: columns pulled out of its metadata, all of it kept.
+
+    The metadata is encoded once: its JSON round trip (`jsonable`) gives the `meta`
+    column, the `messages` and `options` columns (parts of it) and its share of
+    `size_bytes`."""
+    meta_text = clean_text(json.dumps(result.metadata or {}, default=str, ensure_ascii=False))
+    meta: dict[str, Any] = json.loads(meta_text)
     request = next((meta[k] for k in ("request", "options") if isinstance(meta.get(k), dict)), None)
     error_type = meta.get("error_type")
     if result.success:
@@ -64,8 +69,8 @@ def execution_row(
         model=clean_text(result.model_name),
         backend=_str_or_none(meta.get("backend")),
         prompt=clean_text(result.prompt),
-        messages=jsonable(meta["messages"]) if isinstance(meta.get("messages"), list) else None,
-        options=jsonable(request) if request is not None else None,
+        messages=meta["messages"] if isinstance(meta.get("messages"), list) else None,
+        options=request,
         response=clean_text(result.response),
         success=bool(result.success),
         status=status,
@@ -78,14 +83,34 @@ def execution_row(
         prompt_tokens=_int_or_none(meta.get("prompt_eval_count")),
         tokens_per_second=_float_or_none(meta.get("tokens_per_second")),
         total_duration_ns=_int_or_none(meta.get("total_duration")),
-        meta=jsonable(meta),
+        meta=meta,
         batch_id=batch_id,
         benchmark_id=benchmark_id,
         comparison_id=comparison_id,
         created_at=datetime.now(UTC),
     )
-    row.size_bytes = json_size(result.to_dict())
+    row.size_bytes = result_size(result, meta_text if result.metadata is not None else None)
     return row
+
+
+def result_size(result: ModelExecutionResult, meta_text: str | None) -> int:
+    """`json_size(result.to_dict())` without copying the result (`asdict`) or encoding its
+    metadata again: `meta_text` is the metadata's JSON (None when it has none). Lone
+    surrogates, U+FFFD in `meta_text`, take three bytes either way."""
+    head = {
+        "model_name": result.model_name,
+        "prompt": result.prompt,
+        "response": result.response,
+        "execution_time": result.execution_time,
+        "tokens_used": result.tokens_used,
+        "success": result.success,
+        "error_message": result.error_message,
+        "metadata": None,
+    }
+    size = json_size(head)
+    if meta_text is not None:
+        size += len(meta_text.encode("utf-8")) - len("null")
+    return size
 
 
 def batch_row(results: Sequence[ModelExecutionResult], batch_name: str) -> Batch:

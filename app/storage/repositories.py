@@ -3,17 +3,18 @@ the transaction (`Database.session()`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import Insert, and_, delete, func, or_, select
+from sqlalchemy import Insert, and_, delete, func, inspect, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.storage.tables import (
     ApiKey,
@@ -91,6 +92,51 @@ def upsert(
     raise NotImplementedError(f"no upsert for the {dialect} dialect")
 
 
+async def insert_rows(session: AsyncSession | AsyncConnection, rows: Sequence[Base]) -> None:
+    """One Core INSERT of rows of one table, as the ORM would write them: every column of
+    every row (one key set for the executemany), a value that was not set taking the
+    column's Python default, or NULL. Does not touch the objects."""
+    if not rows:
+        return
+    table = Base.metadata.tables[rows[0].__tablename__]
+    columns = _insert_columns(type(rows[0]))
+    params = []
+    for row in rows:
+        values = row.__dict__
+        params.append(
+            {
+                name: values[key] if key in values else (default() if default else None)
+                for key, name, default in columns
+            }
+        )
+    await session.execute(table.insert(), params)
+
+
+_INSERT_COLUMNS: dict[type[Base], list[tuple[str, str, Callable[[], Any] | None]]] = {}
+
+
+def _insert_columns(cls: type[Base]) -> list[tuple[str, str, Callable[[], Any] | None]]:
+    """(attribute, column name, Python default or None) of each column of `cls`."""
+    cached = _INSERT_COLUMNS.get(cls)
+    if cached is None:
+        cached = []
+        for attr in inspect(cls).column_attrs:
+            column = attr.columns[0]
+            default = column.default
+            make: Callable[[], Any] | None = None
+            if default is not None and default.is_callable:
+                make = functools.partial(default.arg, None)
+            elif default is not None and default.is_scalar:
+                make = functools.partial(_constant, default.arg)
+            cached.append((attr.key, column.name, make))
+        _INSERT_COLUMNS[cls] = cached
+    return cached
+
+
+def _constant(value: Any) -> Any:
+    return value
+
+
 @dataclass
 class ExecutionFilter:
     models: Sequence[str] | None = None
@@ -112,9 +158,15 @@ class Executions:
         await self.session.flush()
         return row.id
 
+    @staticmethod
+    async def insert(connection: AsyncConnection, rows: Sequence[Execution]) -> None:
+        """`add_all` on a connection (no session): the group commit's write."""
+        await insert_rows(connection, rows)
+
     async def add_all(self, rows: Sequence[Execution]) -> list[str]:
-        self.session.add_all(rows)
-        await self.session.flush()
+        """Insert `rows` with one Core INSERT (executemany), not the ORM's unit of work:
+        the objects stay transient and unchanged (the spool can still encode them)."""
+        await insert_rows(self.session, rows)
         return [row.id for row in rows]
 
     async def get(self, row_id: str) -> Execution | None:

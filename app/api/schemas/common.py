@@ -106,4 +106,15 @@ class ResultOut(BaseModel):
 
     @classmethod
     def from_result(cls, result: ModelExecutionResult, stored_id: str | None) -> ResultOut:
-        return cls(id=stored_id, **result.to_dict())
+        # The fields, not `result.to_dict()`: no deep copy (`asdict`) of the metadata.
+        return cls(
+            id=stored_id,
+            model_name=result.model_name,
+            prompt=result.prompt,
+            response=result.response,
+            execution_time=result.execution_time,
+            tokens_used=result.tokens_used,
+            success=result.success,
+            error_message=result.error_message,
+            metadata=result.metadata,
+        )
