@@ -14,11 +14,13 @@ Policies:
   ranking), `lease()` (the priority `SlotGate`: interactive before batch, `batch_share`),
   `record_success` / `record_failure` (circuit breaker), the client's `on_final` hook
   (`BackendPool._finished`: cold-load times, loaded models) and `watch()` (health checks),
-  plus three rules that are being added to the pool on another branch and are stood in
-  for here, each in one function below: placement (`placement`), keep-warm (`KeepWarm`)
-  and conversation affinity (`affinity`). Once the pool has them, those should be
-  replaced by the pool's own (the `TODO(placement)`, `TODO(keep-warm)` and
-  `TODO(affinity)` comments).
+  configured as the core's `pool_options` configures it (`pool_options` below) with
+  placement rules (L models on big and mid GPUs, XL on big ones: `candidates()` filters by
+  `rule_for`), keep-warm (the six most requested models that are not XL on 12 down to 2
+  backends: the pool's `KeepWarm`, run by `watch()`'s health rounds, sends each backend an
+  empty `/api/generate` with `keep_alive: -1`) and conversation affinity (each chat's
+  messages go through `pool.preferred` into `candidates(prefer=...)`, and `pool.served`
+  after it finished, as the executor does). Nothing of these is stood in for.
 
 All three share the same simulated backends, the same health checks and circuit breaker
 (`pool.watch`, `pool.refresh_stale`, `record_failure`) and the executor's failover (at
@@ -51,8 +53,10 @@ Decoding runs at 20-150 tokens/s by model size and GPU class (slots do not slow 
 other); prompt evaluation at 25 times that, and a follow-up turn of a conversation on the
 backend that ran the previous turn (with the model still loaded) evaluates only the new
 part of its prompt: each backend keeps the prompt prefixes of its last `4 x slots`
-conversations. The backends answer `/api/tags` and `/api/ps` (`SimClient`) for the
-pool's inventory refresh.
+conversations. The backends answer `/api/tags` and `/api/ps` (with `expires_at`, in the
+simulated wall time `SIM_EPOCH` plus the loop's clock) for the pool's inventory refresh,
+and keep-warm's empty `/api/generate` (`SimClient`); a chat's messages are short texts
+standing for its turns (what affinity hashes).
 
 Workload (`make_workload`): 30 models, popularity Zipf (s=1) over a fixed order that mixes
 sizes; a day's arrival ramp (trough at 04:00, peak at 14:00, a raised cosine) compressed
@@ -70,11 +74,12 @@ simulated hour (loads a request waited for; keep-warm preloads are counted apart
 utilisation (slot-seconds held by a run, loading included, over all slot-seconds of
 backends alive) and the part of it spent loading; the share of conversation turns whose
 prompt prefix was cached where they ran; requests failed (after every attempt) and
-attempts retried.
+attempts retried; `aff hits`, the turns that ran on the backend the pool's affinity
+preferred.
 
-`--policies` may add `pool ranking only` (the pool as it is on main: ranking, gate,
-bookkeeping, without the three stand-ins) and `pool + affinity` (with the affinity
-stand-in only), to see what the stand-ins add.
+`--policies` may add `pool ranking only` (the pool's ranking, gate and bookkeeping without
+placement rules, keep-warm or affinity) and `pool + affinity` (with affinity only), to see
+what those add.
 """
 
 from __future__ import annotations
@@ -90,14 +95,17 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.backends.affinity import ConversationAffinity  # noqa: E402
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable  # noqa: E402
 from app.backends.gate import as_batch  # noqa: E402
+from app.backends.placement import parse_placement  # noqa: E402
 from app.backends.pool import BackendPool  # noqa: E402
 from app.backends.spec import parse_backend  # noqa: E402
 from app.backends.state import BackendState  # noqa: E402
@@ -167,8 +175,13 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         pass
 
 
+SIM_EPOCH = 1_795_000_000.0
+"""Wall time (`time.time()`, seconds since the epoch) at simulated time 0."""
+
+
 class _SimTime:
-    """Stands in for the `time` module in `app.backends`: `monotonic()` is the loop's clock;
+    """Stands in for the `time` module in `app.backends`: `monotonic()` is the loop's clock,
+    `time()` is `SIM_EPOCH` plus it (keep-warm compares `/api/ps`'s `expires_at` with it);
     everything else is the real module's."""
 
     def __init__(self, loop: VirtualTimeLoop) -> None:
@@ -177,6 +190,9 @@ class _SimTime:
     def monotonic(self) -> float:
         return self._loop.time()
 
+    def time(self) -> float:
+        return SIM_EPOCH + self._loop.time()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
@@ -184,7 +200,7 @@ class _SimTime:
 @contextlib.contextmanager
 def simulated_clock(loop: VirtualTimeLoop) -> Iterator[None]:
     """Point `time` (and any `monotonic` imported from it) in the `app.backends` modules at
-    `loop`'s clock for the block."""
+    `loop`'s clock (`time.time()` at `SIM_EPOCH` plus it) for the block."""
     shim = _SimTime(loop)
     patched: list[tuple[Any, str, Any]] = []
     for name, module in list(sys.modules.items()):
@@ -454,12 +470,24 @@ class Request:
     """Its prompt's prefix was in the backend's prompt cache."""
     errors: list[str] = field(default_factory=list)
     """What each failed attempt raised (the exception's class, and where)."""
+    chat: list[dict[str, str]] | None = None
+    """An interactive request's messages (system, the earlier turns, the new one), for
+    the pool's conversation affinity: text standing for the conversation's."""
+    reply: str = ""
+    """The reply's text (likewise a stand-in text)."""
+    preferred: str | None = None
+    """The backend the pool's affinity remembered for `chat`, if any."""
+
+    @property
+    def affinity_hit(self) -> bool:
+        """It ran on the backend the pool's affinity preferred."""
+        return self.preferred is not None and self.backend == self.preferred
 
 
 class _Resident:
     """A model in a backend's memory."""
 
-    __slots__ = ("last_used", "model", "pinned", "ready", "runs", "waiters")
+    __slots__ = ("_expires", "last_used", "model", "pinned", "ready", "runs", "waiters")
 
     def __init__(self, model: ModelSpec, now: float, pinned: bool) -> None:
         self.model = model
@@ -468,6 +496,19 @@ class _Resident:
         self.pinned = pinned
         self.last_used = now
         self.waiters: list[asyncio.Future[None]] = []
+        self._expires: tuple[float, str] | None = None
+
+    def expires_at(self) -> str:
+        """`KEEP_ALIVE` after its last use, as `/api/ps` writes it (kept per last use)."""
+        if self._expires is None or self._expires[0] != self.last_used:
+            at = datetime.fromtimestamp(SIM_EPOCH + self.last_used + KEEP_ALIVE, UTC)
+            self._expires = (self.last_used, at.isoformat())
+        return self._expires[1]
+
+
+_FOREVER = "2318-08-30T00:00:00+00:00"
+"""The `expires_at` Ollama reports for a model loaded with `keep_alive: -1`."""
+MODEL_BY_NAME = {m.name: m for m in MODELS}
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -553,10 +594,13 @@ class SimBackend:
         return self._tags
 
     def ps(self) -> list[dict[str, Any]]:
+        """Loaded models with Ollama's `expires_at` (simulated wall time, `SIM_EPOCH`
+        based): far off for one kept (`keep_alive: -1`), `KEEP_ALIVE` after its last use
+        for another."""
         self._check_alive()
         now = self.loop.time()
         return [
-            {"name": name}
+            {"name": name, "expires_at": _FOREVER if r.pinned else r.expires_at()}
             for name, r in self.resident.items()
             if r.ready and (r.runs or r.pinned or now - r.last_used < KEEP_ALIVE)
         ]
@@ -655,11 +699,11 @@ class SimBackend:
                 _resolve(future)
 
     async def preload(self, model: ModelSpec) -> None:
-        """Load `model` and keep it (`keep_alive: -1`), holding no slot."""
-        with contextlib.suppress(BackendError):
-            self._check_alive()
-            await self.load(model, pinned=True)
-            self.unuse(model)
+        """Load `model` and keep it (`keep_alive: -1`), holding no slot: what an empty
+        `/api/generate` with `keep_alive: -1` does. BackendUnavailable when down."""
+        self._check_alive()
+        await self.load(model, pinned=True)
+        self.unuse(model)
 
     # -- a run -------------------------------------------------------------------------
 
@@ -719,7 +763,8 @@ class SimBackend:
 
 
 class SimClient:
-    """What `BackendPool.refresh` asks of a backend's client, answered by a `SimBackend`."""
+    """What `BackendPool.refresh` and the pool's keep-warm ask of a backend's client,
+    answered by a `SimBackend`."""
 
     def __init__(self, backend: SimBackend, base_url: str) -> None:
         self.backend = backend
@@ -731,6 +776,20 @@ class SimClient:
 
     async def ps(self) -> list[dict[str, Any]]:
         return self.backend.ps()
+
+    async def generate(
+        self,
+        payload: dict[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        """What the pool's keep-warm sends: an empty generate with `keep_alive: -1`, which
+        loads the model and keeps it (`done_reason: load`). Nothing else asks it."""
+        if payload.get("prompt") or payload.get("keep_alive") != -1:
+            raise NotImplementedError(f"the simulation only warm-loads: {payload!r}")
+        name = str(payload["model"])
+        await self.backend.preload(MODEL_BY_NAME[name])
+        return {"model": name, "response": "", "done": True, "done_reason": "load"}
 
     async def aclose(self) -> None:
         pass
@@ -745,7 +804,7 @@ Choice = tuple[BackendState, SimBackend]
 class Policy(Protocol):
     name: str
     rules: frozenset[str]
-    """Which of the stand-ins apply: `placement`, `keep-warm`, `affinity`."""
+    """Which of the pool's rules it is given: `placement`, `keep-warm`, `affinity`."""
 
     async def order(self, req: Request) -> list[Choice]:
         """The backends to try for `req`, best first."""
@@ -809,92 +868,49 @@ class LeastOutstanding(_Baseline):
         return sorted(having[i:] + having[:i], key=lambda c: c[1].outstanding)
 
 
-# The rules the pool is gaining on another branch (placement, keep-warm, conversation
-# affinity), stood in for here, one function or class each, on top of the real ranking.
+# The gateway's rules for this fleet, given to the pool as the core's `pool_options`
+# (`app.ollama.admin`) gives it GATEWAY_PLACEMENT, GATEWAY_KEEP_WARM and the affinity
+# settings: the pool applies them with its own code.
 
 PLACEMENT: dict[str, tuple[str, ...]] = {"XL": ("gpu-big",), "L": ("gpu-big", "gpu-mid")}
 """Tags a model of each size may run on (sizes not named: anywhere)."""
-AFFINITY_SLACK = 2.0
-"""Seconds of extra expected wait a follow-up turn accepts to stay on its last backend."""
-KEEP_WARM_INTERVAL = 15.0
+WARM_MODELS = 6
+"""The most requested models (XL ones left out) kept warm..."""
+MOST_COPIES = 12
+"""...on this many backends for the most requested, fewer (at least 2) for the others."""
+AFFINITY_TTL = 600.0
+"""`GATEWAY_AFFINITY_TTL`'s default."""
 
 
-def placement(model: ModelSpec, ranked: list[BackendState]) -> list[BackendState]:
-    """Big models on big GPUs: the ranked candidates carrying a tag the model's size may
-    use (all of them when none does)."""
-    # TODO(placement): use BackendPool placement when merged
-    allowed = PLACEMENT.get(model.size)
-    if allowed is None:
-        return ranked
-    placed = [s for s in ranked if any(tag in allowed for tag in s.spec.tags)]
-    return placed or ranked
+def placement_rules() -> dict[str, list[str]]:
+    """GATEWAY_PLACEMENT for the fleet: each L and XL model (by name) on the GPU classes
+    `PLACEMENT` allows for its size."""
+    return {
+        m.name: [f"tag:{tag}" for tag in PLACEMENT[m.size]] for m in MODELS if m.size in PLACEMENT
+    }
 
 
-def affinity(
-    pool: BackendPool, model: str, ranked: list[BackendState], last: str | None
-) -> list[BackendState]:
-    """A follow-up turn goes back to the backend that ran the previous one (its prompt
-    is cached there) unless, by the real expected-wait ranking, that costs more than
-    `AFFINITY_SLACK` seconds over the best."""
-    # TODO(affinity): use the pool's conversation affinity when merged
-    if last is None or not ranked or ranked[0].spec.name == last:
-        return ranked
-    index = next((i for i, s in enumerate(ranked) if s.spec.name == last), None)
-    if index is None:
-        return ranked
-
-    def wait(s: BackendState) -> float:
-        return s.expected_wait(
-            model, loaded=model in s.loaded, batch=False, default_load=pool.default_load
-        )[0]
-
-    if wait(ranked[index]) <= wait(ranked[0]) + AFFINITY_SLACK:
-        return [ranked[index], *ranked[:index], *ranked[index + 1 :]]
-    return ranked
+def keep_warm_map() -> dict[str, int]:
+    """GATEWAY_KEEP_WARM for the fleet: model -> backends keeping it loaded."""
+    warm = [m for m in MODELS if m.size != "XL"][:WARM_MODELS]
+    return {m.name: max(2, round(MOST_COPIES * warm[0].rank / m.rank)) for m in warm}
 
 
-class KeepWarm:
-    """The most requested models kept loaded (`keep_alive: -1`) on a few backends each,
-    more for the more popular ones, re-loaded whenever the pool sees them missing (after
-    the backend came back, or was evicted under memory pressure)."""
-
-    # TODO(keep-warm): use the pool's keep-warm when merged
-    WARM_MODELS = 6
-    MOST_COPIES = 12
-
-    def __init__(self, pool: BackendPool, backends: dict[str, SimBackend]) -> None:
-        self.pool = pool
-        self.backends = backends
-        self.assigned: list[tuple[BackendState, ModelSpec]] = []
-        count: dict[str, int] = {s.spec.name: 0 for s in pool.states}
-        warm = [m for m in MODELS if m.size != "XL"][: self.WARM_MODELS]
-        for model in warm:
-            copies = max(2, round(self.MOST_COPIES * warm[0].rank / model.rank))
-            eligible = placement(
-                model, [s for s in pool.states if model.name in backends[s.spec.name].installed]
-            )
-            eligible.sort(key=lambda s: count[s.spec.name])
-            for state in eligible[:copies]:
-                count[state.spec.name] += 1
-                self.assigned.append((state, model))
-
-    async def keep(self) -> None:
-        """Every `KEEP_WARM_INTERVAL` s, ask each assigned backend the pool sees up and
-        without the model loaded to load and keep it (a load already under way is
-        joined, a model already loaded is just kept)."""
-        loads: set[asyncio.Task[None]] = set()
-        while True:
-            for state, model in self.assigned:
-                if state.available and model.name not in state.loaded:
-                    task = asyncio.create_task(self.backends[state.spec.name].preload(model))
-                    loads.add(task)
-                    task.add_done_callback(loads.discard)
-            await asyncio.sleep(KEEP_WARM_INTERVAL)
+def pool_options(rules: frozenset[str]) -> dict[str, Any]:
+    """The pool's `placement`, `keep_warm` and `affinity` for the rules a policy uses
+    (`placement`, `keep-warm`, `affinity`), built as `app.ollama.admin.pool_options` builds
+    them from settings; a rule left out is the setting's default (off)."""
+    return {
+        "placement": parse_placement(placement_rules() if "placement" in rules else {}),
+        "keep_warm": keep_warm_map() if "keep-warm" in rules else {},
+        "affinity": ConversationAffinity(AFFINITY_TTL if "affinity" in rules else 0.0),
+    }
 
 
 class Gateway:
-    """The gateway's full policy: the real `BackendPool` ranking, gate and bookkeeping,
-    with the stand-ins for placement and affinity (keep-warm runs beside it)."""
+    """The gateway's full policy: the real `BackendPool` with its placement rules,
+    conversation affinity (`candidates(prefer=...)`, `preferred` / `served`, as the
+    executor calls them) and keep-warm (run by `pool.watch`'s health rounds)."""
 
     name = "gateway"
     rules = frozenset({"placement", "keep-warm", "affinity"})
@@ -902,15 +918,12 @@ class Gateway:
     def __init__(self, pool: BackendPool, backends: dict[str, SimBackend]) -> None:
         self.pool = pool
         self.backends = backends
-        self.last_backend: dict[int, str] = {}
 
     async def order(self, req: Request) -> list[Choice]:
         model = req.model.name
-        ranked = await self.pool.candidates(model)  # the real ranking
-        if "placement" in self.rules:
-            ranked = placement(req.model, ranked)
-        if "affinity" in self.rules and req.conversation is not None:
-            ranked = affinity(self.pool, model, ranked, self.last_backend.get(req.conversation))
+        prefer = self.pool.preferred(model, req.chat) if req.chat else None
+        req.preferred = prefer
+        ranked = await self.pool.candidates(model, prefer=prefer)  # the real routing
         return [(s, self.backends[s.spec.name]) for s in ranked]
 
     async def run_on(self, choice: Choice, req: Request) -> None:
@@ -921,21 +934,20 @@ class Gateway:
             on_final = state.client.on_final
             if on_final is not None:  # what the client tells the pool at a run's end
                 on_final(model, {"model": model, "done": True, "load_duration": int(load * 1e9)})
-        if req.conversation is not None:
-            self.last_backend[req.conversation] = backend.name
+        if req.chat:
+            self.pool.served(model, req.chat, req.reply, state)
 
 
 class PoolOnly(Gateway):
-    """The pool as it is on main: its ranking, gate and bookkeeping, without the stand-ins
-    for placement, keep-warm and affinity (not one of the three compared by default: it
-    tells what the stand-ins add)."""
+    """The pool's ranking, gate and bookkeeping without placement rules, keep-warm or
+    affinity (not one of the three compared by default: it tells what those add)."""
 
     name = "pool ranking only"
     rules = frozenset()
 
 
 class PoolAffinity(Gateway):
-    """The pool as it is on main with the affinity stand-in only."""
+    """The pool with conversation affinity only."""
 
     name = "pool + affinity"
     rules = frozenset({"affinity"})
@@ -974,6 +986,11 @@ class PolicyResult:
             for r in self.requests
             if r.batch is batch and r.first_token is not None and not r.failed
         )
+
+    @property
+    def affinity_hits(self) -> int:
+        """Turns that ran on the backend the pool's conversation affinity preferred."""
+        return sum(1 for r in self.requests if r.affinity_hit and not r.failed)
 
     def failed(self, batch: bool) -> int:
         return sum(1 for r in self.requests if r.batch is batch and r.failed)
@@ -1014,7 +1031,8 @@ class Simulation:
         self.loop = VirtualTimeLoop(horizon=3 * config.day_seconds + 3600)
         plans = build_fleet(config.backends)
         self.backends = {p.name: SimBackend(p, self.loop) for p in plans}
-        self.pool = BackendPool([parse_backend(p.spec_text) for p in plans])
+        rules = POLICY_TYPES[policy].rules  # type: ignore[attr-defined]
+        self.pool = BackendPool([parse_backend(p.spec_text) for p in plans], **pool_options(rules))
         for state in self.pool.states:
             client = SimClient(self.backends[state.spec.name], state.spec.url)
             client.on_final = state.client.on_final  # the pool's `_finished`
@@ -1059,7 +1077,8 @@ class Simulation:
 
     async def session(self, s: Session) -> None:
         history = s.system_tokens
-        for turn in s.turns:
+        chat = [{"role": "system", "content": f"system {s.sid}"}]
+        for i, turn in enumerate(s.turns):
             if turn.think:
                 await asyncio.sleep(turn.think)
                 if self.loop.time() >= self.config.day_seconds:
@@ -1071,11 +1090,14 @@ class Simulation:
                 batch=False,
                 arrival=self.loop.time(),
                 conversation=s.sid if len(s.turns) > 1 else None,
+                chat=[*chat, {"role": "user", "content": f"turn {s.sid}.{i}"}],
+                reply=f"reply {s.sid}.{i}",
             )
             await self.serve(req)
             if req.failed:
                 return
             history += turn.new_tokens + turn.out_tokens
+            chat = [*(req.chat or ()), {"role": "assistant", "content": req.reply}]
 
     async def job(self, job: Job) -> None:
         prompts = iter(job.prompts)
@@ -1101,9 +1123,6 @@ class Simulation:
     async def main(self) -> None:
         config = self.config
         watch = self.loop.create_task(self.pool.watch(HEALTH_INTERVAL))
-        keep = None
-        if "keep-warm" in self.policy.rules:
-            keep = self.loop.create_task(KeepWarm(self.pool, self.backends).keep())
         self._spawn(self.arrivals())
         dying = next(b for b in self.backends.values() if b.gpu.name == "big")
         self.loop.call_at(config.die_hour / 24 * config.day_seconds, dying.die)
@@ -1111,11 +1130,9 @@ class Simulation:
         await asyncio.sleep(config.day_seconds)
         while self.tasks:
             await asyncio.gather(*list(self.tasks))
-        for task in (watch, keep):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        watch.cancel()  # its end cancels the warm loads under way
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
 
     def choose(self, req: Request) -> list[str]:
         """The backends the policy would try for `req` now, best first (without running
@@ -1170,7 +1187,7 @@ def table(results: Sequence[PolicyResult]) -> str:
     head = (
         f"{'policy':<18} {'TTFT p50':>9} {'TTFT p99':>9} {'batch p50':>10} {'batch p99':>10} "
         f"{'cold loads/h':>13} {'preloads':>9} {'util':>6} {'loading':>8} {'cached':>7} "
-        f"{'failed':>7} {'retried':>8}"
+        f"{'aff hits':>9} {'failed':>7} {'retried':>8}"
     )
     lines = [head]
     for r in results:
@@ -1179,7 +1196,7 @@ def table(results: Sequence[PolicyResult]) -> str:
             f"{r.policy:<18} {percentile(inter, 50):>8.2f}s {percentile(inter, 99):>8.2f}s "
             f"{percentile(batch, 50):>9.2f}s {percentile(batch, 99):>9.2f}s "
             f"{r.loads_per_hour:>13.0f} {r.preloads:>9d} {r.utilisation:>6.1%} "
-            f"{r.loading:>8.1%} {r.cached:>7.1%} "
+            f"{r.loading:>8.1%} {r.cached:>7.1%} {r.affinity_hits:>9d} "
             f"{r.failed(False) + r.failed(True):>7d} {r.retried:>8d}"
         )
     return "\n".join(lines)

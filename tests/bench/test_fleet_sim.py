@@ -101,3 +101,36 @@ def test_the_gateway_prefers_a_loaded_model_where_least_outstanding_goes_cold(
             run.close()
     assert firsts["least outstanding"] == idle
     assert firsts["gateway"] == loaded
+
+
+def test_the_gateway_runs_the_pools_placement_keep_warm_and_affinity(sim: ModuleType) -> None:
+    """The gateway's pool is given placement rules, warm models and affinity, and its own
+    code applies them: a placed model never runs off the backends its rule allows, the
+    warm loads come from the pool's keep-warm, and follow-up turns go where affinity
+    remembered them."""
+    config = small(sim)
+    run = sim.Simulation(config, sim.make_workload(config), "gateway")
+    pool = run.pool
+    big = next(m for m in sim.MODELS if m.size == "XL")
+    rule = pool.rule_for(big.name)
+    assert rule is not None and rule.targets == ("tag:gpu-big",)
+    assert pool.keep_warm.wanted == sim.keep_warm_map() and pool.keep_warm
+    assert pool.affinity.enabled
+    result = run.run()
+
+    tags = {plan.name: plan.gpu.name for plan in sim.build_fleet(config.backends)}
+    placed = [r for r in result.requests if r.model.size in sim.PLACEMENT and r.backend]
+    assert placed  # the workload has L and XL requests, and they ran
+    for r in placed:
+        assert f"gpu-{tags[r.backend]}" in sim.PLACEMENT[r.model.size], (r.model.name, r.backend)
+    assert result.preloads > 0  # the pool's keep-warm loaded models
+    assert result.affinity_hits > 0
+    assert result.cached > 0
+
+    for policy in ("round robin", "pool ranking only"):  # the rules are off for these
+        other = sim.Simulation(config, sim.make_workload(config), policy)
+        try:
+            assert other.pool.rule_for(big.name) is None
+            assert not other.pool.keep_warm and not other.pool.affinity.enabled
+        finally:
+            other.close()
