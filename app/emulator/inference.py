@@ -21,9 +21,17 @@ from app.emulator.parsing import (
     keep_alive_ns,
     parse_body,
 )
-from app.emulator.responses import Scope, Send, lines_of, send_json, single_reply, stream_objects
+from app.emulator.responses import (
+    Scope,
+    Send,
+    lines_of,
+    send_cut_body,
+    send_json,
+    single_reply,
+    stream_objects,
+)
 from app.emulator.state import Faults, Installed, State
-from app.emulator.wire import utc_now
+from app.emulator.wire import dumps, utc_now
 
 __all__ = ["InferenceEndpoints"]
 
@@ -172,9 +180,13 @@ class InferenceEndpoints:
             cache=self.state.prompt_cache(name),
         )
         events = token_faults(await self.engine.generate(job), self.state.faults)
+        cut = self.state.faults.cut_after_chunks
         if job.stream:
-            cut = self.state.faults.cut_after_chunks
             await stream_objects(send, lines_of(kind, raw, events), cut_after=cut)
+        elif cut is not None:
+            # One body, cut part-way through: what a client sees of a server (or a network
+            # path) that dies while sending a non-streamed reply.
+            await send_cut_body(send, dumps(await single_reply(kind, raw, events)))
         else:
             await send_json(send, await single_reply(kind, raw, events))
 

@@ -72,6 +72,15 @@ async def send_json(send: Send, obj: Any, status: int = 200, *, head: bool = Fal
     await send_body(send, status, JSON_TYPE, dumps(obj), head=head)
 
 
+async def send_cut_body(send: Send, body: bytes) -> None:
+    """Headers announcing all of a JSON `body`, half of it, then the connection dropped
+    (the `cut_after_chunks` fault on a non-streamed reply)."""
+    headers = [(b"content-type", JSON_TYPE), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+    raise CutConnection(f"emulated connection cut after {len(body) // 2} of {len(body)} bytes")
+
+
 async def send_error(send: Send, exc: OllamaError) -> None:
     await send_json(send, {"error": exc.message}, exc.status)
 

@@ -53,7 +53,9 @@ def fleet(tmp_path: Path, **extra: Any) -> Iterator[Fleet]:
             urls.append(stack.enter_context(serving_in_thread(proxies[-1])))
         backends = [f"b{i}={url};tags={tag}" for i, (url, tag) in enumerate(zip(
             urls, ("cpu", "gpu", "gpu"), strict=True))]  # fmt: skip
-        settings = gateway_settings(backends, tmp_path, **extra)
+        # Health probes go through proxies in this process: a 1 s timeout is too short when
+        # the machine is busy, and a backend wrongly marked down fails a placement test.
+        settings = gateway_settings(backends, tmp_path, **{"health_timeout": 5, **extra})
         yield Fleet(stack.enter_context(serving_in_thread(create_app(settings))), proxies, urls)
 
 

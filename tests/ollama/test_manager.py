@@ -179,20 +179,23 @@ def test_run_model_reports_a_backend_500(manager: OllamaManager, faults: SetFaul
     assert (result.metadata or {})["error_status"] == 500
 
 
-def test_a_run_nobody_streams_asks_for_one_reply_so_a_stream_cut_does_not_reach_it(
+def test_a_run_nobody_streams_asks_for_one_reply_and_a_cut_one_fails_cleanly(
     manager: OllamaManager, faults: SetFaults
 ) -> None:
     """Without a chunk callback the backend is asked with `stream: false` (one JSON
-    reply): the emulator's mid-stream cut, a fault of streamed replies, leaves it whole.
-    A streamed run cut midway keeps its partial text: see test_runner's
+    reply, one chunk); a reply cut part-way (the emulator's cut fault on a non-streamed
+    reply) fails the run in the gateway's words, with one backend to try. A streamed run
+    cut midway keeps its partial text: see test_runner's
     `test_run_streaming_cut_midway_keeps_what_arrived`."""
-    full = manager.run_model(MODEL, "Tell a story", {"seed": 1}, save_output=False)
-    faults(cut_after_chunks=3)
     whole = manager.run_model(MODEL, "Tell a story", {"seed": 1}, save_output=False)
-    assert whole.success and whole.response == full.response
+    assert whole.success and whole.response
     assert (whole.metadata or {})["chunks"] == 1
     ttft = (whole.metadata or {})["time_to_first_token"]
     assert 0 < ttft <= whole.execution_time
+    faults(cut_after_chunks=3)
+    cut = manager.run_model(MODEL, "Tell a story", {"seed": 1}, save_output=False)
+    assert not cut.success and cut.response == ""
+    assert "the backend closed the connection mid-reply" in (cut.error_message or "")
 
 
 def test_run_model_async_returns_a_future(manager: OllamaManager) -> None:
