@@ -6,7 +6,9 @@ loop each get their own, created on first use there.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,9 +64,21 @@ def create_engine(url: str) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Switching to WAL takes a lock SQLite does not wait for: a connection opened
+            # while another process writes got "database is locked". The mode is the
+            # file's, so it is switched once, retried briefly if the file is busy.
+            for attempt in range(10):
+                try:
+                    cursor.execute("PRAGMA journal_mode")
+                    if str(cursor.fetchone()[0]).lower() != "wal":
+                        cursor.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError:
+                    if attempt == 9:
+                        raise
+                    time.sleep(0.05)  # rare: only a file not yet in WAL, being written
             cursor.close()
 
         return engine
