@@ -136,11 +136,8 @@ class RunRecorder:
 
     def feed(self, line: bytes) -> bool:
         """Take one line (or the whole non-streamed reply); True when it ends the run."""
-        try:
-            chunk = json.loads(line)
-        except ValueError:
-            return False
-        if not isinstance(chunk, dict):
+        chunk = _json_object(line)
+        if chunk is None:
             return False
         if "error" in chunk:
             self.error = str(chunk["error"])
@@ -233,7 +230,7 @@ class RunRecorder:
 
 
 def _json_object(content: bytes | None) -> dict[str, Any] | None:
-    """A request body as the JSON object it is, or None."""
+    """A request body or a reply line as the JSON object it is, or None."""
     try:
         value = json.loads(content) if content else None
     except (ValueError, RecursionError):
@@ -446,11 +443,8 @@ async def _remembering(
 
 def _answer_line(line: bytes, parts: list[str], done: Callable[..., None]) -> bool:
     """Take one line of a chat reply; True once the reply ended (well or not)."""
-    try:
-        chunk = json.loads(line)
-    except ValueError:
-        return False
-    if not isinstance(chunk, dict):
+    chunk = _json_object(line)
+    if chunk is None:
         return False
     if "error" in chunk:
         return True

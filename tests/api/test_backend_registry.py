@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from app.main import build_services
 from app.storage.migrations import ensure_schema
 from tests.api.conftest import gateway_settings
 from tests.support.databases import fresh_pg_database
+from tests.support.replicas import wait_for
 from tests.support.servers import free_port, running_emulator, running_process
 
 ONLY_ON_TWO = "smollm2:135m"
@@ -67,15 +67,6 @@ def chat_status(url: str, model: str = ONLY_ON_TWO) -> int:
     return httpx.post(f"{url}/api/chat", json=body, timeout=30).status_code
 
 
-def within(seconds: float, check: Callable[[], bool], what: str) -> None:
-    """Wait for `check` to hold, at most `seconds` from now."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds:g} s: {what}")
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
 def test_a_backend_added_on_one_replica_is_used_by_the_other_and_outlives_restarts(
     kind: str, tmp_path: Path
@@ -94,7 +85,7 @@ def test_a_backend_added_on_one_replica_is_used_by_the_other_and_outlives_restar
             assert added.status_code == 201, added.text
             assert added.json()["source"] == "api" and added.json()["max_concurrency"] == 2
             assert chat_status(a) == 200, "the replica that added it uses it at once"
-            within(SHARED_WITHIN_S, lambda: chat_status(b) == 200, "B uses the added backend")
+            wait_for(lambda: chat_status(b) == 200, SHARED_WITHIN_S, "B uses the added backend")
             assert sources(b) == {"one": "settings", "two": "api"}
 
         with two_replicas(backends, db) as (a, b):
@@ -103,7 +94,7 @@ def test_a_backend_added_on_one_replica_is_used_by_the_other_and_outlives_restar
                 assert chat_status(url) == 200
             assert httpx.delete(f"{b}/gateway/backends/two", timeout=10).status_code == 204
             assert sources(b) == {"one": "settings"} and chat_status(b) == 404
-            within(SHARED_WITHIN_S, lambda: "two" not in sources(a), "A drops the backend")
+            wait_for(lambda: "two" not in sources(a), SHARED_WITHIN_S, "A drops the backend")
             assert chat_status(a) == 404
 
         with two_replicas(backends, db) as (a, b):
@@ -125,7 +116,7 @@ def test_removing_a_start_up_backend_is_shared_and_remembered_until_added_again(
             assert sources(b) == {"one": "settings", "two": "settings"}
             assert chat_status(b) == 200
             assert httpx.delete(f"{a}/gateway/backends/two", timeout=10).status_code == 204
-            within(SHARED_WITHIN_S, lambda: chat_status(b) == 404, "B drops `two`")
+            wait_for(lambda: chat_status(b) == 404, SHARED_WITHIN_S, "B drops `two`")
             assert sources(b) == {"one": "settings"}
             last = httpx.delete(f"{b}/gateway/backends/one", timeout=10)
             assert last.status_code == 409 and "last one" in last.json()["detail"]
@@ -136,7 +127,7 @@ def test_removing_a_start_up_backend_is_shared_and_remembered_until_added_again(
                 assert sources(url) == {"one": "settings"} and chat_status(url) == 404
             added = httpx.post(f"{b}/gateway/backends", json={"backend": f"two={second}"})
             assert added.status_code == 201 and added.json()["source"] == "api"
-            within(SHARED_WITHIN_S, lambda: chat_status(a) == 200, "A takes `two` up again")
+            wait_for(lambda: chat_status(a) == 200, SHARED_WITHIN_S, "A takes `two` up again")
             assert sources(a) == {"one": "settings", "two": "api"}
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,6 +13,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.replicas import wait_for
 from tests.support.servers import free_port, running_emulator, running_process, serving_in_thread
 
 MODEL = "llama3.1:8b"
@@ -27,14 +26,6 @@ def served_by(url: str) -> str:
     assert reply.status_code == 200, reply.text
     backend: str = reply.json()["metadata"]["backend"]
     return backend
-
-
-def within(seconds: float, check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds:g} s: {what}")
-        time.sleep(0.1)
 
 
 @pytest.mark.timeout(60)
@@ -69,7 +60,7 @@ def test_rules_set_on_one_replica_reach_the_other_and_outlive_restarts(tmp_path:
             replaced = httpx.put(f"{a}/gateway/placement", json=rules, timeout=10)
             assert replaced.status_code == 200, replaced.text
             assert all(served_by(a) == second for _ in range(5)), "A follows its change at once"
-            within(SHARED_WITHIN_S, lambda: served_by(b) == second, "B routes by the new rules")
+            wait_for(lambda: served_by(b) == second, SHARED_WITHIN_S, "B routes by the new rules")
             assert all(served_by(b) == second for _ in range(5))
             assert httpx.get(f"{b}/gateway/placement", timeout=10).json() == rules
 
