@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of `pid` and its descendants (LiteLLM may fork)."""
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (LiteLLM may fork; granian serves from a child process)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -18,10 +19,18 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    user, system, todo = 0, 0, [pid]
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
+        found.append(current)
         todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of `pid` and its descendants."""
+    user, system = 0, 0
+    for current in tree(pid):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -47,14 +56,20 @@ def quiesce(pid: int, limit: float = 30.0) -> None:
 
 
 def loaded(pid: int, *names: str) -> list[str]:
-    """Which of `names` appear among the shared objects `pid` has mapped."""
-    maps = Path(f"/proc/{pid}/maps").read_text()
+    """Which of `names` appear among the shared objects `pid` or a descendant has mapped."""
+    maps = ""
+    for current in tree(pid):
+        with contextlib.suppress(OSError):
+            maps += Path(f"/proc/{current}/maps").read_text()
     return [name for name in names if f"/{name}/" in maps]
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` (not its children), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of `pid` and its descendants, in MB."""
+    total = 0
+    for current in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024

@@ -337,6 +337,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk row")
     parser.add_argument("--litellm", help="the litellm command of a venv with litellm[proxy]")
     parser.add_argument("--transport", default="aiohttp", choices=["httpx", "aiohttp"])
+    parser.add_argument(
+        "--server",
+        default="uvicorn",
+        choices=["uvicorn", "granian"],
+        help="what serves the gateway: `ollama-gateway serve` (uvicorn) or granian "
+        "(`pip install granian`; the same app from `app.main:create_app`, one worker, uvloop)",
+    )
     parser.add_argument("--engine", default="filler", choices=["filler", "llama-cpp"])
     parser.add_argument("--concurrency", default="1,32,128,256")
     parser.add_argument("--stream-concurrency", default="1,8")
@@ -382,9 +389,15 @@ def main() -> None:
         )  # fmt: skip
         key = made.stdout.split()[-1]
         serve = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+        if args.server == "granian":
+            serve = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+                     "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                     "--loop", "uvloop", "--log-level", "warning", "app.main:create_app"]  # fmt: skip
         gw = stack.enter_context(running_process(serve, gateway + "/healthz", env=env)).pid
         httpx.get(f"{gateway}/healthz")
         server_libs = loaded(gw, "uvloop", "httptools") or ["neither uvloop nor httptools"]
+        if args.server == "granian":
+            server_libs = ["granian", *loaded(gw, "uvloop")]
         litellm: str | None = None
         litellm_pid: int | None = None
         if args.litellm:
@@ -397,6 +410,7 @@ def main() -> None:
         if not serves(f"{gateway}/v1/chat/completions", v1_body, key):
             v1_note = "the gateway does not serve /v1/chat/completions (404): rows skipped"
             notes.append(v1_note)
+        chat_whole = {**chat, "stream": False, "options": {"num_predict": TOKENS}}
         cases = [
             Case("direct  /api/generate", f"{emulator}/api/generate", generate),
             Case("gateway /api/generate (stored)", f"{gateway}/api/generate", generate, key, gw),
@@ -404,8 +418,8 @@ def main() -> None:
                  gateway_body, key, gw),
             Case("gateway /gateway/generate (save=false)", f"{gateway}/gateway/generate",
                  {**gateway_body, "save": False}, key, gw),
-            Case("direct  /api/chat", f"{emulator}/api/chat",
-                 {**chat, "stream": False, "options": {"num_predict": TOKENS}}),
+            Case("direct  /api/chat", f"{emulator}/api/chat", chat_whole),
+            Case("gateway /api/chat (stored)", f"{gateway}/api/chat", chat_whole, key, gw),
             Case("gateway /v1/chat/completions (stored)", f"{gateway}/v1/chat/completions",
                  v1_body, key, gw, v1_note),
         ]  # fmt: skip
