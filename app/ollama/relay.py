@@ -171,7 +171,8 @@ class RunRecorder:
         return result
 
     async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass `body` on line by line, storing the run at its end (see the module doc)."""
+        """Pass `body` on by whole lines (those that came in one read together), storing the
+        run at its end (see the module doc)."""
         try:
             async with contextlib.aclosing(self._lines(body)) as lines:
                 async for line in lines:
@@ -188,12 +189,30 @@ class RunRecorder:
         try:
             async for piece in body:
                 buffer += piece
-                while (cut := buffer.find(b"\n")) >= 0:
-                    line, buffer = buffer[: cut + 1], buffer[cut + 1 :]
-                    if self.feed(line):
-                        self._raise_resumable_error()
+                if b"\n" not in piece:
+                    continue
+                *complete, buffer = buffer.split(b"\n")
+                # The lines that came in one read go out in one write: one `send` down the
+                # ASGI stack and one socket write for a backend that is ahead of us.
+                ready: list[bytes] = []
+                for text in complete:
+                    line = text + b"\n"
+                    try:
+                        final = self.feed(line)
+                        if final:
+                            self._raise_resumable_error()
+                    except BackendError:
+                        if ready:
+                            yield b"".join(ready)
+                        raise
+                    if final:  # what came before goes out before the run is stored
+                        if ready:
+                            yield b"".join(ready)
+                            ready = []
                         await self.finish()
-                    yield line
+                    ready.append(line)
+                if ready:
+                    yield b"".join(ready)
             if buffer:
                 if self.feed(buffer):
                     self._raise_resumable_error()
