@@ -47,6 +47,7 @@ from app.api.routes import (
     placement,
     pulls,
     results,
+    whoami,
 )
 from app.api.routes.pulls import PullOut
 from app.api.schemas.common import ResultOut
@@ -239,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (placement, admin),
         (keys, admin),
         (audit, admin),
+        (whoami, user),
     ):
         app.include_router(
             module.router, responses={**COMMON_ERRORS, **AUTH_ERRORS}, dependencies=needs

@@ -1,9 +1,15 @@
 """The gateway's OpenAPI document: FastAPI's, with the two things it cannot say by itself.
 
 - Errors are `application/problem+json`, not `application/json`.
-- Streamed endpoints answer `text/event-stream`; each event's schema is given, and the
-  payload schemas (`ChunkEvent`, `ResultOut`, `ErrorEvent`, `PullOut`) are components so
-  SDK generators emit them.
+- Streamed endpoints answer `text/event-stream`. OpenAPI 3.1 cannot give the schema of
+  each event of a stream (3.2's `itemSchema` can, but 3.1 validators reject it), so the
+  stream is a string whose events are listed in the vendor extension `x-sse-events`
+  (event name → `$ref` of its `data` payload, a component) and in the description. The
+  payload schemas (`ChunkEvent`, `ResultOut`, `ErrorEvent`, `PullOut`, ...) are components
+  so SDK generators emit them.
+
+It also declares what linters ask of a document (`spectral:oas`, see `.spectral.yaml`):
+the tags with their descriptions, a server, a contact and a license.
 """
 
 from __future__ import annotations
@@ -28,30 +34,62 @@ def sse_response(
         name: kinds if isinstance(kinds, tuple) else (kinds,) for name, kinds in events.items()
     }
     payloads = {name: " or ".join(m.__name__ for m in models) for name, models in shapes.items()}
-    models = sorted({m.__name__ for kinds in shapes.values() for m in kinds})
-    event_schema = {
-        "type": "object",
-        "description": "One server-sent event; `data` is JSON: "
-        + ", ".join(f"`{name}` → {model}" for name, model in payloads.items()),
-        "properties": {
-            "event": {"type": "string", "enum": list(events)},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": {"anyOf": [{"$ref": REF.format(model=m)} for m in models]},
-            },
-            "id": {"type": "string"},
-            "retry": {"type": "integer"},
-        },
-        "required": ["data"],
-    }
+    listing = "; ".join(f"`{name}`: {model}" for name, model in payloads.items())
     return {
         "description": description,
         "content": {
-            # OpenAPI 3.2's way to describe a stream: one schema per event, none for the whole.
-            "text/event-stream": {"itemSchema": event_schema}
+            "text/event-stream": {
+                "schema": {
+                    "type": "string",
+                    "description": "A stream of server-sent events (`event:`, `data:`, `id:` "
+                    f"lines); each event's `data` is one JSON object. Events: {listing}.",
+                },
+                SSE_EXTENSION: {
+                    name: _one_of([REF.format(model=m.__name__) for m in models])
+                    for name, models in shapes.items()
+                },
+            }
         },
     }
+
+
+SSE_EXTENSION = "x-sse-events"
+"""The vendor extension of a `text/event-stream` media type: each event's name → the
+schema of its `data` (a `$ref` to a component, or a `oneOf` of them)."""
+
+
+def _one_of(refs: list[str]) -> dict[str, Any]:
+    if len(refs) == 1:
+        return {"$ref": refs[0]}
+    return {"oneOf": [{"$ref": ref} for ref in refs]}
+
+
+TAGS: list[dict[str, str]] = [
+    {"name": "health", "description": "Liveness and readiness probes (no key needed)."},
+    {"name": "models", "description": "The models on the backends, their stats and configs."},
+    {"name": "pulls", "description": "Pulling models onto backends, as jobs (admin)."},
+    {"name": "generate", "description": "Generations from a prompt, plain or streamed."},
+    {"name": "chat", "description": "Chats from a message history, plain or streamed."},
+    {"name": "batches", "description": "Many prompts on one model, at once or as a job."},
+    {"name": "jobs", "description": "Every kind of long work: progress, events, cancel."},
+    {"name": "benchmarks", "description": "A model over test prompts: speed and latency."},
+    {"name": "comparisons", "description": "One prompt on several models, side by side."},
+    {"name": "results", "description": "The stored runs: filters, cursor pages, cleanup."},
+    {"name": "config", "description": "Per-model default options and presets (admin)."},
+    {"name": "backends", "description": "The Ollama servers and placement rules (admin)."},
+    {"name": "keys", "description": "API keys: create, list, revoke (admin)."},
+    {"name": "audit", "description": "Who did what: the audit log (admin)."},
+]
+
+SERVERS: list[dict[str, str]] = [
+    {
+        "url": "http://127.0.0.1:8000",
+        "description": "`ollama-gateway serve` with its defaults (GATEWAY_HOST, GATEWAY_PORT).",
+    }
+]
+
+CONTACT = {"name": "ollama-gateway maintainers"}
+LICENSE = {"name": "MIT", "identifier": "MIT"}
 
 
 def build_openapi(app: FastAPI, event_models: list[type[BaseModel]]) -> dict[str, Any]:
@@ -62,7 +100,10 @@ def build_openapi(app: FastAPI, event_models: list[type[BaseModel]]) -> dict[str
         version=app.version,
         description=app.description,
         routes=app.routes,
-        tags=app.openapi_tags,
+        tags=app.openapi_tags or TAGS,
+        servers=SERVERS,
+        contact=CONTACT,
+        license_info=LICENSE,
     )
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for path in spec.get("paths", {}).values():
