@@ -1,12 +1,11 @@
 """The gateway's OpenAPI document: FastAPI's, with the two things it cannot say by itself.
 
 - Errors are `application/problem+json`, not `application/json`.
-- Streamed endpoints answer `text/event-stream`. OpenAPI 3.1 cannot give the schema of
-  each event of a stream (3.2's `itemSchema` can, but 3.1 validators reject it), so the
-  stream is a string whose events are listed in the vendor extension `x-sse-events`
-  (event name → `$ref` of its `data` payload, a component) and in the description. The
-  payload schemas (`ChunkEvent`, `ResultOut`, `ErrorEvent`, `PullOut`, ...) are components
-  so SDK generators emit them.
+- Streamed endpoints answer `text/event-stream`, described the way OpenAPI 3.1 allows:
+  vendor extensions (`x-sse-item-schema`: one event, a component per stream such as
+  `RunEvent` or `JobEvent`; `x-sse-events`: each event's name → its payload's schema),
+  see `sse_response`. The payload schemas (`ChunkEvent`, `ResultOut`, `ErrorEvent`,
+  `PullOut`, ...) are components so SDK generators emit them.
 
 It also declares what linters ask of a document (`spectral:oas`, see `.spectral.yaml`):
 the tags with their descriptions, a server, a contact and a license.
@@ -26,32 +25,62 @@ REF = "#/components/schemas/{model}"
 
 
 def sse_response(
-    description: str, events: dict[str, type[BaseModel] | tuple[type[BaseModel], ...]]
+    name: str,
+    description: str,
+    events: dict[str, type[BaseModel] | tuple[type[BaseModel], ...]],
 ) -> dict[str, Any]:
     """A 200 response of server-sent events named in `events`, each with its data schema
-    (or schemas, when an event's data takes one of several shapes)."""
+    (or schemas, when an event's data takes one of several shapes).
+
+    OpenAPI 3.1 has no way to give the schema of each event of a stream (3.2's
+    `itemSchema`, which 3.1 validators reject), and a `schema` there would describe the
+    whole body: SDK generators then try to parse the stream as one JSON value. So the
+    media type has no `schema`; the vendor extension `x-sse-item-schema` refers to the
+    component `name`, one event (`event`, `data`, `id`, `retry`; what 3.2 would call the
+    `itemSchema`), and `x-sse-events` maps each event's name to the schema of its `data`
+    (JSON text). tests/api/test_sse_spec.py checks real streams against both.
+    """
     shapes = {
         name: kinds if isinstance(kinds, tuple) else (kinds,) for name, kinds in events.items()
     }
     payloads = {name: " or ".join(m.__name__ for m in models) for name, models in shapes.items()}
-    listing = "; ".join(f"`{name}`: {model}" for name, model in payloads.items())
+    models = sorted({m.__name__ for kinds in shapes.values() for m in kinds})
+    event_schema = {
+        "title": name,
+        "type": "object",
+        "description": "One server-sent event; `data` is JSON: "
+        + ", ".join(f"`{event}` → {model}" for event, model in payloads.items())
+        + ".",
+        "properties": {
+            "event": {"type": "string", "enum": list(events)},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [{"$ref": REF.format(model=m)} for m in models]},
+            },
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+        "required": ["data"],
+    }
     return {
         "description": description,
         "content": {
             "text/event-stream": {
-                "schema": {
-                    "type": "string",
-                    "description": "A stream of server-sent events (`event:`, `data:`, `id:` "
-                    f"lines); each event's `data` is one JSON object. Events: {listing}.",
-                },
+                # Moved to `components` by `build_openapi` (routes are declared before it).
+                SSE_ITEM_EXTENSION: event_schema,
                 SSE_EXTENSION: {
-                    name: _one_of([REF.format(model=m.__name__) for m in models])
-                    for name, models in shapes.items()
+                    event: _one_of([REF.format(model=m.__name__) for m in models])
+                    for event, models in shapes.items()
                 },
             }
         },
     }
 
+
+SSE_ITEM_EXTENSION = "x-sse-item-schema"
+"""The vendor extension of a `text/event-stream` media type: the schema of one event
+(a `$ref` to a component), as OpenAPI 3.2's `itemSchema` would give it."""
 
 SSE_EXTENSION = "x-sse-events"
 """The vendor extension of a `text/event-stream` media type: each event's name → the
@@ -112,6 +141,11 @@ def build_openapi(app: FastAPI, event_models: list[type[BaseModel]]) -> dict[str
                 content = response.get("content", {})
                 if status.isdigit() and int(status) >= 400 and "application/json" in content:
                     content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+                stream = content.get("text/event-stream", {})
+                event = stream.get(SSE_ITEM_EXTENSION, {})
+                if "title" in event and "$ref" not in event:
+                    schemas.setdefault(event["title"], event)
+                    stream[SSE_ITEM_EXTENSION] = {"$ref": REF.format(model=event["title"])}
     for model in event_models:
         _add_component(schemas, model)
     app.openapi_schema = spec

@@ -20,7 +20,12 @@ def test_anonymous_loopback_clients_are_told_they_need_no_key(
     with serving_in_thread(create_app(gateway_settings([emulator_url], tmp_path))) as url:
         reply = httpx.get(f"{url}/gateway/whoami", timeout=10)
     assert reply.status_code == 200, reply.text
-    assert reply.json() == {"name": "anonymous", "scope": "admin", "anonymous": True, "models": None}
+    assert reply.json() == {
+        "name": "anonymous",
+        "scope": "admin",
+        "anonymous": True,
+        "models": None,
+    }
 
 
 def test_with_keys_it_needs_one_and_names_its_scope(emulator_url: str, tmp_path: Path) -> None:
