@@ -20,41 +20,39 @@ function width(): number {
   return Math.max(320, Math.min(760, (main?.clientWidth ?? 800) - 40));
 }
 
-/** Grouped bars: one group per category (x), one bar per series. */
-export function barChart(
-  label: string,
-  categories: string[],
-  series: { name: string; values: (number | null)[] }[],
-  height = 240,
-): Chart {
+/** Bars: one per category (x), e.g. one per model, on the metric's own scale. */
+export function barChart(label: string, categories: string[], name: string, values: (number | null)[], color = 0, height = 200): Chart {
   const el = figure(label);
   const xs = categories.map((_, i) => i);
-  const count = Math.max(series.length, 1);
-  const bars = uPlot.paths.bars ? uPlot.paths.bars({ size: [0.7 / count, 60] }) : undefined;
+  const bars = uPlot.paths.bars ? uPlot.paths.bars({ size: [0.5, 80] }) : undefined;
   const plot = new uPlot(
     {
-      width: width(),
+      width: Math.min(360, width()),
       height,
-      scales: { x: { time: false, range: [-0.5, categories.length - 0.5] } },
+      legend: { show: false },
+      scales: {
+        x: { time: false, range: [-0.5, categories.length - 0.5] },
+        y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.15 : 1] },
+      },
       axes: [
         {
           values: (_u, ticks) => ticks.map((t) => (Number.isInteger(t) ? (categories[t] ?? "") : "")),
           incrs: [1],
         },
-        {},
+        { label: name, size: 60 },
       ],
       series: [
         {},
-        ...series.map((s, i) => ({
-          label: s.name,
-          stroke: COLORS[i % COLORS.length],
-          fill: COLORS[i % COLORS.length] + "cc",
+        {
+          label: name,
+          stroke: COLORS[color % COLORS.length],
+          fill: COLORS[color % COLORS.length] + "cc",
           paths: bars,
           points: { show: false },
-        })),
+        },
       ],
     },
-    [xs, ...series.map((s) => s.values)] as uPlot.AlignedData,
+    [xs, values] as uPlot.AlignedData,
     el,
   );
   return { el, destroy: () => plot.destroy() };

@@ -65,7 +65,7 @@ export const comparePage: Page = {
     const summary = h("section", { class: "summary", "aria-label": "Summary" });
     const errors = errorBox();
     let controller: AbortController | null = null;
-    let chart: Chart | null = null;
+    let charts: Chart[] = [];
     stop.addEventListener("click", () => controller?.abort());
 
     const form = h(
@@ -82,7 +82,8 @@ export const comparePage: Page = {
           }
           const text = prompt.value.trim();
           if (!text) return;
-          chart?.destroy();
+          charts.forEach((c) => c.destroy());
+          charts = [];
           replace(summary);
           const cols: Column[] = models.map((model) => ({
             model,
@@ -109,19 +110,20 @@ export const comparePage: Page = {
             c.timing?.tokens != null ? String(c.timing.tokens) : "–",
             c.error ?? "ok",
           ]);
-          chart = barChart(
-            `Bar chart comparing ${models.join(", ")}: time to first token (s) and tokens per second for each model`,
-            models,
-            [
-              { name: "TTFT (s)", values: cols.map((c) => c.timing?.ttft ?? null) },
-              { name: "tokens/s", values: cols.map((c) => c.timing?.tokensPerSecond ?? null) },
-            ],
+          const list = models.join(", ");
+          const metrics: [string, string, (c: Column) => number | null][] = [
+            ["time to first token in seconds", "TTFT (s)", (c) => c.timing?.ttft ?? null],
+            ["tokens per second", "tokens/s", (c) => c.timing?.tokensPerSecond ?? null],
+            ["tokens in the answer", "tokens", (c) => c.timing?.tokens ?? null],
+          ];
+          charts = metrics.map(([what, unit, value], i) =>
+            barChart(`Bar chart of ${what} per model: ${list}`, models, unit, cols.map(value), i),
           );
           replace(
             summary,
             h("h2", {}, "Summary"),
             table("Each model's answer", ["Model", "TTFT (s)", "Tokens/s", "Tokens", "Outcome"], rows),
-            chart.el,
+            h("div", { class: "charts" }, charts.map((c) => c.el)),
           );
         },
       },
@@ -133,7 +135,7 @@ export const comparePage: Page = {
     replace(main, ...heading("Compare", "One prompt on 2 to 4 models at once, side by side."), form, columns, summary);
     return () => {
       controller?.abort();
-      chart?.destroy();
+      charts.forEach((c) => c.destroy());
     };
   },
 };
