@@ -260,3 +260,41 @@ def test_the_jobs_page_follows_a_batch_live_and_cancels_it(page: Any, console: C
     with console.api(console.user_key) as api:
         job = api.get(f"/gateway/jobs/{job_id}").json()
     assert job["status"] == "cancelled" and 1 <= job["completed"] < 8
+
+
+def test_an_admin_creates_a_key_shown_once_revokes_it_and_reads_the_audit_log(
+    page: Any, console: Console
+) -> None:
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    sign_in(page, console, console.admin_key)
+    page.get_by_role("link", name="Keys", exact=True).click()
+    page.get_by_role("table", name="keys").wait_for()
+    page.get_by_label("Name", exact=True).fill("bob")
+    page.get_by_role("button", name="Create key").click()
+    shown = page.get_by_role("status", name="The new key")
+    shown.wait_for()
+    key = shown.text_content() or ""
+    assert key.startswith("ogw_")
+    with console.api(key) as api:
+        assert api.get("/gateway/whoami").json()["name"] == "bob"
+    keys = page.get_by_role("table", name="keys")
+    keys.get_by_role("cell", name="bob", exact=True).wait_for()
+    page.get_by_role("button", name="Revoke key bob").click()
+    page.get_by_role("status").filter(has_text="Key bob revoked.").wait_for()
+    with console.api(key) as api:
+        assert api.get("/gateway/whoami").status_code == 401
+    # Reloaded, the page no longer shows the key.
+    page.reload()
+    page.get_by_role("table", name="keys").wait_for()
+    assert key not in (page.content())
+    # The audit log, filtered by actor and outcome: the revoked key's refused request.
+    page.get_by_label("Actor").fill("invalid-key")
+    page.get_by_label("Outcome").select_option("denied")
+    page.get_by_role("button", name="Filter audit log").click()
+    audit = page.get_by_role("table", name="1 audit entries")
+    audit.get_by_role("cell", name="invalid-key").wait_for()
+    row = audit.locator("tbody tr").first.locator("td").all_text_contents()
+    assert row[1:5] == ["invalid-key", "GET /gateway/whoami", "–", "denied"]
+    # Keys travel in headers only: no URL the console asked for holds one.
+    assert urls and not any(console.admin_key in u or key in u for u in urls)
