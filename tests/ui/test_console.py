@@ -23,7 +23,7 @@ def latest_run(console: Console, key: str, model: str = "llama3.1:8b") -> dict[s
 def test_a_user_key_signs_in_and_a_chat_streams_token_by_token_and_is_stored(
     page: Any, console: Console
 ) -> None:
-    set_delays(console.emulator, token_ms=60)
+    set_delays(console.emulator, token_ms=60, first_token_ms=200)
     sign_in(page, console, console.user_key)
     assert page.evaluate("() => sessionStorage.getItem('ollama-gateway.key')") == console.user_key
     assert console.user_key not in page.url
