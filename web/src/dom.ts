@@ -68,15 +68,18 @@ export function when(iso: string | null | undefined): string {
 }
 
 /** A progress bar with an accessible name and value. */
-export function progressBar(label: string): { el: HTMLElement; set: (done: number, total: number) => void } {
+export function progressBar(label: string): {
+  el: HTMLElement;
+  set: (done: number, total: number, show?: (n: number) => string) => void;
+} {
   const bar = h("progress", { max: 1, value: 0, "aria-label": label });
   const text = h("span", { class: "progress-text" }, "0 / ?");
   return {
     el: h("div", { class: "progress" }, bar, text),
-    set(done: number, total: number) {
+    set(done: number, total: number, show: (n: number) => string = String) {
       bar.max = Math.max(total, 1);
       bar.value = done;
-      text.textContent = `${done} / ${total}`;
+      text.textContent = `${show(done)} / ${show(total)}`;
     },
   };
 }

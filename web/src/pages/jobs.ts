@@ -2,6 +2,7 @@
 // again every 1.5 s), and Cancel for the ones still queued or running.
 import { api, unwrap, type Schemas } from "../api/client";
 import { h, progressBar, replace, when } from "../dom";
+import { isAdmin } from "../session";
 import { href, type Page } from "../router";
 import { errorBox, every, heading } from "../ui";
 
@@ -33,6 +34,24 @@ export const jobsPage: Page = {
         const query: { limit: number; kind?: Schemas["JobOut"]["kind"] } = { limit: 30 };
         if (kind.value) query.kind = kind.value as Schemas["JobOut"]["kind"];
         const page = unwrap(await api.GET("/gateway/jobs", { params: { query } }));
+        // A running pull's bytes (admins only may read pulls): its latest progress from Ollama.
+        const bytes = new Map<string, { done: number; total: number; status: string }>();
+        if (isAdmin()) {
+          await Promise.all(
+            page.items
+              .filter((job) => job.kind === "pull" && job.status === "running")
+              .map(async (job) => {
+                const pull = await api.GET("/gateway/pulls/{pull_id}", { params: { path: { pull_id: job.id } } });
+                const progress = pull.data?.progress ?? {};
+                const total = progress["total"];
+                const done = progress["completed"];
+                if (typeof total === "number" && total > 0) {
+                  const status = typeof progress["status"] === "string" ? progress["status"] : "";
+                  bytes.set(job.id, { done: typeof done === "number" ? done : 0, total, status });
+                }
+              }),
+          );
+        }
         errors.clear();
         replace(
           list,
@@ -40,7 +59,11 @@ export const jobsPage: Page = {
             ? page.items.map((job) => {
                 const label = `${job.kind} of ${job.subject}`;
                 const bar = progressBar(`Progress of ${label}`);
-                bar.set(job.completed, job.total);
+                const pulled = bytes.get(job.id);
+                if (pulled) {
+                  bar.set(pulled.done, pulled.total, (n) => `${(n / 1e6).toFixed(0)} MB`);
+                  bar.el.title = pulled.status;
+                } else bar.set(job.completed, job.total);
                 const active = job.status === "queued" || job.status === "running";
                 return h(
                   "li",
