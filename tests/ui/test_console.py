@@ -237,7 +237,9 @@ def test_an_admin_adds_and_removes_a_backend(page: Any, console: Console) -> Non
     page.wait_for_url("**/ui/jobs?kind=pull")
     page.locator(".job.succeeded", has_text="pull of phi3:mini").wait_for(timeout=SEND_TIMEOUT_MS)
     page.get_by_role("link", name="Backends", exact=True).click()
-    page.get_by_role("table", name="models").get_by_role("cell", name="phi3:mini", exact=True).wait_for()
+    page.get_by_role("table", name="models").get_by_role(
+        "cell", name="phi3:mini", exact=True
+    ).wait_for()
 
 
 def test_the_jobs_page_follows_a_batch_live_and_cancels_it(page: Any, console: Console) -> None:
