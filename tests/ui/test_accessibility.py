@@ -62,5 +62,16 @@ def test_no_serious_or_critical_violation_on_any_page(axe_page: Any, console: Co
     page.locator("table tbody tr a").first.click()
     page.get_by_role("heading", name="Answer").wait_for()
     found["result detail"] = axe_violations(page)
+    # Pages holding charts: a comparison's, a benchmark's.
+    page.goto(f"{console.url}/ui/compare")
+    page.get_by_label("Prompt").fill("Hi")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_role("img", name="Bar chart of tokens per second").wait_for()
+    found["compare with charts"] = axe_violations(page)
+    page.goto(f"{console.url}/ui/benchmarks")
+    page.get_by_label("Test prompts (one per line)").fill("One?\nTwo?")
+    page.get_by_role("button", name="Start benchmark").click()
+    page.get_by_role("img", name="Line chart of tokens per second").wait_for()
+    found["benchmark with plots"] = axe_violations(page)
     bad = {name: v for name, v in found.items() if v}
     assert not bad, bad
