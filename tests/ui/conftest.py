@@ -44,8 +44,10 @@ def chromium_path() -> str:
     return str(found)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium, for one module: Playwright's sync API keeps an event loop running while it
+    is started, which async tests in later modules (pytest-asyncio) cannot share."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
