@@ -23,6 +23,7 @@ from app.access import (
 from app.api.audit_log import AuditMiddleware
 from app.api.auth import require_admin, require_user
 from app.api.body_size import BodySizeLimit
+from app.api.console import install_console
 from app.api.deps import Services
 from app.api.errors import Problem, install_error_handlers
 from app.api.json_guard import JsonBodyGuard
@@ -47,6 +48,7 @@ from app.api.routes import (
     placement,
     pulls,
     results,
+    whoami,
 )
 from app.api.routes.pulls import PullOut
 from app.api.schemas.common import ResultOut
@@ -239,10 +241,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (placement, admin),
         (keys, admin),
         (audit, admin),
+        (whoami, user),
     ):
         app.include_router(
             module.router, responses={**COMMON_ERRORS, **AUTH_ERRORS}, dependencies=needs
         )
+    install_console(app)
     # The drop-in surfaces: the OpenAI API, then Ollama's (its catch-all route goes last).
     app.include_router(openai_api.router, dependencies=user)
     app.include_router(ollama_api.router)

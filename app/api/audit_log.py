@@ -22,7 +22,13 @@ __all__ = ["AuditMiddleware"]
 
 UNAUDITED = {"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/"}
 """Probes and docs: asked for every few seconds by load balancers, and no operation."""
+CONSOLE_PREFIX = "/ui"
+"""The web console's files (`app.api.console`): no operation either."""
 TARGET_PARAMS = ("name", "model", "key", "result_id", "report_id", "job_id", "backend")
+
+
+def _unaudited(path: str) -> bool:
+    return path in UNAUDITED or path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
 def outcome_of(status: int) -> str:
@@ -49,7 +55,7 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNAUDITED:
+        if scope["type"] != "http" or _unaudited(scope["path"]):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

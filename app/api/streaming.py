@@ -41,6 +41,7 @@ EARLY_ERROR_SECONDS = 1.0
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: sse_response(
+        "RunEvent",
         "Server-sent events: `chunk` events (ChunkEvent), then one `result` (ResultOut) "
         "or `error` (ErrorEvent) event.",
         {"chunk": ChunkEvent, "result": ResultOut, "error": ErrorEvent},

@@ -101,6 +101,7 @@ async def get_batch_job(job_id: str, services: ServicesDep, principal: UserDep) 
     response_class=EventSourceResponse,
     responses={
         200: sse_response(
+            "BatchJobEvent",
             "Server-sent events: a `progress` event (BatchProgress) per finished prompt, "
             "then one `done` event (BatchJobOut).",
             {"progress": BatchProgress, "done": BatchJobOut},

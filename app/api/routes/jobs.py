@@ -104,6 +104,7 @@ async def get_job(job_id: str, services: ServicesDep, principal: UserDep) -> Job
     response_class=EventSourceResponse,
     responses={
         200: sse_response(
+            "JobEvent",
             "Server-sent events, each with an `id:`: `progress` events (JobProgress; a "
             "pull's: Ollama's progress objects), then one `done` event (JobOut). Reconnect "
             "with `Last-Event-ID` (to any replica) for the events after it.",

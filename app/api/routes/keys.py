@@ -39,6 +39,8 @@ async def list_keys(
     services: ServicesDep,
     include_revoked: bool = Query(default=False, description="Also revoked keys."),
 ) -> list[KeyOut]:
+    """The keys, active ones (and revoked ones with `include_revoked`); never the keys
+    themselves, only their ids, names, scopes, limits and prefixes."""
     return [KeyOut(**r) for r in await services.keys.alist(include_revoked)]
 
 

@@ -91,6 +91,7 @@ async def get_pull(pull_id: str, services: ServicesDep, principal: AdminDep) -> 
     response_class=EventSourceResponse,
     responses={
         200: sse_response(
+            "PullEvent",
             "Server-sent events: `progress` events (Ollama's progress objects), then one "
             "`done` event (the job, as `get_pull` returns it).",
             {"progress": PullProgress, "done": PullOut},

@@ -1,0 +1,141 @@
+// Compare: one prompt on 2-4 models at once, each answer streamed in its own column
+// (POST /gateway/generate/stream per model, all at the same time), then a table and a bar
+// chart of TTFT, tokens/s and tokens.
+import type { Schemas } from "../api/client";
+import { barChart, type Chart } from "../charts";
+import { fmt, h, field, replace } from "../dom";
+import { modelNames } from "../models";
+import type { Page } from "../router";
+import { streamPost } from "../sse";
+import { errorBox, heading, table } from "../ui";
+import { timingOf, timingText, type Timing } from "./chat";
+
+interface Column {
+  model: string;
+  answer: HTMLElement;
+  stats: HTMLElement;
+  timing: Timing | null;
+  error: string | null;
+}
+
+async function runColumn(column: Column, prompt: string, signal: AbortSignal): Promise<void> {
+  const started = performance.now();
+  let firstAt: number | null = null;
+  let text = "";
+  try {
+    for await (const ev of streamPost("/gateway/generate/stream", { model: column.model, prompt }, signal)) {
+      if (ev.event === "chunk") {
+        const chunk = JSON.parse(ev.data) as Schemas["ChunkEvent"];
+        if (firstAt === null && chunk.content) firstAt = performance.now();
+        text += chunk.content;
+        column.answer.textContent = text;
+      } else if (ev.event === "result") {
+        const result = JSON.parse(ev.data) as Schemas["ResultOut"];
+        column.answer.textContent = result.response;
+        column.timing = timingOf(result, started, firstAt);
+        column.stats.textContent = timingText(column.timing);
+      } else if (ev.event === "error") {
+        const error = JSON.parse(ev.data) as Schemas["ErrorEvent"];
+        column.error = `${error.code}: ${error.message}`;
+      }
+    }
+  } catch (error) {
+    column.error = signal.aborted ? "stopped" : (error as Error).message;
+  }
+  if (column.error) column.stats.textContent = `failed: ${column.error}`;
+}
+
+export const comparePage: Page = {
+  path: "compare",
+  title: "Compare",
+  async render(main) {
+    const names = await modelNames();
+    const picks = h(
+      "fieldset",
+      { class: "models" },
+      h("legend", {}, "Models (2 to 4)"),
+      names.map((name, i) =>
+        h("label", { class: "check" }, h("input", { type: "checkbox", name: "models", value: name, checked: i < 2 }), name),
+      ),
+    );
+    const prompt = h("textarea", { rows: 3, required: true });
+    const send = h("button", { type: "submit" }, "Compare");
+    const stop = h("button", { type: "button", disabled: true }, "Stop");
+    const columns = h("section", { class: "columns", "aria-label": "Answers" });
+    const summary = h("section", { class: "summary", "aria-label": "Summary" });
+    const errors = errorBox();
+    let controller: AbortController | null = null;
+    let charts: Chart[] = [];
+    stop.addEventListener("click", () => controller?.abort());
+
+    const form = h(
+      "form",
+      {
+        class: "card",
+        onsubmit: async (event: Event) => {
+          event.preventDefault();
+          errors.clear();
+          const models = [...picks.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
+          if (models.length < 2 || models.length > 4) {
+            errors.show("Pick 2 to 4 models.");
+            return;
+          }
+          const text = prompt.value.trim();
+          if (!text) return;
+          charts.forEach((c) => c.destroy());
+          charts = [];
+          replace(summary);
+          const cols: Column[] = models.map((model) => ({
+            model,
+            answer: h("div", { class: "answer", "data-testid": "answer" }),
+            stats: h("p", { class: "stats" }, "streaming…"),
+            timing: null,
+            error: null,
+          }));
+          replace(
+            columns,
+            cols.map((c) => h("article", { class: "column", "aria-label": `Answer from ${c.model}` }, h("h2", {}, c.model), c.answer, c.stats)),
+          );
+          controller = new AbortController();
+          send.disabled = true;
+          stop.disabled = false;
+          await Promise.all(cols.map((c) => runColumn(c, text, (controller as AbortController).signal)));
+          controller = null;
+          send.disabled = false;
+          stop.disabled = true;
+          const rows = cols.map((c) => [
+            c.model,
+            fmt(c.timing?.ttft, 2),
+            fmt(c.timing?.tokensPerSecond, 1),
+            c.timing?.tokens != null ? String(c.timing.tokens) : "–",
+            c.error ?? "ok",
+          ]);
+          const list = models.join(", ");
+          const metrics: [string, string, (c: Column) => number | null][] = [
+            ["time to first token in seconds", "TTFT (s)", (c) => c.timing?.ttft ?? null],
+            ["tokens per second", "tokens/s", (c) => c.timing?.tokensPerSecond ?? null],
+            ["tokens in the answer", "tokens", (c) => c.timing?.tokens ?? null],
+          ];
+          charts = metrics.map(([what, unit, value], i) =>
+            barChart(`Bar chart of ${what} per model: ${list}`, models, unit, cols.map(value), i),
+          );
+          replace(
+            summary,
+            h("h2", {}, "Summary"),
+            table("Each model's answer", ["Model", "TTFT (s)", "Tokens/s", "Tokens", "Outcome"], rows),
+            h("div", { class: "charts" }, charts.map((c) => c.el)),
+          );
+        },
+      },
+      picks,
+      field("Prompt", prompt),
+      h("div", { class: "buttons" }, send, stop),
+      errors.el,
+    );
+    replace(main, ...heading("Compare", "One prompt on 2 to 4 models at once, side by side."), form, columns, summary);
+    return () => {
+      controller?.abort();
+      charts.forEach((c) => c.destroy());
+    };
+  },
+};
