@@ -105,16 +105,21 @@ def instrument_engine(engine: Any) -> None:
 # -- spans -------------------------------------------------------------------------------
 
 
-def _kind(kind: str) -> Any:
-    from opentelemetry.trace import SpanKind
+_KINDS: dict[str, Any] = {}
 
-    return {
-        "internal": SpanKind.INTERNAL,
-        "client": SpanKind.CLIENT,
-        "server": SpanKind.SERVER,
-        "producer": SpanKind.PRODUCER,
-        "consumer": SpanKind.CONSUMER,
-    }[kind]
+
+def _kind(kind: str) -> Any:
+    if not _KINDS:
+        from opentelemetry.trace import SpanKind
+
+        _KINDS.update(
+            internal=SpanKind.INTERNAL,
+            client=SpanKind.CLIENT,
+            server=SpanKind.SERVER,
+            producer=SpanKind.PRODUCER,
+            consumer=SpanKind.CONSUMER,
+        )
+    return _KINDS[kind]
 
 
 @contextlib.contextmanager
@@ -186,7 +191,7 @@ def end_span(current: Span | None, error: BaseException | str | None = None) -> 
 
 
 def set_attributes(attributes: Mapping[str, AttributeValue | None], on: Span | None = None) -> None:
-    """Set attributes (those not None) on `on`, else on the current span."""
+    """Set attributes (those not None) on `on`; with `on` None, on the current span."""
     if _tracer is None:
         return
     target = on if on is not None else _current()

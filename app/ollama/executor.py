@@ -178,6 +178,9 @@ class RunExecutor:
         except asyncio.CancelledError as exc:
             cancelled = exc
             error, error_type = "cancelled before the run finished", "Cancelled"
+        except BaseException as exc:  # a bug: no result; the run's span still ends
+            telemetry.end_span(run_span, exc)
+            raise
         result = self.build_result(
             spec,
             acc,

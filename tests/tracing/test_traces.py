@@ -204,20 +204,26 @@ def test_each_request_is_one_trace_from_request_to_backend_to_database(
         assert metrics.headers["content-type"].startswith("application/openmetrics-text")
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        names = {(s.trace_id, s.name) for s in spans}
-        runs = all(
-            any(t == ids[k][0] and n.startswith(("chat ", "text_completion ")) for t, n in names)
-            for k in ("generate", "chat", "relay")
-        )
-        commits = sum(1 for s in spans if s.name == "gateway.storage.commit")
-        job = any(t == ids["batch"][0] and n == "gateway.job batch" for t, n in names)
-        servers = sum(1 for s in spans if s.kind == "server" and s.trace_id in
-                      {v[0] for v in ids.values()})  # fmt: skip
-        return runs and job and commits >= 3 and servers >= 4
+        """Every span the checks below look at has arrived (they come in batches)."""
+        links = {link for s in spans if s.name == "gateway.storage.commit" for link in s.links}
+        for case in ("generate", "chat", "relay"):
+            trace = [s for s in spans if s.trace_id == ids[case][0]]
+            names = {s.name for s in trace}
+            wanted = {"gateway.auth.key_check", "gateway.rate_limit", "gateway.pool.choose",
+                      "gateway.storage.save"}  # fmt: skip
+            if not wanted <= names or not any(s.kind == "server" for s in trace):
+                return False
+            runs = [s for s in trace if s.name.startswith(("chat ", "text_completion "))]
+            if not runs or not any(s.parent_span_id == runs[0].span_id for s in trace):
+                return False
+            saves = [s for s in trace if s.name == "gateway.storage.save"]
+            if not all((s.trace_id, s.span_id) in links for s in saves):
+                return False
+        batch = [s for s in spans if s.trace_id == ids["batch"][0]]
+        runs = [s for s in batch if s.name == f"text_completion {MODEL}"]
+        return any(s.name == "gateway.job batch" for s in batch) and len(runs) == 2
 
     spans = receiver.wait_for(complete)
-    time.sleep(0.5)  # the last storage and job spans of the batch
-    spans = receiver.snapshot()
     assert {s.service for s in spans} == {"gateway-under-test"}
 
     cases = {
