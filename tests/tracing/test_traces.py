@@ -366,3 +366,57 @@ def test_tracing_off_imports_no_sdk_and_runs_no_exporter(
         # the exporters and the instrumentations are not.
         assert sdk == [] and exporter_threads == [], seen
         assert not any(m.startswith("opentelemetry.instrumentation") for m in seen["modules"])
+
+
+GRPC_PROBE = """
+import httpx
+from app.main import create_app
+from app.settings import Settings
+from tests.support.servers import serving_in_thread
+
+with serving_in_thread(create_app(Settings())) as url:
+    answer = httpx.post(url + "/gateway/generate", json={"model": "llama3.1:8b", "prompt": "hi"},
+                        timeout=60)
+    assert answer.status_code == 200, answer.text
+"""
+
+
+def test_traces_go_over_grpc_when_the_protocol_says_so(emulator_url: str, tmp_path: Path) -> None:
+    """`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`: the same spans reach a gRPC OTLP receiver (the
+    process exports what is left as it ends)."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[str] = []
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: object, context: object) -> object:
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    received.extend(span.name for span in scope_spans.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        env = _clean_env(
+            GATEWAY_BACKENDS=emulator_url,
+            GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
+            GATEWAY_SPOOL_DIR=str(tmp_path / "spool"),
+            GATEWAY_LOG_LEVEL="warning",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", GRPC_PROBE], cwd=ROOT, env=env, capture_output=True,
+            text=True, timeout=90,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    finally:
+        server.stop(grace=None)
+    assert f"text_completion {MODEL}" in received, received
+    assert "POST /gateway/generate" in received
