@@ -58,10 +58,14 @@ def configure(*, trace_content: bool = False) -> bool:
     _configured_pid = os.getpid()
     if not wanted():
         return False
-    from opentelemetry import trace
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:  # installed without its dependencies
+        logger.warning("tracing asked for, but the OpenTelemetry SDK is missing: %s", exc)
+        return False
 
     from app import __version__
 
