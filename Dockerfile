@@ -22,6 +22,8 @@ RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --create-home gateway \
     && mkdir -p /var/lib/ollama-gateway/spool \
     && chown -R 10001:10001 /var/lib/ollama-gateway
+# Every dependency's wheel, the OpenTelemetry SDK, exporters and instrumentations included
+# (tracing stays off, and unimported, until OTEL_EXPORTER_OTLP_ENDPOINT is set).
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /srv

@@ -175,23 +175,26 @@ def worker() -> None:
 
 
 async def _work(settings: Settings) -> None:
+    from app import telemetry, telemetry_setup
     from app.main import build_services
 
+    telemetry_setup.configure(trace_content=settings.trace_content)
     services = build_services(settings)
     jobs, manager = services.jobs, services.manager
-    await jobs.start(run_jobs=False)
+    with telemetry.suppressed():  # polling makes no trace; each job continues its own
+        await jobs.start(run_jobs=False)
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(jobs.work(), name="jobs"),
+            asyncio.create_task(manager.pool.watch(settings.health_interval), name="health"),
+            # runs of jobs stored while the database did not answer (app/storage/spool.py)
+            asyncio.create_task(services.spool.replay_forever(services.outputs.db), name="spool"),
+        ]
     typer.echo(f"worker {jobs.worker} running jobs", err=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [
-        asyncio.create_task(jobs.work(), name="jobs"),
-        asyncio.create_task(manager.pool.watch(settings.health_interval), name="health"),
-        # runs of jobs stored while the database did not answer (see app/storage/spool.py)
-        asyncio.create_task(services.spool.replay_forever(services.outputs.db), name="spool"),
-        asyncio.create_task(stop.wait(), name="stop"),
-    ]
+    tasks.append(asyncio.create_task(stop.wait(), name="stop"))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -201,6 +204,7 @@ async def _work(settings: Settings) -> None:
         await jobs.aclose()
         await manager.aclose()
         await services.outputs.aclose()
+        telemetry_setup.shutdown()
 
 
 def _end_with_parent() -> None:

@@ -1,7 +1,8 @@
 """Structured logs: one JSON object per line, with the request id when there is one.
 
 `GATEWAY_LOG_FORMAT=json` (the default) makes the app's and uvicorn's loggers write
-`{"ts", "level", "logger", "msg", "request_id", ...}` and whatever `extra=` fields a call
+`{"ts", "level", "logger", "msg", "request_id", ...}` (with tracing on, `trace_id` and
+`span_id` of the span current when the line was written) and whatever `extra=` fields a call
 passes; `text` keeps a plain format. uvicorn's own access log is off: the gateway writes
 one access line per request itself (`ollama_gateway.access`), with the route, status,
 duration, principal and request id.
@@ -15,6 +16,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from app import telemetry
 from app.request_context import request_id
 
 __all__ = ["JsonFormatter", "log_config"]
@@ -37,6 +39,9 @@ class JsonFormatter(logging.Formatter):
         current = request_id.get()
         if current is not None:
             entry["request_id"] = current
+        ids = telemetry.current_ids()  # None unless tracing is on and a span is current
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids[0], ids[1]
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

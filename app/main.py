@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import __version__
+from app import __version__, telemetry, telemetry_setup
 from app.access import (
     AuditStore,
     AuditWriter,
@@ -140,9 +140,12 @@ def build_services(settings: Settings) -> Services:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Tracing, when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT says so; else nothing of
+    # OpenTelemetry is imported (see app/telemetry_setup.py).
+    telemetry_setup.configure(trace_content=settings.trace_content)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def start_up(app: FastAPI) -> tuple[Services, asyncio.Task[None], asyncio.Task[None]]:
+        """Open the resources and start the background tasks (see `lifespan`)."""
         # A new database gets the schema; an old one is refused unless auto_migrate says so.
         await asyncio.to_thread(
             ensure_schema, settings.database_url, upgrade_old=settings.auto_migrate
@@ -157,11 +160,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "(create one, bind to loopback, or set GATEWAY_ALLOW_ANONYMOUS)"
             )
         await services.config.aload_config()
-        await services.jobs.start(run_jobs=settings.embedded_worker)
-        services.audit.start()
         services.manager.usage_observers.append(services.metrics.observe_run)
         app.state.services = services
         services.shutdown.install()
+        await services.jobs.start(run_jobs=settings.embedded_worker)
+        services.audit.start()
         await services.manager.aapply_backend_registry()  # then every 2 s, in pool.watch
         watcher = asyncio.create_task(
             services.manager.pool.watch(settings.health_interval), name="backend-health"
@@ -171,6 +174,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         replayer = asyncio.create_task(
             services.spool.replay_forever(services.outputs.db), name="spool-replay"
         )
+        return services, watcher, replayer
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Start-up and background work (health rounds, registry polls, the spool, the
+        # audit writer, the job worker's polling) make no trace: the instrumentations stay
+        # quiet in these tasks. A job continues the trace of the request that started it.
+        with telemetry.suppressed():
+            services, watcher, replayer = await start_up(app)
         try:
             yield
         finally:
@@ -186,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.outputs.aclose()
             await services.config.aclose()
             services.metrics.close()
+            telemetry_setup.shutdown()
 
     app = FastAPI(
         title="ollama-gateway",
@@ -250,4 +263,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The drop-in surfaces: the OpenAI API, then Ollama's (its catch-all route goes last).
     app.include_router(openai_api.router, dependencies=user)
     app.include_router(ollama_api.router)
+    # Outside everything else: the server span of each request, continuing its traceparent.
+    telemetry_setup.instrument_app(app)
     return app

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1, ge=1, le=64, description="Server processes `serve` runs on its one port."
     )
+    trace_content: bool = Field(
+        default=False,
+        description="Put prompts and answers into trace spans (`gen_ai.prompt`, "
+        "`gen_ai.completion`); off: spans carry models, counts and timings only. Tracing "
+        "itself is on when OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set.",
+    )
     shutdown_grace: float = Field(
         default=30.0,
         ge=0,

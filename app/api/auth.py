@@ -22,6 +22,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app import telemetry
 from app.access import ANONYMOUS, Principal, RateLimited, anonymous_allowed
 from app.access.principal import Scope
 from app.api.deps import ServicesDep
@@ -50,6 +51,38 @@ async def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """Who is asking (once per request), after the key's rate limit is checked."""
+    with telemetry.span("gateway.auth.key_check") as span:
+        principal = await _authenticate(request, services)
+        telemetry.set_attributes(
+            {
+                "gateway.key.name": principal.name,
+                "gateway.key.scope": principal.scope,
+                "gateway.key.anonymous": principal.anonymous,
+            },
+            on=span,
+        )
+    request.state.principal = principal
+    if not principal.anonymous:
+        run_principal.set(principal.name)
+        with telemetry.span("gateway.rate_limit", {"gateway.key.name": principal.name}) as span:
+            try:
+                await services.limiter.acquire(principal)
+            except RateLimited as exc:
+                telemetry.set_attributes({"gateway.rate_limit.limited": True}, on=span)
+                raise ApiError(
+                    429,
+                    "Too many requests",
+                    f"key {principal.name!r}: {exc}",
+                    headers={"Retry-After": str(exc.retry_after)},
+                ) from exc
+            telemetry.set_attributes({"gateway.rate_limit.limited": False}, on=span)
+        if principal.tokens_per_minute is not None:
+            usage_sink.set(_token_charger(services, principal))
+    return principal
+
+
+async def _authenticate(request: Request, services: ServicesDep) -> Principal:
+    """The key's principal (or the anonymous admin); 401 for a missing or bad key."""
     settings = services.settings
     if anonymous_allowed(settings) and not await services.keys.ahas_keys():
         principal = ANONYMOUS
@@ -67,20 +100,6 @@ async def get_principal(
             request.state.actor = "invalid-key"
             raise _unauthorized("the API key is not valid (unknown or revoked)")
         principal = found
-    request.state.principal = principal
-    if not principal.anonymous:
-        run_principal.set(principal.name)
-        try:
-            await services.limiter.acquire(principal)
-        except RateLimited as exc:
-            raise ApiError(
-                429,
-                "Too many requests",
-                f"key {principal.name!r}: {exc}",
-                headers={"Retry-After": str(exc.retry_after)},
-            ) from exc
-        if principal.tokens_per_minute is not None:
-            usage_sink.set(_token_charger(services, principal))
     return principal
 
 

@@ -6,6 +6,10 @@ on the response and puts it in `app.request_context.request_id` (logs and the re
 sent to backends carry it); adds `X-Content-Type-Options: nosniff`; counts the request by
 route template and status, times it, tracks streams in flight; and writes one access line.
 
+With tracing on, the latency and time-to-first-token histograms carry the trace of the
+observation as an exemplar (OpenMetrics; `/metrics` answers in that format to a scraper
+that asks for it).
+
 `Metrics` holds one app's Prometheus registry (each app its own: no global state): HTTP
 metrics, per-model run metrics fed by the core's usage observers, and the backends' load (through the core)
 read at scrape time, as is the spool's depth.
@@ -27,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import telemetry
 from app.ollama.admin import BackendLoad
 from app.ollama.database_outage import SpoolDepth
 from app.ollama.usage import RunUsage
@@ -146,6 +151,12 @@ class Metrics:
             "gateway_tokens", "Tokens by model: in (prompt) and out (generated)",
             ["model", "direction"], registry=r,
         )  # fmt: skip
+        self.backend_tokens = Counter(
+            "gateway_backend_tokens",
+            "Tokens generated (out) by backend and model",
+            ["backend", "model"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "gateway_time_to_first_token_seconds",
             "From the request to the backend to its first token",
@@ -153,6 +164,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._backend_loads = backend_loads
+        self._backend_names: dict[str, str] = {}
         # Read at scrape time, from the process that answers it (circuits and load are
         # per process).
         self.registry.register(BackendCollector(backend_loads))
@@ -166,6 +179,15 @@ class Metrics:
             mark_dead = cast(Callable[[int], None], multiprocess.mark_process_dead)
             mark_dead(os.getpid())
 
+    def _backend_name(self, url: str) -> str:
+        """A backend's name (as `gateway_backend_up` labels it) from its URL."""
+        name = self._backend_names.get(url)
+        if name is None:
+            loads = self._backend_loads()
+            self._backend_names = {load.url.rstrip("/"): load.name for load in loads}
+            name = self._backend_names.get(url, url)
+        return name
+
     def observe_run(self, usage: RunUsage) -> None:
         """A usage observer (`OllamaManager.usage_observers`)."""
         outcome = "succeeded" if usage.success else "failed"
@@ -174,8 +196,13 @@ class Metrics:
             self.tokens.labels(usage.model, "in").inc(usage.prompt_tokens)
         if usage.completion_tokens:
             self.tokens.labels(usage.model, "out").inc(usage.completion_tokens)
+            if usage.backend:
+                backend = self._backend_name(usage.backend)
+                self.backend_tokens.labels(backend, usage.model).inc(usage.completion_tokens)
         if usage.time_to_first_token is not None:
-            self.ttft.labels(usage.model).observe(usage.time_to_first_token)
+            self.ttft.labels(usage.model).observe(
+                usage.time_to_first_token, exemplar=trace_exemplar()
+            )
 
 
 class ObservabilityMiddleware:
@@ -218,7 +245,7 @@ class ObservabilityMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             if metrics is not None:
                 metrics.requests.labels(route, scope["method"], str(status)).inc()
-                metrics.latency.labels(route).observe(duration)
+                metrics.latency.labels(route).observe(duration, exemplar=trace_exemplar())
             principal = (scope.get("state") or {}).get("principal")
             client = scope.get("client")
             access_log.info(
@@ -237,6 +264,15 @@ class ObservabilityMiddleware:
                 },
             )
             request_id.reset(token)
+
+
+def trace_exemplar() -> dict[str, str] | None:
+    """The current trace as a Prometheus exemplar (`trace_id`, `span_id`), when tracing is
+    on and the trace is sampled; shown in the OpenMetrics exposition of `/metrics`."""
+    ids = telemetry.current_ids()
+    if ids is None or not ids[2]:
+        return None
+    return {"trace_id": ids[0], "span_id": ids[1]}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

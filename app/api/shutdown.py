@@ -16,6 +16,7 @@ only in the main thread (a test running the app in a thread keeps uvicorn's).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import threading
@@ -53,7 +54,14 @@ class Shutdown:
         self._previous = signal.getsignal(signal.SIGTERM)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda s, f: loop.call_soon_threadsafe(self.begin, s, f))
+            # In an empty context: the handler runs in whatever context the main thread is
+            # in when the signal lands (a request's, its request id and trace with it).
+            signal.signal(
+                sig,
+                lambda s, f: loop.call_soon_threadsafe(
+                    self.begin, s, f, context=contextvars.Context()
+                ),
+            )
 
     def begin(self, sig: int, frame: FrameType | None = None) -> None:
         """SIGTERM (or SIGINT) arrived: drain, then stop listening, then end what is left."""

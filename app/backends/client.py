@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from app import telemetry
 from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
 from app.request_context import request_id
 
@@ -109,6 +110,8 @@ class OllamaClient:
                     event_hooks={"request": [_pass_request_id]},
                     transport=self._make_transport(),
                 )
+                # Tracing on: a client span per request, `traceparent` sent to the backend.
+                telemetry.instrument_http_client(client)
                 self._clients[loop] = client
             return client
 

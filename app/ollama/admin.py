@@ -150,6 +150,7 @@ class BackendLoad:
     """Requests in flight on it."""
     waiting: int
     """Requests waiting for one of its slots."""
+    url: str = ""
 
 
 def backend_loads(pool: BackendPool) -> list[BackendLoad]:
@@ -160,6 +161,7 @@ def backend_loads(pool: BackendPool) -> list[BackendLoad]:
             up=state.available and state.failures == 0,
             outstanding=state.outstanding,
             waiting=state.waiting,
+            url=state.spec.url,
         )
         for state in pool.states
     ]

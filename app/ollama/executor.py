@@ -15,11 +15,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app import telemetry
 from app.backends.client import OllamaClient
 from app.backends.errors import BackendBusy, BackendError, StreamInterrupted
 from app.backends.pool import BackendPool
+from app.backends.state import BackendState
+from app.ollama import tracing
 from app.ollama._execution import (
     ChunkCallback,
     Kind,
@@ -35,6 +38,9 @@ from app.ollama.stream_resume import StreamResume, continuation_body, resume_ref
 from app.ollama.types import ModelExecutionResult, StreamingChunk
 from app.ollama.usage import UsageObserver, run_principal, usage_of, usage_sink
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 __all__ = ["MAX_ATTEMPTS", "RunExecutor"]
 
@@ -156,13 +162,15 @@ class RunExecutor:
         error_type: ErrorKind | None = None
         error_status: int | None = None
         cancelled: asyncio.CancelledError | None = None
+        run_span = tracing.start_run_span(spec, surface=_surface(spec))
         try:
-            async with asyncio.timeout(deadline):
-                await self.ensure_server()
-                if mode == "cli":
-                    await self._execute_cli(spec, acc, backend)
-                else:
-                    await self._execute_http(spec, acc, backend, deadline)
+            with telemetry.use_span(run_span):
+                async with asyncio.timeout(deadline):
+                    await self.ensure_server()
+                    if mode == "cli":
+                        await self._execute_cli(spec, acc, backend)
+                    else:
+                        await self._execute_http(spec, acc, backend, deadline, run_span)
         except TimeoutError:
             error, error_type = f"timed out after {deadline:g}s", "BackendTimeout"
         except BackendError as exc:
@@ -170,6 +178,9 @@ class RunExecutor:
         except asyncio.CancelledError as exc:
             cancelled = exc
             error, error_type = "cancelled before the run finished", "Cancelled"
+        except BaseException as exc:  # a bug: no result; the run's span still ends
+            telemetry.end_span(run_span, exc)
+            raise
         result = self.build_result(
             spec,
             acc,
@@ -179,14 +190,18 @@ class RunExecutor:
             error_type=error_type,
             error_status=error_status,
         )
+        tracing.finish_run_span(run_span, spec, acc, result)
         if save_output:
-            saving = self.store(result, kind=store_kind, output_dir=output_dir, links=store_links)
-            if cancelled is not None:
-                # Shielded: the cancelled run is stored although its caller is gone.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(saving)
-            else:
-                await saving
+            with telemetry.span("gateway.storage.save", {"gateway.storage.kind": store_kind}):
+                saving = self.store(
+                    result, kind=store_kind, output_dir=output_dir, links=store_links
+                )
+                if cancelled is not None:
+                    # Shielded: the cancelled run is stored although its caller is gone.
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(saving)
+                else:
+                    await saving
         if cancelled is not None:
             raise cancelled
         acc.finish(result)
@@ -230,7 +245,12 @@ class RunExecutor:
                     await task
 
     async def _execute_http(
-        self, spec: RunSpec, acc: StreamAccumulator, backend: list[str], deadline: float
+        self,
+        spec: RunSpec,
+        acc: StreamAccumulator,
+        backend: list[str],
+        deadline: float,
+        run_span: Span | None = None,
     ) -> None:
         """Stream from the best backend; fail over to the next, at most `MAX_ATTEMPTS`
         backends in all, within the run's deadline.
@@ -244,19 +264,46 @@ class RunExecutor:
         backend continues it instead (`app.ollama.stream_resume`); where that is not
         possible the failure ends the run, its partial text kept.
         """
+        chat = spec.messages if spec.kind == "chat" and spec.messages else None
+        prefer = self.pool.preferred(spec.model, chat) if chat else None
+        choice = tracing.choice_span(spec.model)
+        try:
+            with telemetry.use_span(choice):
+                candidates = await self.pool.candidates(
+                    spec.model, has_model=same_model, prefer=prefer
+                )
+            tracing.candidates_ranked(choice, candidates)
+            await self._attempts(spec, acc, backend, deadline, candidates, choice, run_span)
+        except BaseException as exc:
+            telemetry.end_span(choice, exc)
+            raise
+        finally:
+            telemetry.end_span(choice)
+
+    async def _attempts(
+        self,
+        spec: RunSpec,
+        acc: StreamAccumulator,
+        backend: list[str],
+        deadline: float,
+        candidates: list[BackendState],
+        choice: Span | None,
+        run_span: Span | None,
+    ) -> None:
+        """`_execute_http`'s tries, on `candidates` in order."""
         request = spec.payload()
         payload, kind = request, spec.kind
         chat = spec.messages if spec.kind == "chat" and spec.messages else None
-        prefer = self.pool.preferred(spec.model, chat) if chat else None
-        candidates = await self.pool.candidates(spec.model, has_model=same_model, prefer=prefer)
         failed_over: list[str] = []
         resume = StreamResume(acc)
         for attempt, state in enumerate(candidates[:MAX_ATTEMPTS]):
             backend[:] = [state.client.base_url]
             resume.begin(state.client.base_url)
             received = False
+            asked_at = time.perf_counter()
             try:
                 async with self.pool.lease(state, spec.model):
+                    tracing.backend_chosen(choice, run_span, state, asked_at, attempt)
                     client = state.client
                     if acc.on_chunk is None:  # nobody takes the pieces: one JSON reply
                         reply = await whole_reply(client, kind, payload, deadline)
@@ -296,6 +343,7 @@ class RunExecutor:
                         )
                     spec.metadata.update(resume.metadata())
                     raise
+                tracing.failover(run_span, state, exc)
                 failed_over.append(f"{state.client.base_url}: {exc}")
                 spec.metadata["failed_over_from"] = failed_over
                 if continued is not None:
@@ -397,3 +445,8 @@ class RunExecutor:
                 observer(usage)
             except Exception:  # an observer's bug must not fail the run
                 logger.exception("a usage observer failed")
+
+
+def _surface(spec: RunSpec) -> str | None:
+    surface = spec.metadata.get("surface")
+    return str(surface) if surface else None

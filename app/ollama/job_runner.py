@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from app import telemetry
 from app.backends.gate import as_batch
 from app.ollama._execution import RunSpec
 from app.ollama.errors import InvalidRequest
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.3
 PULL_EVENT_SECONDS = 0.5
+TRACE_KEY = "_trace"
+"""Where a job's request keeps the trace context of the request that started it."""
 RUN_KINDS = {"batch": "batch_item", "benchmark": "benchmark", "comparison": "comparison"}
 
 
@@ -69,8 +72,16 @@ class JobRunner:
         if job is None:
             return  # finished (or gone) meanwhile
         token = run_principal.set(job["owner"])
+        carrier = (job.get("request") or {}).get(TRACE_KEY)
         try:
-            with as_batch():  # a job's runs wait behind interactive requests
+            with (
+                telemetry.continued(
+                    carrier if isinstance(carrier, dict) else None,
+                    f"gateway.job {job['kind']}",
+                    {"gateway.job.id": job_id, "gateway.job.kind": job["kind"]},
+                ),
+                as_batch(),  # a job's runs wait behind interactive requests
+            ):
                 await self._run(job)
         except JobCancelled:
             await self.store.afinish(job_id, "cancelled")

@@ -14,9 +14,10 @@ import contextlib
 from dataclasses import asdict
 from typing import Any
 
+from app import telemetry
 from app.ollama.groups import batch_specs, benchmark_specs, comparison_specs
 from app.ollama.job_queue import JobQueue, make_queue
-from app.ollama.job_runner import JobRunner
+from app.ollama.job_runner import TRACE_KEY, JobRunner
 from app.ollama.job_store import JOB_KINDS, JOB_STATUSES, JobKind, JobStatus, JobStore
 from app.ollama.manager import OllamaManager
 from app.ollama.names import normalize_model_name
@@ -108,6 +109,11 @@ class Jobs:
     async def _submit(
         self, kind: JobKind, subject: str, request: dict[str, Any], total: int, owner: str | None
     ) -> dict[str, Any]:
+        # Tracing on: the job carries the trace of the request that started it
+        # (W3C `traceparent`, continued by the worker that runs it, in any process).
+        carrier = telemetry.inject()
+        if carrier:
+            request = {**request, TRACE_KEY: carrier}
         job = await self.store.acreate(kind, subject, request, total=total, owner=owner)
         await self.queue.enqueue(job["id"])
         return job

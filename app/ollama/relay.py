@@ -19,14 +19,17 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from app import telemetry
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 from app.backends.pool import BackendState
+from app.ollama import tracing
 from app.ollama._execution import Kind, RunSpec, StreamAccumulator
 from app.ollama.executor import MAX_ATTEMPTS, RunExecutor
 from app.ollama.metadata import ErrorKind, RunMetadata, Surface, error_kind
@@ -34,6 +37,9 @@ from app.ollama.names import model_key, same_model
 from app.ollama.options import RequestPlan
 from app.ollama.relay_resume import RelayResume
 from app.ollama.types import ModelExecutionResult
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 __all__ = ["Relay", "Relayed", "RunRecorder", "spec_of_body"]
 
@@ -123,8 +129,17 @@ StoreResult = Callable[[ModelExecutionResult], Awaitable[object]]
 class RunRecorder:
     """Reads a relayed generate/chat reply on the side and stores the run once."""
 
-    def __init__(self, spec: RunSpec, status: int, build: BuildResult, store: StoreResult) -> None:
+    def __init__(
+        self,
+        spec: RunSpec,
+        status: int,
+        build: BuildResult,
+        store: StoreResult,
+        span: Span | None = None,
+    ) -> None:
         self.spec = spec
+        self.span = span
+        """The run's span (`app.ollama.tracing`), ended when the run is stored."""
         self.status = status
         self.acc = StreamAccumulator()
         self.build = build
@@ -167,7 +182,9 @@ class RunRecorder:
         result = self.build(
             spec=self.spec, acc=self.acc, error=error, error_type=error_type, error_status=status
         )
-        await asyncio.shield(self.store(result))
+        tracing.finish_run_span(self.span, self.spec, self.acc, result)
+        with telemetry.span("gateway.storage.save", {"gateway.storage.kind": "relay"}):
+            await asyncio.shield(self.store(result))
         return result
 
     async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -289,36 +306,113 @@ class Relay:
     ) -> Relayed:
         """See `OllamaManager.arelay`."""
         await self.executor.ensure_server()
+        run_span = None
+        if record is not None and record.kind in ("generate", "chat"):
+            run_span = tracing.start_run_span(record, surface="ollama")
+        try:
+            return await self._arelay(
+                method,
+                path,
+                model=model,
+                content=content,
+                headers=headers,
+                record=record,
+                store_kind=store_kind,
+                buffered=buffered,
+                run_span=run_span,
+            )
+        except BaseException as exc:
+            telemetry.end_span(run_span, exc)
+            raise
+
+    async def _arelay(
+        self,
+        method: str,
+        path: str,
+        *,
+        model: str | None,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        record: RunSpec | None,
+        store_kind: str,
+        buffered: bool,
+        run_span: Span | None,
+    ) -> Relayed:
         remembers = path == "/api/chat" and model is not None and self.pool.affinity.enabled
         chat = _messages(content) if remembers else None
         prefer = self.pool.preferred(model, chat) if model is not None and chat else None
+        choice = tracing.choice_span(model) if run_span is not None else None
         try:
-            candidates = await self.pool.candidates(model, has_model=same_model, prefer=prefer)
-        except BackendError as exc:
-            if exc.status != 404:
-                raise
-            candidates = await self.pool.candidates(None, placed=model)
+            with telemetry.use_span(run_span), telemetry.use_span(choice):
+                try:
+                    candidates = await self.pool.candidates(
+                        model, has_model=same_model, prefer=prefer
+                    )
+                except BackendError as exc:
+                    if exc.status != 404:
+                        raise
+                    candidates = await self.pool.candidates(None, placed=model)
+            tracing.candidates_ranked(choice, candidates)
+            return await self._relay_attempts(
+                method,
+                path,
+                model=model,
+                content=content,
+                headers=headers,
+                record=record,
+                store_kind=store_kind,
+                buffered=buffered,
+                candidates=candidates,
+                chat=chat,
+                spans=(run_span, choice),
+            )
+        except BaseException as exc:
+            telemetry.end_span(choice, exc)
+            raise
+        finally:
+            telemetry.end_span(choice)
+
+    async def _relay_attempts(
+        self,
+        method: str,
+        path: str,
+        *,
+        model: str | None,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        record: RunSpec | None,
+        store_kind: str,
+        buffered: bool,
+        candidates: list[BackendState],
+        chat: list[dict[str, Any]] | None,
+        spans: tuple[Span | None, Span | None],
+    ) -> Relayed:
+        run_span, choice = spans
         attempts = candidates[:MAX_ATTEMPTS]
         runs = model if path in ("/api/generate", "/api/chat", "/api/embed") else None
         for attempt, state in enumerate(attempts):
             last = attempt == len(attempts) - 1
             stack = contextlib.AsyncExitStack()
             try:
+                asked_at = time.perf_counter()
                 await stack.enter_async_context(self.pool.lease(state, runs))
-                reply = await state.client.relay(method, path, content=content, headers=headers)
+                tracing.backend_chosen(choice, run_span, state, asked_at, attempt)
+                with telemetry.use_span(run_span):  # the HTTP span (and traceparent) under it
+                    reply = await state.client.relay(method, path, content=content, headers=headers)
             except BackendError as exc:
                 await stack.aclose()
                 if not isinstance(exc, BackendBusy):
                     self.pool.record_failure(state, exc)
                 if last:
                     raise
+                tracing.failover(run_span, state, exc)
                 continue
             stack.push_async_callback(reply.aclose)
             if reply.status >= 500 and not last:
                 await stack.aclose()
-                self.pool.record_failure(
-                    state, BackendError(f"HTTP {reply.status}", status=reply.status)
-                )
+                failure = BackendError(f"HTTP {reply.status}", status=reply.status)
+                self.pool.record_failure(state, failure)
+                tracing.failover(run_span, state, failure)
                 continue
             body: AsyncIterator[bytes] = reply.body
             if chat and model is not None and reply.status == 200:
@@ -331,6 +425,7 @@ class Relay:
                     self.pool.record_failure(state, exc)
                     if last:
                         raise
+                    tracing.failover(run_span, state, exc)
                     continue
                 body = _one_piece(whole)
             if reply.status < 500:
@@ -342,6 +437,7 @@ class Relay:
                     reply.status,
                     build=partial(self.executor.build_result, mode="relay", backend=served_by),
                     store=partial(self.executor.store, kind=store_kind),
+                    span=run_span,
                 )
                 request = _json_object(content)
                 if not buffered and reply.status == 200 and request is not None:
@@ -357,6 +453,8 @@ class Relay:
                         timeout=self.settings.request_timeout,
                     )
                 body = recorder.tee(body)
+            else:
+                telemetry.end_span(run_span)
             return Relayed(
                 status=reply.status,
                 headers=reply.headers,

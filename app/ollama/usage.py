@@ -28,6 +28,8 @@ class RunUsage:
     completion_tokens: int
     time_to_first_token: float | None
     duration: float
+    backend: str | None = None
+    """The URL of the backend that answered (None: none did, or CLI mode)."""
 
 
 UsageObserver = Callable[[RunUsage], None]
@@ -52,4 +54,5 @@ def usage_of(result: ModelExecutionResult) -> RunUsage:
         completion_tokens=int(meta.get("eval_count") or result.tokens_used or 0),
         time_to_first_token=float(ttft) if isinstance(ttft, int | float) else None,
         duration=float(result.execution_time),
+        backend=str(meta["backend"]) if meta.get("backend") else None,
     )

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app import telemetry
+
 SQLITE_BUSY_TIMEOUT_S = 30
 
 
@@ -103,6 +105,7 @@ class Database:
                     del self._engines[old]
                     self._sessions.pop(old, None)
                 engine = self._engines[loop] = create_engine(self.url)
+                telemetry.instrument_engine(engine)  # statements traced, when tracing is on
                 self._sessions[loop] = async_sessionmaker(engine, expire_on_commit=False)
             return engine
 

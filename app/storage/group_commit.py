@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
+from app import telemetry
 from app.storage.escaping import escape_row
 from app.storage.outage import DatabaseUnavailable, is_outage
 from app.storage.spool import RowSpool
 from app.storage.tables import Execution
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 __all__ = ["GroupCommit"]
 
@@ -42,6 +47,8 @@ class GroupCommit:
         self.max_batch = max_batch
         self._pending: list[tuple[Execution, asyncio.Future[str]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._links: dict[asyncio.Future[str], SpanContext] = {}
+        """Tracing on: the span each pending row was stored from (the commit links them)."""
         self.escaped = 0
         """Rows stored only after their text was escaped."""
 
@@ -49,6 +56,10 @@ class GroupCommit:
         """Store `row`; returns its id once its transaction has committed."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
+        if telemetry.enabled():
+            link = telemetry.current_span_context()
+            if link is not None:
+                self._links[future] = link
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         return await future
@@ -57,15 +68,38 @@ class GroupCommit:
         while self._pending:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
+            if self._links:
+                # One span for the batch's transaction, in a trace of its own, linked to
+                # the span of each run it stores (the statements are its children).
+                links = [self._links.pop(f) for _, f in batch if f in self._links]
+                commit = telemetry.start_span(
+                    "gateway.storage.commit",
+                    {"gateway.storage.rows": len(batch)},
+                    links=links,
+                    root=True,
+                )
+                with telemetry.use_span(commit):
+                    try:
+                        await self._write_batch(batch)
+                    except BaseException as exc:
+                        telemetry.end_span(commit, exc)
+                        raise
+                telemetry.end_span(commit)
+            else:
+                await self._write_batch(batch)
+
+    async def _write_batch(self, batch: Sequence[tuple[Execution, asyncio.Future[str]]]) -> None:
+        """Store one batch (see the module doc): together, else each on its own."""
+        if batch:
             try:
                 await self._write([row for row, _ in batch])
             except Exception as exc:
                 if self.spool is not None and is_outage(exc):
                     await self._to_spool(batch)
-                    continue
+                    return
                 if len(batch) == 1:
                     await self._write_alone(batch[0][0], batch[0][1], first_error=exc)
-                    continue
+                    return
                 for row, future in batch:  # find the bad row: each on its own
                     await self._write_alone(row, future)
             else:

@@ -65,6 +65,48 @@ def test_metrics_change_after_requests(gateway: str, emulator_url: str) -> None:
                   outcome="succeeded") == 2  # fmt: skip
     assert metric(after, "gateway_backend_up") == 1
     assert "gateway_backend_queue_depth" in after and "gateway_backend_outstanding" in after
+    backend = next(
+        found.group(1)
+        for found in [re.search(r'gateway_backend_up\{backend="([^"]+)"\}', after)]
+        if found
+    )
+    assert metric(after, "gateway_backend_tokens_total", backend=backend,
+                  model="llama3.1:8b") == out  # fmt: skip
+
+
+def test_the_grafana_dashboard_reads_metrics_the_gateway_exports(gateway: str) -> None:
+    """Every metric deploy/grafana's dashboard queries is one `/metrics` has, once a run
+    was made (histograms and counters by their sample names)."""
+    assert httpx.post(f"{gateway}/gateway/generate", json=RUN, timeout=10).status_code == 200
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in httpx.get(f"{gateway}/metrics").text.splitlines()
+        if line and not line.startswith("#")
+    }
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "deploy/grafana/ollama-gateway.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    queried = {name for expr in exprs for name in re.findall(r"\b(gateway_[a-z_]+)", expr)}
+    assert len(queried) >= 10
+    # Rows escaped and the spool may have no sample yet; their families are still listed.
+    families = httpx.get(f"{gateway}/metrics").text
+    missing = [q for q in queried if q not in exported and f"# TYPE {q}" not in families
+               and f"# TYPE {q.removesuffix('_total')}" not in families]  # fmt: skip
+    assert missing == []
+
+
+def test_openmetrics_is_served_to_a_scraper_that_asks(gateway: str) -> None:
+    """Prometheus asking for OpenMetrics gets it (the format exemplars need); the text
+    format stays the default."""
+    plain = httpx.get(f"{gateway}/metrics")
+    assert plain.headers["content-type"].startswith("text/plain")
+    asked = httpx.get(
+        f"{gateway}/metrics",
+        headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"},
+    )
+    assert asked.headers["content-type"].startswith("application/openmetrics-text")
+    assert asked.text.rstrip().endswith("# EOF")
 
 
 def test_runs_through_every_surface_are_counted(gateway: str) -> None:

@@ -1,6 +1,6 @@
 """A tiny reverse proxy (ASGI, run with `serving_in_thread`) in front of an emulator that
-notes what reaches the backend: each request's arrival order, model, prompt and
-`Authorization` header, and how many runs of each model were in flight at once. With
+notes what reaches the backend: each request's arrival order, model, prompt,
+`Authorization` and `traceparent` headers, and how many runs of each model were in flight at once. With
 `require_token` it answers 401 unless `Authorization: Bearer <token>` comes along, as an
 authenticating proxy in front of Ollama does.
 """
@@ -28,6 +28,7 @@ class Arrival:
     prompt: str | None
     authorization: str | None
     at: float
+    traceparent: str | None = None
 
 
 @dataclass
@@ -65,7 +66,16 @@ class RecordingProxy:
         prompt = request.get("prompt") if isinstance(request, dict) else None
         auth = headers.get("authorization")
         with self._lock:
-            self.arrivals.append(Arrival(scope["path"], model, prompt, auth, time.monotonic()))
+            self.arrivals.append(
+                Arrival(
+                    scope["path"],
+                    model,
+                    prompt,
+                    auth,
+                    time.monotonic(),
+                    traceparent=headers.get("traceparent"),
+                )
+            )
         if self.require_token is not None and auth != f"Bearer {self.require_token}":
             await send({"type": "http.response.start", "status": 401,
                         "headers": [(b"content-type", b"application/json")]})  # fmt: skip
