@@ -217,6 +217,14 @@ class Settings(BaseSettings):
     health_interval: float = Field(
         default=10.0, gt=0, description="Seconds between background backend health checks."
     )
+    load_sample_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Seconds between samples of each backend's load (requests running, "
+        "queued and finished), kept for 15 minutes in each process for "
+        "`/gateway/backends/history` and the web console's load chart.",
+    )
     backend_registry: bool = Field(
         default=True,
         description="Keep backends added or removed through `/gateway/backends` in the "

@@ -31,6 +31,7 @@ from app.backends.affinity import ConversationAffinity
 from app.backends.client import JSONDict, OllamaClient
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 from app.backends.gate import batch_runs
+from app.backends.load_history import LoadHistory
 from app.backends.placement import Placement, PlacementRule
 from app.backends.spec import BackendSpec, parse_backend, spec_text
 from app.backends.state import DEFAULT_LOAD_SECONDS, UNLIMITED_SLOTS, BackendState
@@ -94,6 +95,7 @@ class BackendPool:
         placement: Placement | None = None,
         keep_warm: Mapping[str, int] | None = None,
         affinity: ConversationAffinity | None = None,
+        load_sample_interval: float = 5.0,
     ) -> None:
         if not backends:
             raise ValueError("BackendPool needs at least one backend URL")
@@ -113,6 +115,7 @@ class BackendPool:
         self.transport = transport
         self.states = [self._state(spec) for spec in specs]
         self.membership_sync: Callable[[], Awaitable[None]] | None = None
+        self.load_history = LoadHistory(every=load_sample_interval)
         self.membership_interval = 2.0
         self._skipped: set[tuple[str, str]] = set()
         self.placement = placement if placement is not None else Placement()
@@ -479,6 +482,9 @@ class BackendPool:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(_every(interval, self.health_round, "backend health check"))
+                group.create_task(
+                    _every(self.load_history.every, self._sample_load, "backend load sample")
+                )
                 if self.membership_sync is not None:
                     group.create_task(
                         _every(self.membership_interval, self.membership_sync, "backend list sync")
@@ -491,6 +497,9 @@ class BackendPool:
         await self.refresh_stale(force=True)
         if self.keep_warm:
             self.keep_warm.step(self.states, self.placement, self._key_of, self.timeout)
+
+    async def _sample_load(self) -> None:
+        self.load_history.sample(self.states)
 
     def _key_of(self, model: str) -> str:
         return self._key(model) or model

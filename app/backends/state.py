@@ -61,6 +61,8 @@ class BackendState:
     """Where it comes from: `settings` (the start-up list) or `api` (added at run time)."""
     outstanding: int = 0
     outstanding_batch: int = 0
+    finished: int = 0
+    """Runs that ended here, counted since this process started (the load history's)."""
     waiting: int = 0
     """Requests waiting for a slot (interactive and batch)."""
     waiting_batch: int = 0
@@ -132,6 +134,8 @@ class BackendState:
         """One run more (`step` 1) or fewer (-1); `started` is its `time.monotonic()` start,
         the same both times."""
         self.outstanding += step
+        if step < 0:
+            self.finished -= step
         self._started_sum += step * started
         self.outstanding_batch += step if batch else 0
         if model is not None:

@@ -60,6 +60,7 @@ def pool_options(settings: Settings) -> dict[str, Any]:
         "placement": parse_placement(settings.placement),
         "keep_warm": settings.keep_warm,
         "affinity": ConversationAffinity(settings.affinity_ttl, settings.affinity_max_entries),
+        "load_sample_interval": settings.load_sample_interval,
     }
 
 

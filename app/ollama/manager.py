@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from app.backends.errors import BackendError
+from app.backends.load_history import LoadSample
 from app.backends.pool import BackendPool, BackendState, Reconciled
 from app.loop_thread import LoopThread
 from app.ollama._execution import RunSpec, generate_spec, require_model_name
@@ -296,6 +297,10 @@ class OllamaManager:
     def backend_loads(self) -> list[BackendLoad]:
         """Each backend's load as this process sees it, without asking it (for metrics)."""
         return backend_loads(self.pool)
+
+    def backend_load_history(self, minutes: float) -> list[LoadSample]:
+        """Each backend's load sampled over the last `minutes`, oldest first (this process)."""
+        return self.pool.load_history.since(minutes * 60)
 
     async def abackend_status(self) -> list[dict[str, Any]]:
         """Each backend's health (`url`, `healthy`, `version`, `models`, `error`) and load

@@ -110,7 +110,9 @@ class Console:
 def console(emulator: str, tmp_path: Path) -> Iterator[Console]:
     """A gateway that needs keys (an admin key, and a user key `alice`)."""
     httpx.post(f"{emulator}/_emulator/reset", timeout=5).raise_for_status()
-    settings = gateway_settings([emulator], tmp_path, admin_key=ADMIN_KEY, key_cache_seconds=0)
+    settings = gateway_settings(
+        [emulator], tmp_path, admin_key=ADMIN_KEY, key_cache_seconds=0, load_sample_interval=0.5
+    )
     with serving_in_thread(create_app(settings)) as url:
         made = httpx.post(
             f"{url}/gateway/keys",

@@ -205,9 +205,18 @@ def test_the_results_page_pages_and_filters(page: Any, console: Console) -> None
 
 
 def test_an_admin_adds_and_removes_a_backend(page: Any, console: Console) -> None:
+    # Requests served before the page opens are in its load chart (the gateway's samples).
+    with console.api(console.user_key) as api:
+        for _ in range(3):
+            body = {"model": "llama3.1:8b", "prompt": "load", "options": {"max_tokens": 2}}
+            api.post("/gateway/generate", json=body).raise_for_status()
+    time.sleep(1.0)  # two sample intervals
     sign_in(page, console, console.admin_key)
     page.get_by_role("link", name="Backends", exact=True).click()
-    page.get_by_role("img", name="Line chart of requests in flight").wait_for()
+    page.get_by_role("img", name="Line chart of requests finished per second").wait_for()
+    page.get_by_label("Load summary").filter(
+        has_text="3 requests finished in the last 5 minutes."
+    ).wait_for()
     backends = page.get_by_role("table", name="backends").locator("tbody tr")
     backends.first.wait_for()
     assert backends.count() == 1

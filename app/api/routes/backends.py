@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field
 
 from app.api.deps import ManagerDep
@@ -136,6 +137,50 @@ async def add_backend(body: BackendAdd, manager: ManagerDep) -> BackendOut:
         raise ApiError(code, "Backend not added", str(exc)) from exc
     name = added["name"]
     return next(BackendOut(**s) for s in await manager.abackend_status() if s["name"] == name)
+
+
+class SampledLoadOut(BaseModel):
+    running: int = Field(description="Requests running on the backend at the sample.")
+    queued: int = Field(description="Requests waiting for one of its slots at the sample.")
+    finished: int = Field(description="Requests that finished on it since the sample before.")
+
+
+class LoadSampleOut(BaseModel):
+    at: datetime = Field(description="When the sample was taken.")
+    seconds: float = Field(description="Seconds since the sample before.")
+    backends: dict[str, SampledLoadOut] = Field(description="By backend name.")
+
+
+class LoadHistoryOut(BaseModel):
+    every_seconds: float = Field(description="Seconds between samples.")
+    samples: list[LoadSampleOut] = Field(description="Oldest first.")
+
+
+@router.get("/history", operation_id="backend_load_history", response_model=LoadHistoryOut)
+async def backend_load_history(
+    manager: ManagerDep,
+    minutes: Annotated[
+        float, Query(gt=0, le=15, description="How far back, in minutes (at most 15).")
+    ] = 5,
+) -> LoadHistoryOut:
+    """Each backend's load over the last minutes, sampled every
+    `GATEWAY_LOAD_SAMPLE_INTERVAL` seconds: requests running and queued at each sample,
+    and requests finished since the one before (the web console's load chart)."""
+    samples = manager.backend_load_history(minutes)
+    return LoadHistoryOut(
+        every_seconds=manager.pool.load_history.every,
+        samples=[
+            LoadSampleOut(
+                at=datetime.fromtimestamp(s.at, UTC),
+                seconds=round(s.seconds, 3),
+                backends={
+                    name: SampledLoadOut(running=b.running, queued=b.queued, finished=b.finished)
+                    for name, b in s.backends.items()
+                },
+            )
+            for s in samples
+        ],
+    )
 
 
 @router.delete(

@@ -777,6 +777,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/gateway/backends/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Backend Load History
+         * @description Each backend's load over the last minutes, sampled every
+         *     `GATEWAY_LOAD_SAMPLE_INTERVAL` seconds: requests running and queued at each sample,
+         *     and requests finished since the one before (the web console's load chart).
+         */
+        get: operations["backend_load_history"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/gateway/backends/{backend}": {
         parameters: {
             query?: never;
@@ -1598,6 +1620,40 @@ export interface components {
             /** Revoked At */
             revoked_at?: string | null;
         };
+        /** LoadHistoryOut */
+        LoadHistoryOut: {
+            /**
+             * Every Seconds
+             * @description Seconds between samples.
+             */
+            every_seconds: number;
+            /**
+             * Samples
+             * @description Oldest first.
+             */
+            samples: components["schemas"]["LoadSampleOut"][];
+        };
+        /** LoadSampleOut */
+        LoadSampleOut: {
+            /**
+             * At
+             * Format: date-time
+             * @description When the sample was taken.
+             */
+            at: string;
+            /**
+             * Seconds
+             * @description Seconds since the sample before.
+             */
+            seconds: number;
+            /**
+             * Backends
+             * @description By backend name.
+             */
+            backends: {
+                [key: string]: components["schemas"]["SampledLoadOut"];
+            };
+        };
         /**
          * ModelOut
          * @description An installed model, as the backends describe it.
@@ -2098,6 +2154,24 @@ export interface components {
              * @description Null on the last page.
              */
             next_cursor?: string | null;
+        };
+        /** SampledLoadOut */
+        SampledLoadOut: {
+            /**
+             * Running
+             * @description Requests running on the backend at the sample.
+             */
+            running: number;
+            /**
+             * Queued
+             * @description Requests waiting for one of its slots at the sample.
+             */
+            queued: number;
+            /**
+             * Finished
+             * @description Requests that finished on it since the sample before.
+             */
+            finished: number;
         };
         /**
          * SpoolState
@@ -6840,6 +6914,101 @@ export interface operations {
             };
             /** @description Its name or URL is already in use. */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    backend_load_history: {
+        parameters: {
+            query?: {
+                /** @description How far back, in minutes (at most 15). */
+                minutes?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoadHistoryOut"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,7 +1,8 @@
 // Backends and models (admin): each backend's health, circuit, load, queue and loaded
-// models, asked again every 2 s; a chart of requests in flight and queued over the last
-// minutes, from those samples of /gateway/backends; add and remove backends; pull and
-// delete models.
+// models, asked again every 2 s; a chart of requests finished per second, in flight and
+// queued over the last five minutes, from the gateway's own samples
+// (/gateway/backends/history, so the minutes before the page opened show too); add and
+// remove backends; pull and delete models.
 import { api, unwrap, type Schemas } from "../api/client";
 import { updatableTimeChart } from "../charts";
 import { field, h, replace } from "../dom";
@@ -38,11 +39,28 @@ export const backendsPage: Page = {
     const note = status();
     const list = h("section", { "aria-label": "Backends list" });
     const models = h("section", { "aria-label": "Models" });
-    const chart = updatableTimeChart("Line chart of requests in flight and requests queued on all backends over the last five minutes", [
-      "in flight",
-      "queued",
-    ]);
-    const samples: { t: number; outstanding: number; queued: number }[] = [];
+    const chart = updatableTimeChart(
+      "Line chart of requests finished per second, requests in flight and requests queued on all backends over the last five minutes",
+      ["finished/s", "in flight", "queued"],
+    );
+    const loadNote = h("p", { "aria-label": "Load summary" });
+
+    const refreshLoad = async () => {
+      const { samples } = unwrap(await api.GET("/gateway/backends/history", { params: { query: { minutes: WINDOW_SECONDS / 60 } } }));
+      const sum = (loads: Record<string, { running: number; queued: number; finished: number }>, key: "running" | "queued" | "finished") =>
+        Object.values(loads).reduce((n, b) => n + b[key], 0);
+      const finished = samples.map((s) => sum(s.backends, "finished"));
+      chart.update(
+        samples.map((s) => Date.parse(s.at) / 1000),
+        [
+          samples.map((s, i) => Math.round(((finished[i] ?? 0) / Math.max(s.seconds, 0.001)) * 10) / 10),
+          samples.map((s) => sum(s.backends, "running")),
+          samples.map((s) => sum(s.backends, "queued")),
+        ],
+      );
+      const total = finished.reduce((n, f) => n + f, 0);
+      loadNote.textContent = `${total} requests finished in the last ${WINDOW_SECONDS / 60} minutes.`;
+    };
 
     const remove = async (name: string) => {
       errors.clear();
@@ -58,17 +76,7 @@ export const backendsPage: Page = {
     const refresh = async () => {
       try {
         const backends = unwrap(await api.GET("/gateway/backends"));
-        const now = Date.now() / 1000;
-        samples.push({
-          t: now,
-          outstanding: backends.reduce((n, b) => n + b.outstanding, 0),
-          queued: backends.reduce((n, b) => n + b.queued, 0),
-        });
-        while (samples.length && (samples[0] as { t: number }).t < now - WINDOW_SECONDS) samples.shift();
-        chart.update(
-          samples.map((s) => s.t),
-          [samples.map((s) => s.outstanding), samples.map((s) => s.queued)],
-        );
+        await refreshLoad();
         replace(
           list,
           table(
@@ -177,6 +185,7 @@ export const backendsPage: Page = {
       list,
       h("h2", {}, "Load over the last minutes"),
       chart.el,
+      loadNote,
       h("div", { class: "row" }, addForm, pullForm),
       models,
     );
