@@ -39,20 +39,8 @@ def test_60_plain_runs_survive_a_backend_killed_while_they_generate(tmp_path: Pa
     with emulator(20) as (first, victim), emulator(20) as (second, _):
         settings = gateway_settings([first, second], tmp_path, request_timeout=60)
         with serving_in_thread(create_app(settings)) as url:
-
-            async def scenario() -> list[httpx.Response]:
-                async with httpx.AsyncClient(timeout=60) as client:
-                    body = {"model": MODEL, "prompt": "tell me a long story"}
-                    runs = [
-                        asyncio.create_task(client.post(f"{url}/gateway/generate", json=body))
-                        for _ in range(60)
-                    ]
-                    await asyncio.sleep(0.4)  # they are generating (20 ms a token)
-                    victim.send_signal(signal.SIGKILL)
-                    return list(await asyncio.gather(*runs))
-
             started = time.monotonic()
-            replies = asyncio.run(scenario())
+            replies = generate_while_one_dies(url, victim, 60)
             took = time.monotonic() - started
     statuses = [r.status_code for r in replies]
     assert statuses == [200] * 60, [r.text[:200] for r in replies if r.status_code != 200][:3]
@@ -61,6 +49,26 @@ def test_60_plain_runs_survive_a_backend_killed_while_they_generate(tmp_path: Pa
     assert all(r["metadata"]["backend"] == second for r in moved)
     assert all(r["response"] and r["success"] for r in moved)
     print(f"60 of 60 answered in {took:.1f} s; {len(moved)} failed over")  # for the record (-s)
+
+
+def generate_while_one_dies(
+    url: str, victim: subprocess.Popen[bytes], count: int
+) -> list[httpx.Response]:
+    """`count` concurrent non-streamed `/gateway/generate` runs; `victim` is SIGKILLed 0.4 s
+    in, while they are generating (at 20 ms a token)."""
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            body = {"model": MODEL, "prompt": "tell me a long story"}
+            runs = [
+                asyncio.create_task(client.post(f"{url}/gateway/generate", json=body))
+                for _ in range(count)
+            ]
+            await asyncio.sleep(0.4)
+            victim.send_signal(signal.SIGKILL)
+            return list(await asyncio.gather(*runs))
+
+    return asyncio.run(scenario())
 
 
 SURFACES = [

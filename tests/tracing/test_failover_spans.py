@@ -4,12 +4,9 @@ took the run over. In process, with the gateway's helpers pointed at a tracer of
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -18,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from app import telemetry
 from app.main import create_app
 from tests.api.conftest import gateway_settings
-from tests.chaos.test_failover import MODEL, emulator
+from tests.chaos.test_failover import MODEL, emulator, generate_while_one_dies
 from tests.support.servers import serving_in_thread
 
 
@@ -41,19 +38,7 @@ def test_a_run_that_fails_over_says_so_on_its_span(
     with emulator(20) as (first, victim), emulator(20) as (second, _):
         settings = gateway_settings([first, second], tmp_path, request_timeout=60)
         with serving_in_thread(create_app(settings)) as url:
-
-            async def scenario() -> list[httpx.Response]:
-                async with httpx.AsyncClient(timeout=60) as client:
-                    body = {"model": MODEL, "prompt": "tell me a long story"}
-                    runs = [
-                        asyncio.create_task(client.post(f"{url}/gateway/generate", json=body))
-                        for _ in range(20)
-                    ]
-                    await asyncio.sleep(0.4)  # they are generating (20 ms a token)
-                    victim.send_signal(signal.SIGKILL)
-                    return list(await asyncio.gather(*runs))
-
-            replies = asyncio.run(scenario())
+            replies = generate_while_one_dies(url, victim, 20)
     assert [r.status_code for r in replies] == [200] * 20
     moved = [r.json() for r in replies if r.json()["metadata"].get("failed_over_from")]
     assert moved, "no run was on the killed backend"
