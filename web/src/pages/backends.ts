@@ -43,7 +43,7 @@ export const backendsPage: Page = {
       "Line chart of requests finished per second, requests in flight and requests queued on all backends over the last five minutes",
       ["finished/s", "in flight", "queued"],
     );
-    const loadNote = h("p", { "aria-label": "Load summary" });
+    const loadNote = h("p", { class: "load-summary" });
 
     const refreshLoad = async () => {
       const { samples } = unwrap(await api.GET("/gateway/backends/history", { params: { query: { minutes: WINDOW_SECONDS / 60 } } }));
