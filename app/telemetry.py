@@ -35,6 +35,7 @@ __all__ = [
     "enable",
     "enabled",
     "end_span",
+    "ending",
     "inject",
     "instrument_engine",
     "instrument_http_client",
@@ -188,6 +189,19 @@ def end_span(current: Span | None, error: BaseException | str | None = None) -> 
             description = error
         current.set_status(Status(StatusCode.ERROR, description))
     current.end()
+
+
+@contextlib.contextmanager
+def ending(current: Span | None) -> Iterator[None]:
+    """End `current` when the block leaves: with the exception as its error if one
+    escapes (cancellation included), else plainly."""
+    try:
+        yield
+    except BaseException as exc:
+        end_span(current, exc)
+        raise
+    finally:
+        end_span(current)
 
 
 def set_attributes(attributes: Mapping[str, AttributeValue | None], on: Span | None = None) -> None:

@@ -267,18 +267,13 @@ class RunExecutor:
         chat = spec.messages if spec.kind == "chat" and spec.messages else None
         prefer = self.pool.preferred(spec.model, chat) if chat else None
         choice = tracing.choice_span(spec.model)
-        try:
+        with telemetry.ending(choice):
             with telemetry.use_span(choice):
                 candidates = await self.pool.candidates(
                     spec.model, has_model=same_model, prefer=prefer
                 )
             tracing.candidates_ranked(choice, candidates)
             await self._attempts(spec, acc, backend, deadline, candidates, choice, run_span)
-        except BaseException as exc:
-            telemetry.end_span(choice, exc)
-            raise
-        finally:
-            telemetry.end_span(choice)
 
     async def _attempts(
         self,

@@ -278,6 +278,20 @@ async def _one_piece(content: bytes) -> AsyncIterator[bytes]:
     yield content
 
 
+@dataclass(frozen=True, slots=True)
+class _Relaying:
+    """One request `Relay.arelay` relays, as its caller gave it."""
+
+    method: str
+    path: str
+    model: str | None
+    content: bytes | None
+    headers: Mapping[str, str] | None
+    record: RunSpec | None
+    store_kind: str
+    buffered: bool
+
+
 class Relay:
     """Raw requests through the pool of `executor`, for the Ollama-compatible `/api` surface.
 
@@ -309,40 +323,20 @@ class Relay:
         run_span = None
         if record is not None and record.kind in ("generate", "chat"):
             run_span = tracing.start_run_span(record, surface="ollama")
+        request = _Relaying(method, path, model, content, headers, record, store_kind, buffered)
         try:
-            return await self._arelay(
-                method,
-                path,
-                model=model,
-                content=content,
-                headers=headers,
-                record=record,
-                store_kind=store_kind,
-                buffered=buffered,
-                run_span=run_span,
-            )
+            return await self._arelay(request, run_span)
         except BaseException as exc:
             telemetry.end_span(run_span, exc)
             raise
 
-    async def _arelay(
-        self,
-        method: str,
-        path: str,
-        *,
-        model: str | None,
-        content: bytes | None,
-        headers: Mapping[str, str] | None,
-        record: RunSpec | None,
-        store_kind: str,
-        buffered: bool,
-        run_span: Span | None,
-    ) -> Relayed:
-        remembers = path == "/api/chat" and model is not None and self.pool.affinity.enabled
+    async def _arelay(self, request: _Relaying, run_span: Span | None) -> Relayed:
+        model, content = request.model, request.content
+        remembers = request.path == "/api/chat" and model is not None and self.pool.affinity.enabled
         chat = _messages(content) if remembers else None
         prefer = self.pool.preferred(model, chat) if model is not None and chat else None
         choice = tracing.choice_span(model) if run_span is not None else None
-        try:
+        with telemetry.ending(choice):
             with telemetry.use_span(run_span), telemetry.use_span(choice):
                 try:
                     candidates = await self.pool.candidates(
@@ -353,41 +347,18 @@ class Relay:
                         raise
                     candidates = await self.pool.candidates(None, placed=model)
             tracing.candidates_ranked(choice, candidates)
-            return await self._relay_attempts(
-                method,
-                path,
-                model=model,
-                content=content,
-                headers=headers,
-                record=record,
-                store_kind=store_kind,
-                buffered=buffered,
-                candidates=candidates,
-                chat=chat,
-                spans=(run_span, choice),
-            )
-        except BaseException as exc:
-            telemetry.end_span(choice, exc)
-            raise
-        finally:
-            telemetry.end_span(choice)
+            return await self._relay_attempts(request, candidates, chat, (run_span, choice))
 
     async def _relay_attempts(
         self,
-        method: str,
-        path: str,
-        *,
-        model: str | None,
-        content: bytes | None,
-        headers: Mapping[str, str] | None,
-        record: RunSpec | None,
-        store_kind: str,
-        buffered: bool,
+        request: _Relaying,
         candidates: list[BackendState],
         chat: list[dict[str, Any]] | None,
         spans: tuple[Span | None, Span | None],
     ) -> Relayed:
         run_span, choice = spans
+        method, path, model, content = request.method, request.path, request.model, request.content
+        headers, record, buffered = request.headers, request.record, request.buffered
         attempts = candidates[:MAX_ATTEMPTS]
         runs = model if path in ("/api/generate", "/api/chat", "/api/embed") else None
         for attempt, state in enumerate(attempts):
@@ -436,16 +407,16 @@ class Relay:
                     record,
                     reply.status,
                     build=partial(self.executor.build_result, mode="relay", backend=served_by),
-                    store=partial(self.executor.store, kind=store_kind),
+                    store=partial(self.executor.store, kind=request.store_kind),
                     span=run_span,
                 )
-                request = _json_object(content)
-                if not buffered and reply.status == 200 and request is not None:
+                asked = _json_object(content)
+                if not buffered and reply.status == 200 and asked is not None:
                     recorder.resumer = RelayResume(
                         self.pool,
                         record,
                         recorder.acc,
-                        request,
+                        asked,
                         first=state,
                         release_first=stack.aclose,
                         others=attempts[attempt + 1 :],

@@ -78,13 +78,8 @@ class GroupCommit:
                     links=links,
                     root=True,
                 )
-                with telemetry.use_span(commit):
-                    try:
-                        await self._write_batch(batch)
-                    except BaseException as exc:
-                        telemetry.end_span(commit, exc)
-                        raise
-                telemetry.end_span(commit)
+                with telemetry.ending(commit), telemetry.use_span(commit):
+                    await self._write_batch(batch)
             else:
                 await self._write_batch(batch)
 

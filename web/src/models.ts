@@ -14,3 +14,20 @@ export function modelSelect(names: string[], selected?: string): HTMLSelectEleme
     names.map((name) => h("option", { value: name, selected: name === selected }, name)),
   );
 }
+
+/** A fieldset of model checkboxes, the first `checked` of them ticked. */
+export function modelPicker(names: string[], legend: string, checked: number): HTMLFieldSetElement {
+  return h(
+    "fieldset",
+    { class: "models" },
+    h("legend", {}, legend),
+    names.map((name, i) =>
+      h("label", { class: "check" }, h("input", { type: "checkbox", name: "models", value: name, checked: i < checked }), name),
+    ),
+  );
+}
+
+/** The models ticked in a `modelPicker`. */
+export function checkedModels(picker: HTMLElement): string[] {
+  return [...picker.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
+}

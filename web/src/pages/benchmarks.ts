@@ -4,7 +4,7 @@
 import { api, unwrap, type Schemas } from "../api/client";
 import { lineChart, type Chart } from "../charts";
 import { field, fmt, h, progressBar, replace, when } from "../dom";
-import { modelNames } from "../models";
+import { checkedModels, modelNames, modelPicker } from "../models";
 import { href, type Page } from "../router";
 import { streamGet } from "../sse";
 import { errorBox, heading, table } from "../ui";
@@ -111,12 +111,7 @@ export const benchmarksPage: Page = {
     };
 
     const names = await modelNames();
-    const picks = h(
-      "fieldset",
-      { class: "models" },
-      h("legend", {}, "Models"),
-      names.map((name, i) => h("label", { class: "check" }, h("input", { type: "checkbox", value: name, checked: i === 0 }), name)),
-    );
+    const picks = modelPicker(names, "Models", 1);
     const prompts = h("textarea", { rows: 5 }, DEFAULT_PROMPTS.join("\n"));
     const start = h("button", { type: "submit" }, "Start benchmark");
     const progress = h("section", { class: "jobs", "aria-label": "Progress" });
@@ -128,7 +123,7 @@ export const benchmarksPage: Page = {
         onsubmit: async (event: Event) => {
           event.preventDefault();
           errors.clear();
-          const models = [...picks.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
+          const models = checkedModels(picks);
           const testPrompts = prompts.value.split("\n").map((p) => p.trim()).filter(Boolean);
           if (!models.length || !testPrompts.length) {
             errors.show("Pick at least one model and write at least one prompt.");

@@ -4,7 +4,7 @@
 import type { Schemas } from "../api/client";
 import { barChart, type Chart } from "../charts";
 import { fmt, h, field, replace } from "../dom";
-import { modelNames } from "../models";
+import { checkedModels, modelNames, modelPicker } from "../models";
 import type { Page } from "../router";
 import { streamPost } from "../sse";
 import { errorBox, heading, table } from "../ui";
@@ -50,14 +50,7 @@ export const comparePage: Page = {
   title: "Compare",
   async render(main) {
     const names = await modelNames();
-    const picks = h(
-      "fieldset",
-      { class: "models" },
-      h("legend", {}, "Models (2 to 4)"),
-      names.map((name, i) =>
-        h("label", { class: "check" }, h("input", { type: "checkbox", name: "models", value: name, checked: i < 2 }), name),
-      ),
-    );
+    const picks = modelPicker(names, "Models (2 to 4)", 2);
     const prompt = h("textarea", { rows: 3, required: true });
     const send = h("button", { type: "submit" }, "Compare");
     const stop = h("button", { type: "button", disabled: true }, "Stop");
@@ -75,7 +68,7 @@ export const comparePage: Page = {
         onsubmit: async (event: Event) => {
           event.preventDefault();
           errors.clear();
-          const models = [...picks.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
+          const models = checkedModels(picks);
           if (models.length < 2 || models.length > 4) {
             errors.show("Pick 2 to 4 models.");
             return;
