@@ -398,6 +398,8 @@ class RunExecutor:
             "backend": backend[0] if backend else None,
             "request": spec.plan.describe(),
         }
+        if acc.on_chunk is not None:  # the caller took the answer piece by piece
+            metadata["request"]["stream"] = True
         if spec.messages is not None:
             metadata["messages"] = spec.messages
         metadata.update(spec.metadata)

@@ -25,6 +25,7 @@ def test_run_with_options_applies_them(runner: ModelRunner) -> None:
     assert result.tokens_used is not None and result.tokens_used <= 4
     assert meta["request"]["system"] == "Be brief."
     assert meta["request"]["options"]["num_predict"] == 4
+    assert meta["request"]["stream"] is False
 
 
 def test_run_with_options_unknown_model_fails(runner: ModelRunner) -> None:
@@ -45,6 +46,7 @@ def test_run_streaming_delivers_chunks_that_add_up_to_the_response(runner: Model
     stats = chunks[-1].stats or {}
     assert stats["success"] is True and stats["eval_count"] == result.tokens_used
     assert chunks[-1].result is result
+    assert (result.metadata or {})["request"]["stream"] is True  # as the caller took it
     assert all(a.timestamp <= b.timestamp for a, b in itertools.pairwise(chunks))
 
 
