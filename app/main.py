@@ -53,7 +53,14 @@ from app.api.routes import (
 from app.api.routes.pulls import PullOut
 from app.api.schemas.common import ResultOut
 from app.api.schemas.jobs import JobOut, JobProgress, PullProgress
-from app.api.schemas.runs import BatchJobOut, BatchProgress, ChunkEvent, ErrorEvent
+from app.api.schemas.runs import (
+    BatchJobOut,
+    BatchProgress,
+    ChunkEvent,
+    ErrorEvent,
+    ModelChunkEvent,
+    ReportOut,
+)
 from app.api.shutdown import Shutdown
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.ollama.database_outage import RowSpool
@@ -214,8 +221,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app,
         [
             ChunkEvent,
+            ModelChunkEvent,
             ErrorEvent,
             ResultOut,
+            ReportOut,
             PullProgress,
             PullOut,
             BatchProgress,

@@ -22,6 +22,7 @@ from app.api.schemas.runs import (
     BenchmarkRequest,
     ChatRequest,
     ComparisonRequest,
+    ComparisonStreamRequest,
     GenerateRequest,
 )
 from app.settings import Settings
@@ -66,10 +67,23 @@ async def benchmark_body(
 async def comparison_body(
     body: ComparisonRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
 ) -> ComparisonRequest:
+    _check_comparison(body, settings, request, principal)
+    return body
+
+
+async def comparison_stream_body(
+    body: ComparisonStreamRequest, settings: SettingsDep, request: Request, principal: PrincipalDep
+) -> ComparisonStreamRequest:
+    _check_comparison(body, settings, request, principal)
+    return body
+
+
+def _check_comparison(
+    body: ComparisonStreamRequest, settings: Settings, request: Request, principal: Principal
+) -> None:
     authorize_models(request, principal, body.models)
     checker = LimitChecker(settings).options(body.options).text(("prompt",), body.prompt)
     checker.count(("models",), body.models, settings.max_comparison_models).check()
-    return body
 
 
 def _prompt_list_body(

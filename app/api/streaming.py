@@ -25,9 +25,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from app.api.errors import failed_run_problem
 from app.api.openapi import sse_response
 from app.api.schemas.common import ResultOut
-from app.api.schemas.runs import ChunkEvent, ErrorEvent
+from app.api.schemas.runs import ChunkEvent, ErrorEvent, ModelChunkEvent, ReportOut
 from app.api.shutdown import SHUTTING_DOWN, Shutdown, ShuttingDown, until_shutdown
 from app.ollama import ModelExecutionResult, StreamingChunk
+from app.ollama.comparison_stream import ComparisonDone, ComparisonEvent
 from app.ollama.database_outage import DatabaseUnavailable
 from app.ollama.jobs import Jobs
 
@@ -133,6 +134,71 @@ async def stream_response(
     first = await first_chunk(chunks)
     return EventSourceResponse(
         _events(first, chunks, shutdown.ending),
+        ping=PING_SECONDS,
+        shutdown_grace_period=shutdown.grace_seconds + 1,
+    )
+
+
+COMPARISON_SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: sse_response(
+        "ComparisonEvent",
+        "Server-sent events: `chunk` events (ModelChunkEvent: a piece of one model's "
+        "answer, all models at once), one `run` event per model when its run ends "
+        "(ResultOut; its `id` is in the `comparison` event's report), then one "
+        "`comparison` event (ReportOut: the stored report), or an `error` event "
+        "(ErrorEvent) when the gateway shuts down or cannot keep the report.",
+        {
+            "chunk": ModelChunkEvent,
+            "run": ResultOut,
+            "comparison": ReportOut,
+            "error": ErrorEvent,
+        },
+    )
+}
+
+
+async def _comparison_events(
+    events: AsyncIterator[ComparisonEvent], ending: asyncio.Event
+) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for event in until_shutdown(events, ending):
+            if isinstance(event, ComparisonDone):
+                out = ReportOut(id=event.report_id, report=event.report)
+                yield _event("comparison", out.model_dump(mode="json"))
+                return
+            chunk = event.chunk
+            if chunk.done:
+                if chunk.result is not None:
+                    run = ResultOut.from_result(chunk.result, None)
+                    yield _event("run", run.model_dump(mode="json"))
+            elif chunk.content or chunk.thinking:
+                piece = ModelChunkEvent(
+                    model=event.model,
+                    content=chunk.content,
+                    index=chunk.index,
+                    thinking=chunk.thinking,
+                )
+                yield _event("chunk", piece.model_dump(exclude_none=True))
+    except ShuttingDown:
+        error = ErrorEvent(code="shutting_down", message=SHUTTING_DOWN)
+        yield _event("error", error.model_dump())
+    except DatabaseUnavailable:
+        error = ErrorEvent(code="database_unavailable", message=SPOOL_FULL)
+        yield _event("error", error.model_dump())
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
+def comparison_stream_response(
+    events: AsyncIterator[ComparisonEvent], shutdown: Shutdown
+) -> EventSourceResponse:
+    """A streamed comparison as SSE (see `COMPARISON_SSE_RESPONSES`); at SIGTERM it runs on
+    for the shutdown grace, as a streamed run does."""
+    return EventSourceResponse(
+        _comparison_events(events, shutdown.ending),
         ping=PING_SECONDS,
         shutdown_grace_period=shutdown.grace_seconds + 1,
     )

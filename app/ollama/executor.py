@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from app import telemetry
 from app.backends.client import OllamaClient
@@ -54,18 +54,21 @@ STREAM_BUFFER = 32
 """Chunks a streamed run may hold for its caller before the backend is read further."""
 
 
-class ChunkBuffer:
+T = TypeVar("T")
+
+
+class ChunkBuffer(Generic[T]):
     """The chunks of a streamed run on their way to its caller, with room to wait for:
     `put` never blocks (the run's callback is synchronous), `room` waits until fewer than
     `limit` are held, so the run reads its backend at the caller's pace."""
 
     def __init__(self, limit: int) -> None:
-        self.queue: asyncio.Queue[StreamingChunk | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[T | None] = asyncio.Queue()
         self.limit = limit
         self._room = asyncio.Event()
         self._room.set()
 
-    def put(self, chunk: StreamingChunk) -> None:
+    def put(self, chunk: T) -> None:
         self.queue.put_nowait(chunk)
         if self.queue.qsize() >= self.limit:
             self._room.clear()
@@ -74,7 +77,7 @@ class ChunkBuffer:
         """No more chunks: `get` returns None after those already held."""
         self.queue.put_nowait(None)
 
-    async def get(self) -> StreamingChunk | None:
+    async def get(self) -> T | None:
         chunk = await self.queue.get()
         if self.queue.qsize() < self.limit:
             self._room.set()
@@ -127,6 +130,9 @@ class RunExecutor:
         self.ensure_server = ensure_server
         self.store = store
         self.usage_observers: list[UsageObserver] = []
+        self.unwatched: set[asyncio.Task[Any]] = set()
+        """Work that ends on its own after its caller left (a streamed comparison storing
+        its cancelled runs), held here until it ends."""
 
     async def execute(
         self,
@@ -151,7 +157,8 @@ class RunExecutor:
         is then 1 and `time_to_first_token` an estimate (`feed_whole_reply`). The overall deadline is `deadline`,
         else the options' timeout, else `Settings.request_timeout`. A cancelled run is
         stored as failed before the cancellation propagates. `on_chunk` receives every
-        piece, then one closing `done` chunk whose `stats` describe the outcome.
+        piece, then one closing `done` chunk whose `stats` describe the outcome (a
+        cancelled run's too, just before the cancellation propagates).
         """
         acc = StreamAccumulator(on_chunk)
         acc.pace = pace
@@ -202,9 +209,9 @@ class RunExecutor:
                         await asyncio.shield(saving)
                 else:
                     await saving
+        acc.finish(result)  # a cancelled run's closing chunk too: its caller may keep it
         if cancelled is not None:
             raise cancelled
-        acc.finish(result)
         return result
 
     async def stream(
@@ -216,7 +223,7 @@ class RunExecutor:
         The backend is read no faster than the caller takes the chunks: at most
         `STREAM_BUFFER` wait between them, so a slow reader holds little memory.
         """
-        buffer = ChunkBuffer(STREAM_BUFFER)
+        buffer: ChunkBuffer[StreamingChunk] = ChunkBuffer(STREAM_BUFFER)
         task = asyncio.create_task(
             self.execute(
                 spec,

@@ -194,7 +194,7 @@ class GroupRuns:
             results = list(await asyncio.gather(*(one(i, s) for i, s in enumerate(specs))))
         if save_output and results:
             name = batch_name or f"batch-{specs[0].model}-{time.strftime('%Y%m%d-%H%M%S')}"
-            await self._save(
+            await self.save_report(
                 lambda store: store.asave_batch_results(results, name), results, kind="batch"
             )
         return results
@@ -212,7 +212,7 @@ class GroupRuns:
                 results.append(await self.executor.execute(spec, save_output=False))
         report = benchmark_report(model_name, specs, results, time.perf_counter() - started)
         if save_output:
-            await self._save(
+            await self.save_report(
                 lambda store: store.asave_benchmark_report(report, model_name, results=results),
                 results,
                 kind="benchmark",
@@ -232,7 +232,7 @@ class GroupRuns:
         comparison = comparison_report(test_prompt, results)
         if save_output:
             runs = list(results.values())
-            await self._save(
+            await self.save_report(
                 lambda store: store.asave_model_comparison(comparison, results=runs),
                 runs,
                 kind="comparison",
@@ -240,7 +240,8 @@ class GroupRuns:
             comparison["results"] = {n: r.to_dict() for n, r in results.items()}  # with ids
         return comparison
 
-    async def _save(
+    async def save_report(
         self, save: SaveReport, results: list[ModelExecutionResult], *, kind: str
     ) -> str | None:
+        """Store a group's report with its runs (`save_group`): its id, or None."""
         return await save_group(self._store(), save, results, kind=kind)

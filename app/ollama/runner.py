@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from app.ollama._execution import ChunkCallback, Kind, RunSpec, chat_spec, generate_spec
+from app.ollama.comparison_stream import ComparisonEvent, stream_comparison
 from app.ollama.context import context_spec
 from app.ollama.errors import InvalidRequest
 from app.ollama.groups import GroupRuns, batch_specs, benchmark_specs, comparison_specs
@@ -388,3 +389,18 @@ class ModelRunner:
     ) -> dict[str, Any]:
         specs = comparison_specs(model_names, test_prompt, options)
         return await self._groups.compare(specs, test_prompt, save_output)
+
+    def async_comparison_stream(
+        self,
+        model_names: list[str],
+        test_prompt: str,
+        options: ExecutionOptions | None = None,
+        *,
+        save_output: bool = True,
+    ) -> AsyncIterator[ComparisonEvent]:
+        """`acreate_model_comparison` with every model's run at once and streamed: each
+        piece as a `ModelChunk` (a run's closing chunk carries its result), then one
+        `ComparisonDone` with the report and its stored id. Leaving early cancels the runs
+        still going; the comparison is stored with them as cancelled."""
+        specs = comparison_specs(model_names, test_prompt, options)
+        return stream_comparison(self._groups, specs, test_prompt, save_output)

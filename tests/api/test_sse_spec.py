@@ -1,6 +1,6 @@
 """The event streams as the spec describes them: each event of a real stream matches its
 `x-sse-item-schema` (the event) and its `x-sse-events` entry (the JSON in `data`), for the
-streams of runs, jobs, batch jobs and pulls. (OpenAPI 3.1 has no place of its own for a
+streams of runs, comparisons, jobs, batch jobs and pulls. (OpenAPI 3.1 has no place of its own for a
 stream's events: see app/api/openapi.py.)"""
 
 from __future__ import annotations
@@ -48,6 +48,16 @@ async def test_streams_match_their_event_schemas(client: httpx.AsyncClient) -> N
     assert check_stream("/gateway/generate/stream", "post", generated.text) == {
         "chunk",
         "result",
+    }
+
+    compared = await client.post(
+        "/gateway/comparisons/stream",
+        json={"models": ["llama3.1:8b", "qwen2.5:0.5b"], "prompt": "x"},
+    )
+    assert check_stream("/gateway/comparisons/stream", "post", compared.text) == {
+        "chunk",
+        "run",
+        "comparison",
     }
 
     batch = await client.post(

@@ -126,6 +126,12 @@ def test_a_comparison_of_two_models_fills_both_columns_and_its_chart(
         assert charts.nth(i).locator("canvas").count() == 1
     rows = page.get_by_role("table", name="Each model's answer").locator("tbody tr")
     assert rows.count() == 2
+    stored = page.get_by_text("Stored as comparison ").text_content() or ""
+    comparison_id = stored.removeprefix("Stored as comparison ").rstrip(".")
+    with console.api(console.user_key) as api:
+        kept = api.get(f"/gateway/comparisons/{comparison_id}")
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["models"] == ["llama3.1:8b", "qwen2.5:0.5b"]
     screenshot(page, "compare")
 
 

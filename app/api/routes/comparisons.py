@@ -6,15 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
 
 from app.api.auth import UserDep
-from app.api.bodies import comparison_body
+from app.api.bodies import comparison_body, comparison_stream_body
 from app.api.deps import RunnerDep, ServicesDep
 from app.api.errors import RUN_ERRORS
 from app.api.reports import add_report_routes
 from app.api.routes.jobs import JOB_STARTED, job_started, owner_name, runs_in_background
 from app.api.schemas.common import execution_options
-from app.api.schemas.runs import ComparisonRequest, ReportOut
+from app.api.schemas.runs import ComparisonRequest, ComparisonStreamRequest, ReportOut
+from app.api.streaming import COMPARISON_SSE_RESPONSES, comparison_stream_response
 from app.ollama.metadata import group_id_of
 
 router = APIRouter(prefix="/gateway/comparisons", tags=["comparisons"])
@@ -43,6 +45,28 @@ async def run_comparison(
         return job_started(job)
     report = await runner.acreate_model_comparison(body.models, body.prompt, options)
     return ReportOut(id=group_id_of(report["results"].values()), report=report)
+
+
+@router.post(
+    "/stream",
+    operation_id="stream_comparison",
+    response_class=EventSourceResponse,
+    responses={**RUN_ERRORS, **COMPARISON_SSE_RESPONSES},
+)
+async def stream_comparison(
+    body: Annotated[ComparisonStreamRequest, Depends(comparison_stream_body)],
+    runner: RunnerDep,
+    services: ServicesDep,
+) -> EventSourceResponse:
+    """Run the prompt on every model at once and stream their answers side by side as
+    server-sent events: `chunk` events naming their model, a `run` event as each model's
+    run ends, then the stored report (`comparison`, as `POST /gateway/comparisons` returns
+    it). Its runs are interactive: they do not wait behind other requests as a
+    comparison's runs from `POST /gateway/comparisons` do. A client that leaves cancels
+    the runs still going; the comparison is stored with them as cancelled."""
+    options = execution_options(body.options)
+    events = runner.async_comparison_stream(body.models, body.prompt, options)
+    return comparison_stream_response(events, services.shutdown)
 
 
 add_report_routes(

@@ -143,7 +143,9 @@ class BenchmarkRequest(Schema):
     background: StrictBool | None = REPORT_BACKGROUND
 
 
-class ComparisonRequest(Schema):
+class ComparisonStreamRequest(Schema):
+    """A comparison streamed as it runs (every model at once)."""
+
     models: list[Annotated[str, Field(max_length=512, pattern=MODEL_NAME_PATTERN)]] = Field(
         min_length=1,
         max_length=8,
@@ -160,7 +162,18 @@ class ComparisonRequest(Schema):
 
     prompt: str = PROMPT
     options: OptionsIn | None = None
+
+
+class ComparisonRequest(ComparisonStreamRequest):
+    """A comparison: the prompt on each model in turn, one report."""
+
     background: StrictBool | None = REPORT_BACKGROUND
+
+
+class ModelChunkEvent(ChunkEvent):
+    """`event: chunk` of a streamed comparison: a piece of one model's answer."""
+
+    model: str = Field(description="The model whose answer this piece continues.")
 
 
 class ReportOut(BaseModel):

@@ -519,6 +519,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/gateway/comparisons/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stream Comparison
+         * @description Run the prompt on every model at once and stream their answers side by side as
+         *     server-sent events: `chunk` events naming their model, a `run` event as each model's
+         *     run ends, then the stored report (`comparison`, as `POST /gateway/comparisons` returns
+         *     it). Its runs are interactive: they do not wait behind other requests as a
+         *     comparison's runs from `POST /gateway/comparisons` do. A client that leaves cancels
+         *     the runs still going; the comparison is stored with them as cancelled.
+         */
+        post: operations["stream_comparison"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/gateway/comparisons/{comparison_id}": {
         parameters: {
             query?: never;
@@ -1271,7 +1296,10 @@ export interface components {
              */
             days_old: number;
         };
-        /** ComparisonRequest */
+        /**
+         * ComparisonRequest
+         * @description A comparison: the prompt on each model in turn, one report.
+         */
         ComparisonRequest: {
             /**
              * Models
@@ -1290,6 +1318,24 @@ export interface components {
              * @description Run as a job (202, follow `/gateway/jobs/{id}/events`) or wait for the report (201). Default: a job when there are more runs than GATEWAY_BATCH_SYNC_MAX.
              */
             background?: boolean | null;
+        };
+        /**
+         * ComparisonStreamRequest
+         * @description A comparison streamed as it runs (every model at once).
+         */
+        ComparisonStreamRequest: {
+            /**
+             * Models
+             * @description The models to compare, each once.
+             */
+            models: string[];
+            /**
+             * Prompt
+             * @description The prompt text.
+             * @example Explain recursion in one paragraph.
+             */
+            prompt: string;
+            options?: components["schemas"]["OptionsIn"] | null;
         };
         /** ConfigExport */
         ConfigExport: {
@@ -2341,6 +2387,17 @@ export interface components {
             retry?: number;
         };
         /**
+         * ComparisonEvent
+         * @description One server-sent event; `data` is JSON: `chunk` → ModelChunkEvent, `run` → ResultOut, `comparison` → ReportOut, `error` → ErrorEvent.
+         */
+        ComparisonEvent: {
+            /** @enum {string} */
+            event?: "chunk" | "run" | "comparison" | "error";
+            data: string;
+            id?: string;
+            retry?: number;
+        };
+        /**
          * ChunkEvent
          * @description `event: chunk` of a streamed run.
          */
@@ -2354,6 +2411,26 @@ export interface components {
              * @default null
              */
             thinking: string | null;
+        };
+        /**
+         * ModelChunkEvent
+         * @description `event: chunk` of a streamed comparison: a piece of one model's answer.
+         */
+        ModelChunkEvent: {
+            /** Content */
+            content: string;
+            /** Index */
+            index: number;
+            /**
+             * Thinking
+             * @default null
+             */
+            thinking: string | null;
+            /**
+             * Model
+             * @description The model whose answer this piece continues.
+             */
+            model: string;
         };
         /**
          * ErrorEvent
@@ -5411,6 +5488,129 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["JobOut"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The model is not installed. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The backend failed. */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No backend is available, or the database does not answer and the spool that keeps results meanwhile is full; retry later (`Retry-After`). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The run timed out. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    stream_comparison: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ComparisonStreamRequest"];
+            };
+        };
+        responses: {
+            /** @description Server-sent events: `chunk` events (ModelChunkEvent: a piece of one model's answer, all models at once), one `run` event per model when its run ends (ResultOut; its `id` is in the `comparison` event's report), then one `comparison` event (ReportOut: the stored report), or an `error` event (ErrorEvent) when the gateway shuts down or cannot keep the report. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": unknown;
                 };
             };
             /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */

@@ -1,6 +1,7 @@
 // Compare: one prompt on 2-4 models at once, each answer streamed in its own column
-// (POST /gateway/generate/stream per model, all at the same time), then a table and a bar
-// chart of TTFT, tokens/s and tokens.
+// (one POST /gateway/comparisons/stream: every model's pieces as they come, a `run` event
+// as each ends, then the stored comparison), then a table and a bar chart of TTFT,
+// tokens/s and tokens.
 import type { Schemas } from "../api/client";
 import { barChart, type Chart } from "../charts";
 import { fmt, h, field, replace } from "../dom";
@@ -14,35 +15,54 @@ interface Column {
   model: string;
   answer: HTMLElement;
   stats: HTMLElement;
+  text: string;
+  firstAt: number | null;
   timing: Timing | null;
   error: string | null;
 }
 
-async function runColumn(column: Column, prompt: string, signal: AbortSignal): Promise<void> {
+/** Stream the comparison into `columns`; the stored comparison's id, if it was stored. */
+async function runColumns(columns: Column[], prompt: string, signal: AbortSignal): Promise<string | null> {
   const started = performance.now();
-  let firstAt: number | null = null;
-  let text = "";
+  const byModel = new Map(columns.map((c) => [c.model, c]));
+  let stored: string | null = null;
   try {
-    for await (const ev of streamPost("/gateway/generate/stream", { model: column.model, prompt }, signal)) {
+    const models = columns.map((c) => c.model);
+    for await (const ev of streamPost("/gateway/comparisons/stream", { models, prompt }, signal)) {
       if (ev.event === "chunk") {
-        const chunk = JSON.parse(ev.data) as Schemas["ChunkEvent"];
-        if (firstAt === null && chunk.content) firstAt = performance.now();
-        text += chunk.content;
-        column.answer.textContent = text;
-      } else if (ev.event === "result") {
+        const chunk = JSON.parse(ev.data) as Schemas["ModelChunkEvent"];
+        const column = byModel.get(chunk.model);
+        if (!column) continue;
+        if (column.firstAt === null && chunk.content) column.firstAt = performance.now();
+        column.text += chunk.content;
+        column.answer.textContent = column.text;
+      } else if (ev.event === "run") {
         const result = JSON.parse(ev.data) as Schemas["ResultOut"];
-        column.answer.textContent = result.response;
-        column.timing = timingOf(result, started, firstAt);
-        column.stats.textContent = timingText(column.timing);
+        const column = byModel.get(result.model_name);
+        if (!column) continue;
+        if (result.success) {
+          column.answer.textContent = result.response;
+          column.timing = timingOf(result, started, column.firstAt);
+          column.stats.textContent = timingText(column.timing);
+        } else {
+          column.error = result.error_message ?? "failed";
+        }
+      } else if (ev.event === "comparison") {
+        stored = (JSON.parse(ev.data) as Schemas["ReportOut"]).id;
       } else if (ev.event === "error") {
         const error = JSON.parse(ev.data) as Schemas["ErrorEvent"];
-        column.error = `${error.code}: ${error.message}`;
+        for (const column of columns) column.error ??= `${error.code}: ${error.message}`;
       }
     }
   } catch (error) {
-    column.error = signal.aborted ? "stopped" : (error as Error).message;
+    for (const column of columns) {
+      if (!column.timing) column.error ??= signal.aborted ? "stopped" : (error as Error).message;
+    }
   }
-  if (column.error) column.stats.textContent = `failed: ${column.error}`;
+  for (const column of columns) {
+    if (column.error) column.stats.textContent = `failed: ${column.error}`;
+  }
+  return stored;
 }
 
 export const comparePage: Page = {
@@ -82,6 +102,8 @@ export const comparePage: Page = {
             model,
             answer: h("div", { class: "answer", "data-testid": "answer" }),
             stats: h("p", { class: "stats" }, "streaming…"),
+            text: "",
+            firstAt: null,
             timing: null,
             error: null,
           }));
@@ -92,7 +114,7 @@ export const comparePage: Page = {
           controller = new AbortController();
           send.disabled = true;
           stop.disabled = false;
-          await Promise.all(cols.map((c) => runColumn(c, text, (controller as AbortController).signal)));
+          const stored = await runColumns(cols, text, controller.signal);
           controller = null;
           send.disabled = false;
           stop.disabled = true;
@@ -115,6 +137,7 @@ export const comparePage: Page = {
           replace(
             summary,
             h("h2", {}, "Summary"),
+            h("p", {}, stored ? `Stored as comparison ${stored}.` : "Not stored."),
             table("Each model's answer", ["Model", "TTFT (s)", "Tokens/s", "Tokens", "Outcome"], rows),
             h("div", { class: "charts" }, charts.map((c) => c.el)),
           );
