@@ -8,6 +8,8 @@ lives in one place.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from app.ollama.errors import InvalidRequest
 
 __all__ = ["model_key", "normalize_model_name", "same_model"]
@@ -48,6 +50,15 @@ def normalize_model_name(name: str) -> str:
 
 def model_key(name: str) -> str:
     """A key equal for every spelling of the same model (normalised and case-folded)."""
+    if not isinstance(name, str):  # what a JSON body holds may be anything
+        raise InvalidRequest(f"model name must be a string, got {type(name).__name__}")
+    return _key(name)
+
+
+@lru_cache(maxsize=4096)
+def _key(name: str) -> str:
+    """`model_key`, remembered for the most recent 4,096 names: the pool matches every
+    installed name of every backend against each request's model."""
     return normalize_model_name(name).casefold()
 
 

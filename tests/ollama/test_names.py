@@ -41,3 +41,11 @@ def test_empty_names_are_rejected(bad: str) -> None:
 
 def test_same_model_is_false_rather_than_raising_for_an_empty_name() -> None:
     assert not same_model("", "llama3.1")
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["llama3.1"], {"name": "llama3.1"}])
+def test_a_name_that_is_not_a_string_is_refused_not_a_crash(bad: object) -> None:
+    # What a JSON body holds may be anything; the remembered keys take strings only.
+    with pytest.raises(ValueError, match="must be a string"):
+        model_key(bad)  # type: ignore[arg-type]
+    assert not same_model(bad, "llama3.1")  # type: ignore[arg-type]
