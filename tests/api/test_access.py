@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from tests.api.conftest import gateway_settings
+from tests.api.conftest import gateway_settings, sse_events
 from tests.support.databases import fresh_pg_database
 from tests.support.servers import free_port, running_process, serving_in_thread
 
@@ -260,6 +261,27 @@ def test_user_keys_read_only_their_own_results(keyed: tuple[str, str]) -> None:
     assert httpx.get(f"{url}/gateway/results/{mine}", headers=bearer(alice)).status_code == 200
     everything = httpx.get(f"{url}/gateway/results", headers=bearer(admin)).json()["items"]
     assert {r["principal"] for r in everything} == {"alice", "bob"}
+
+
+def test_a_streamed_comparison_is_its_callers_and_keeps_to_its_model_allowlist(
+    keyed: tuple[str, str],
+) -> None:
+    url, admin = keyed
+    alice = create_key(url, admin, name="alice", models=["llama3*", "qwen*"])
+    bob = create_key(url, admin, name="bob", models=["llama3*"])
+    body = {"models": ["llama3.1:8b", "qwen2.5:0.5b"], "prompt": "hi"}
+    stream = f"{url}/gateway/comparisons/stream"
+    reply = httpx.post(stream, json=body, headers=bearer(alice), timeout=30)
+    assert reply.status_code == 200, reply.text
+    (report,) = [json.loads(d) for name, d in sse_events(reply.text) if name == "comparison"]
+    mine = f"{url}/gateway/comparisons/{report['id']}"
+    stored = httpx.get(mine, headers=bearer(alice), timeout=10)
+    assert stored.status_code == 200 and stored.json()["principal"] == "alice"
+    assert {r["principal"] for r in stored.json()["runs"]} == {"alice"}
+    assert httpx.get(mine, headers=bearer(bob), timeout=10).status_code == 404
+    assert httpx.get(mine, headers=bearer(admin), timeout=10).status_code == 200
+    refused = httpx.post(stream, json=body, headers=bearer(bob), timeout=10)
+    assert refused.status_code == 403 and "qwen2.5:0.5b" in refused.json()["detail"]
 
 
 def test_the_audit_log_has_allowed_and_denied_calls_but_no_prompts(

@@ -135,6 +135,39 @@ def test_a_comparison_of_two_models_fills_both_columns_and_its_chart(
     screenshot(page, "compare")
 
 
+def test_stop_during_a_comparison_keeps_it_with_its_runs_cancelled(
+    page: Any, console: Console
+) -> None:
+    set_delays(console.emulator, token_ms=80)
+    sign_in(page, console, console.user_key)
+    page.get_by_role("link", name="Compare", exact=True).click()
+    page.get_by_label("llama3.1:8b").check()
+    page.get_by_label("qwen2.5:0.5b").check()
+    page.get_by_label("Prompt").fill("A long answer, please.")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=answer]')]"
+        ".every((a) => (a.textContent ?? '').length > 5)"
+    )
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped: the gateway keeps the comparison").wait_for()
+    for model in ("llama3.1:8b", "qwen2.5:0.5b"):
+        column = page.get_by_role("article", name=f"Answer from {model}")
+        assert "failed: stopped" in (column.locator(".stats").text_content() or "")
+    deadline = time.monotonic() + 10
+    with console.api(console.user_key) as api:
+        while True:
+            listed = api.get("/gateway/comparisons", params={"limit": 1}).json()["items"]
+            if listed or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert listed, "the stopped comparison was not stored"
+        kept = api.get(f"/gateway/comparisons/{listed[0]['id']}").json()
+    failures = kept["report"]["summary"]["failures"]
+    assert failures == dict.fromkeys(kept["models"], "cancelled before the run finished")
+    assert page.get_by_role("button", name="Compare", exact=True).is_enabled()
+
+
 def test_a_benchmark_job_shows_progress_then_its_plots(page: Any, console: Console) -> None:
     set_delays(console.emulator, token_ms=25)
     sign_in(page, console, console.admin_key)

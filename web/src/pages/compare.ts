@@ -114,8 +114,14 @@ export const comparePage: Page = {
           controller = new AbortController();
           send.disabled = true;
           stop.disabled = false;
-          const stored = await runColumns(cols, text, controller.signal);
+          const signal = controller.signal;
+          const stored = await runColumns(cols, text, signal);
           controller = null;
+          const outcome = stored
+            ? `Stored as comparison ${stored}.`
+            : signal.aborted
+              ? "Stopped: the gateway keeps the comparison with its unfinished runs cancelled."
+              : "Not stored.";
           send.disabled = false;
           stop.disabled = true;
           const rows = cols.map((c) => [
@@ -137,7 +143,7 @@ export const comparePage: Page = {
           replace(
             summary,
             h("h2", {}, "Summary"),
-            h("p", {}, stored ? `Stored as comparison ${stored}.` : "Not stored."),
+            h("p", {}, outcome),
             table("Each model's answer", ["Model", "TTFT (s)", "Tokens/s", "Tokens", "Outcome"], rows),
             h("div", { class: "charts" }, charts.map((c) => c.el)),
           );
