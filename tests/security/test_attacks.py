@@ -42,6 +42,7 @@ BAD_TEXT_REQUESTS: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("gateway", "/gateway/benchmarks", {"model": LLAMA, "test_prompts": ["{}"]}, "test_prompts.0"),
     ("gateway", "/gateway/comparisons", {"models": [LLAMA], "prompt": "{}"}, "prompt"),
+    ("gateway", "/gateway/comparisons/stream", {"models": [LLAMA], "prompt": "{}"}, "prompt"),
     (
         "gateway",
         "/gateway/generate",
@@ -279,6 +280,7 @@ LIBRARY_WORDS = ("TransferEncodingError", "payload", "aiohttp", "httpx", "Traceb
         ("/api/chat", {"model": LLAMA, "messages": [{"role": "user", "content": "hi"}]}),
         ("/gateway/generate/stream", {"model": LLAMA, "prompt": "hello"}),
         ("/gateway/generate", {"model": LLAMA, "prompt": "hello"}),
+        ("/gateway/comparisons/stream", {"models": [LLAMA, QWEN], "prompt": "hello"}),
         (
             "/v1/chat/completions",
             {"model": LLAMA, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
