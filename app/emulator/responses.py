@@ -90,25 +90,39 @@ async def stream_objects(
 ) -> None:
     """Send each object as an NDJSON line as it comes; after `cut_after` lines, drop the
     connection instead (the `cut_after_chunks` fault). An `OllamaError` raised once the
-    stream has started ends it as Ollama does: with an `{"error": ...}` line."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", NDJSON_TYPE)],
-        }
-    )
+    stream has started ends it as Ollama does: with an `{"error": ...}` line.
+
+    The status and headers go out with the first line, as Go's `net/http` sends them on
+    the first write: a client waits for them through the model's load and the prompt's
+    evaluation, as it does with Ollama."""
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", NDJSON_TYPE)],
+    }
+    if cut_after == 0:
+        await send(start)
+        raise CutConnection("emulated connection cut after 0 chunks")
     sent = 0
+    started = False
     try:
         async for obj in objects:
             if cut_after is not None and sent >= cut_after:
                 raise CutConnection(f"emulated connection cut after {sent} chunks")
             line = dumps(obj) + b"\n"
+            if not started:
+                await send(start)
+                started = True
             await send({"type": "http.response.body", "body": line, "more_body": True})
             sent += 1
     except OllamaError as exc:
         line = dumps({"error": exc.message}) + b"\n"
+        if not started:
+            await send(start)
+            started = True
         await send({"type": "http.response.body", "body": line, "more_body": True})
+    if not started:
+        await send(start)
     await send({"type": "http.response.body", "body": b""})
 
 
