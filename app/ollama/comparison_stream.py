@@ -1,5 +1,6 @@
 """A model comparison streamed as it runs: every model's run at once, their pieces as they
-come, then the comparison report, stored with its runs as `GroupRuns.compare` stores one.
+come, then the comparison report, stored with its runs as `GroupRuns.compare` stores one
+(`GroupRuns.report_comparison`).
 
 The runs are interactive (someone watches them): they do not wait behind other requests as
 a comparison's runs from `POST /gateway/comparisons` or a job do. They read their backends
@@ -18,7 +19,7 @@ from typing import Any
 
 from app.ollama._execution import RunSpec
 from app.ollama.executor import STREAM_BUFFER, ChunkBuffer
-from app.ollama.groups import GroupRuns, comparison_report
+from app.ollama.groups import GroupRuns
 from app.ollama.types import ModelExecutionResult, StreamingChunk
 
 __all__ = ["ComparisonDone", "ComparisonEvent", "ModelChunk", "stream_comparison"]
@@ -79,21 +80,12 @@ async def stream_comparison(
             if not run.cancelled() and (error := run.exception()) is not None:
                 raise error  # a programming error: no result to report
         ordered = {spec.model: results[spec.model] for spec in specs}
-        comparison = comparison_report(test_prompt, ordered)
-        report_id = None
-        if save_output:
-            stored = list(ordered.values())
-            report_id = await groups.save_report(
-                lambda store: store.asave_model_comparison(comparison, results=stored),
-                stored,
-                kind="comparison",
-            )
-            comparison["results"] = {n: r.to_dict() for n, r in ordered.items()}  # with ids
-        return comparison, report_id
+        return await groups.report_comparison(test_prompt, ordered, save_output)
 
     collector = asyncio.create_task(collect())
-    groups.executor.unwatched.add(collector)  # held until it ends, also when the caller leaves
-    collector.add_done_callback(_forget(groups))
+    unwatched = groups.executor.unwatched
+    unwatched.add(collector)  # held until it ends, also when the caller leaves
+    collector.add_done_callback(_forget(unwatched))
     left = True
     try:
         while (piece := await buffer.get()) is not None:
@@ -107,9 +99,9 @@ async def stream_comparison(
     yield ComparisonDone(report, report_id)
 
 
-def _forget(groups: GroupRuns) -> Callable[[asyncio.Task[Any]], None]:
+def _forget(unwatched: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
     def forget(task: asyncio.Task[Any]) -> None:
-        groups.executor.unwatched.discard(task)
+        unwatched.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             logger.error("a streamed comparison was not stored: %r", error)
 

@@ -194,7 +194,7 @@ class GroupRuns:
             results = list(await asyncio.gather(*(one(i, s) for i, s in enumerate(specs))))
         if save_output and results:
             name = batch_name or f"batch-{specs[0].model}-{time.strftime('%Y%m%d-%H%M%S')}"
-            await self.save_report(
+            await self._save(
                 lambda store: store.asave_batch_results(results, name), results, kind="batch"
             )
         return results
@@ -212,7 +212,7 @@ class GroupRuns:
                 results.append(await self.executor.execute(spec, save_output=False))
         report = benchmark_report(model_name, specs, results, time.perf_counter() - started)
         if save_output:
-            await self.save_report(
+            await self._save(
                 lambda store: store.asave_benchmark_report(report, model_name, results=results),
                 results,
                 kind="benchmark",
@@ -229,19 +229,27 @@ class GroupRuns:
         with as_batch():
             for spec in specs:
                 results[spec.model] = await self.executor.execute(spec, save_output=False)
+        comparison, _ = await self.report_comparison(test_prompt, results, save_output)
+        return comparison
+
+    async def report_comparison(
+        self, test_prompt: str, results: dict[str, ModelExecutionResult], save_output: bool
+    ) -> tuple[dict[str, Any], str | None]:
+        """The comparison report of `results` (model -> run, in the models' order) and,
+        when `save_output`, its stored id (its runs stored with it, their ids in it)."""
         comparison = comparison_report(test_prompt, results)
+        report_id = None
         if save_output:
             runs = list(results.values())
-            await self.save_report(
+            report_id = await self._save(
                 lambda store: store.asave_model_comparison(comparison, results=runs),
                 runs,
                 kind="comparison",
             )
             comparison["results"] = {n: r.to_dict() for n, r in results.items()}  # with ids
-        return comparison
+        return comparison, report_id
 
-    async def save_report(
+    async def _save(
         self, save: SaveReport, results: list[ModelExecutionResult], *, kind: str
     ) -> str | None:
-        """Store a group's report with its runs (`save_group`): its id, or None."""
         return await save_group(self._store(), save, results, kind=kind)
