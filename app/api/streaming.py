@@ -98,18 +98,30 @@ async def _events(
                 )
                 yield _event("chunk", payload.model_dump(exclude_none=True))
             chunk = await anext(chunks)
-    except ShuttingDown:
-        error = ErrorEvent(code="shutting_down", message=SHUTTING_DOWN)
-        yield _event("error", error.model_dump())
-    except DatabaseUnavailable:  # the spool is full: the run is done but cannot be kept
-        error = ErrorEvent(code="database_unavailable", message=SPOOL_FULL)
-        yield _event("error", error.model_dump())
+    except (ShuttingDown, DatabaseUnavailable) as stopped:
+        yield _interrupted(stopped)
     finally:
         first.cancel()
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        await _close(rest)
+
+
+def _interrupted(stopped: ShuttingDown | DatabaseUnavailable) -> ServerSentEvent:
+    """The `error` event ending a stream the gateway stopped: its shutdown grace ran out,
+    or the database does not answer and the spool is full (the run is done but cannot be
+    kept)."""
+    if isinstance(stopped, ShuttingDown):
+        error = ErrorEvent(code="shutting_down", message=SHUTTING_DOWN)
+    else:
+        error = ErrorEvent(code="database_unavailable", message=SPOOL_FULL)
+    return _event("error", error.model_dump())
+
+
+async def _close(items: AsyncIterator[Any]) -> None:
+    """Close an async iterator the stream read (its own cleanup runs now), quietly."""
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 async def first_chunk(chunks: AsyncIterator[StreamingChunk]) -> asyncio.Future[StreamingChunk]:
@@ -179,17 +191,10 @@ async def _comparison_events(
                     thinking=chunk.thinking,
                 )
                 yield _event("chunk", piece.model_dump(exclude_none=True))
-    except ShuttingDown:
-        error = ErrorEvent(code="shutting_down", message=SHUTTING_DOWN)
-        yield _event("error", error.model_dump())
-    except DatabaseUnavailable:
-        error = ErrorEvent(code="database_unavailable", message=SPOOL_FULL)
-        yield _event("error", error.model_dump())
+    except (ShuttingDown, DatabaseUnavailable) as stopped:
+        yield _interrupted(stopped)
     finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        await _close(events)
 
 
 def comparison_stream_response(
