@@ -103,27 +103,25 @@ async def stream_objects(
     if cut_after == 0:
         await send(start)
         raise CutConnection("emulated connection cut after 0 chunks")
-    sent = 0
     started = False
+
+    async def write(body: bytes, *, more: bool = True) -> None:
+        nonlocal started
+        if not started:  # the headers go out with the first write
+            await send(start)
+            started = True
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    sent = 0
     try:
         async for obj in objects:
             if cut_after is not None and sent >= cut_after:
                 raise CutConnection(f"emulated connection cut after {sent} chunks")
-            line = dumps(obj) + b"\n"
-            if not started:
-                await send(start)
-                started = True
-            await send({"type": "http.response.body", "body": line, "more_body": True})
+            await write(dumps(obj) + b"\n")
             sent += 1
     except OllamaError as exc:
-        line = dumps({"error": exc.message}) + b"\n"
-        if not started:
-            await send(start)
-            started = True
-        await send({"type": "http.response.body", "body": line, "more_body": True})
-    if not started:
-        await send(start)
-    await send({"type": "http.response.body", "body": b""})
+        await write(dumps({"error": exc.message}) + b"\n")
+    await write(b"", more=False)
 
 
 # -- generate and chat replies -----------------------------------------------------------
