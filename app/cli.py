@@ -1,4 +1,4 @@
-"""The `ollama-gateway` command: serve, worker, keys, migrate, emulator, openapi."""
+"""The `ollama-gateway` command: serve, worker, keys, usage, migrate, emulator, openapi."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -51,12 +53,13 @@ def serve(
             min=1, max=64, help="Server processes on the one port (default GATEWAY_WORKERS)."
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="The HTTP server: uvicorn or granian (default GATEWAY_SERVER, uvicorn)."),
+    ] = None,
 ) -> None:
-    """Run the gateway under uvicorn."""
-    import uvicorn
-
-    from app.logging_setup import log_config
-    from app.main import create_app
+    """Run the gateway under uvicorn (or granian)."""
+    from app.observability.logging_setup import log_config
     from app.settings import Settings
     from app.storage.migrations import SchemaOutOfDate, ensure_schema
 
@@ -78,12 +81,35 @@ def serve(
         raise typer.Exit(2)
     with contextlib.ExitStack() as stack:
         if local_model:
-            url = stack.enter_context(_local_model_backend(gguf))
+            from app.local.local_model import (
+                LocalModelError,
+                check_local_model,
+                local_model_backend,
+            )
+
+            try:
+                typer.echo(check_local_model(gguf), err=True)
+                url = stack.enter_context(local_model_backend(gguf))
+            except LocalModelError as exc:
+                typer.echo(f"Error: {exc}", err=True)
+                raise typer.Exit(1) from exc
             settings.backends = [f"local={url}"]
+            settings.local_model_url = url
             typer.echo(f"local model served by the emulator at {url}", err=True)
         if workers is not None:
             settings.workers = workers
+        if server is not None:
+            if server not in ("uvicorn", "granian"):
+                typer.echo(f"Error: --server must be uvicorn or granian, not {server!r}", err=True)
+                raise typer.Exit(2)
+            settings.server = cast(Any, server)
+        _clear_drain(settings.drain_path())  # a drain of an earlier process is not ours
         _welcome(settings)
+        if settings.server == "granian":
+            _serve_granian(settings)
+            return
+        import uvicorn
+
         options: dict[str, Any] = {
             "host": settings.host,
             "port": settings.port,
@@ -94,16 +120,135 @@ def serve(
             "timeout_graceful_shutdown": int(settings.shutdown_grace + settings.shutdown_drain) + 5,
         }
         if settings.workers == 1:
+            from app.main import create_app
+
             uvicorn.run(create_app(settings), **options)
             return
         # Each worker process builds its app from the environment.
-        os.environ.update(
-            GATEWAY_HOST=settings.host,
-            GATEWAY_PORT=str(settings.port),
-            GATEWAY_BACKENDS=",".join(settings.backends),
-        )
+        _export(settings)
         with _metrics_directory():
             uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **options)
+
+
+def _export(settings: Settings) -> None:
+    """What `serve` changed, for the processes that build their app from the environment."""
+    os.environ.update(
+        GATEWAY_HOST=settings.host,
+        GATEWAY_PORT=str(settings.port),
+        GATEWAY_BACKENDS=",".join(settings.backends),
+        GATEWAY_SERVER=settings.server,
+    )
+    if settings.local_model_url:
+        os.environ["GATEWAY_LOCAL_MODEL_URL"] = settings.local_model_url
+
+
+def _serve_granian(settings: Settings) -> None:
+    """granian's worker processes (one or more, forked: nothing here may have imported the
+    app, whose metrics choose their multiprocess mode at import) each build the app from
+    the environment.
+    granian's own SIGTERM stops listening at once; here the first SIGTERM drains first, as
+    `ollama-gateway drain` does (unless a drain ran already: Kubernetes' preStop), then
+    hands over to granian. SIGINT (Ctrl-C) and a second SIGTERM stop at once."""
+    import signal
+    import threading
+
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    from app.observability.logging_setup import log_config
+
+    class DrainingServer(Server):  # type: ignore[misc,valid-type]
+        draining = False
+
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            stop = super().signal_handler_interrupt
+            if self.draining or not args or args[0] != signal.SIGTERM:
+                stop(*args, **kwargs)
+                return
+            self.draining = True
+            if settings.drain_path().exists():  # drained already: nothing to wait for
+                stop(*args, **kwargs)
+                return
+
+            def drain_then_stop() -> None:
+                _drain(settings)
+                stop(*args, **kwargs)
+
+            threading.Thread(target=drain_then_stop, name="drain", daemon=True).start()
+
+    _export(settings)
+    with _metrics_directory() if settings.workers > 1 else contextlib.nullcontext():
+        DrainingServer(
+            "app.main:create_app",
+            address=settings.host,
+            port=settings.port,
+            interface=Interfaces.ASGI,
+            workers=settings.workers,
+            loop=Loops.auto,  # uvloop, as uvicorn uses
+            factory=True,
+            log_level=LogLevels(settings.log_level),
+            log_dictconfig=log_config(settings.log_format, settings.log_level),
+            log_access=False,
+            # the app ends what is left at the grace itself; this is only the backstop
+            workers_kill_timeout=int(settings.shutdown_grace + settings.shutdown_drain) + 5,
+        ).serve()
+
+
+def _clear_drain(path: Path) -> None:
+    from app.api.common.shutdown import in_flight_reports
+
+    path.unlink(missing_ok=True)
+    for pid in in_flight_reports(path):
+        path.with_name(f"{path.name}.{pid}").unlink(missing_ok=True)
+
+
+@cli.command()
+def drain(
+    port: Annotated[
+        int | None, typer.Option(help="The port `serve` listens on (default GATEWAY_PORT).")
+    ] = None,
+) -> None:
+    """Drain the gateway serving this port on this machine, before stopping it: /readyz
+    answers 503 at once (a load balancer stops sending), and this returns when the requests
+    and streams in flight have finished (at most GATEWAY_SHUTDOWN_DRAIN +
+    GATEWAY_SHUTDOWN_GRACE seconds). Then SIGTERM ends the server at once, whichever it is.
+    Kubernetes' preStop runs it; `serve` undoes it when it starts again."""
+    from app.settings import Settings
+
+    settings = Settings()
+    if port is not None:
+        settings.port = port
+    typer.echo(f"draining port {settings.port} ({settings.drain_path()})", err=True)
+    took, processes, left = _drain(settings)
+    typer.echo(
+        f"drained in {took:.1f} s: {processes} process(es), {left} request(s) still in flight",
+        err=True,
+    )
+
+
+def _drain(settings: Settings) -> tuple[float, int, int]:
+    """Create the drain file, let a load balancer see /readyz fail for
+    GATEWAY_SHUTDOWN_DRAIN seconds, then wait (within the grace) until no process serving
+    the port has a request in flight: (seconds taken, processes, requests left)."""
+    import time
+
+    from app.api.common.shutdown import DRAIN_POLL_SECONDS, in_flight_reports
+
+    path = settings.drain_path()
+    started = time.monotonic()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{datetime.now(UTC).isoformat()}\n")
+    # Every process sees the file within a poll; the load balancer needs its checks.
+    time.sleep(max(settings.shutdown_drain, 3 * DRAIN_POLL_SECONDS))
+    deadline = started + settings.shutdown_drain + settings.shutdown_grace
+    reports = in_flight_reports(path)
+    while time.monotonic() < deadline:
+        reports = in_flight_reports(path)
+        if not any(reports.values()):
+            break
+        time.sleep(DRAIN_POLL_SECONDS / 2)
+    return time.monotonic() - started, len(reports), sum(reports.values())
 
 
 def _welcome(settings: Settings) -> None:
@@ -156,7 +301,7 @@ def worker() -> None:
     or Ctrl-C; a job it was running is taken over by another worker."""
     import logging.config
 
-    from app.logging_setup import log_config
+    from app.observability.logging_setup import log_config
     from app.settings import Settings
     from app.storage.migrations import SchemaOutOfDate, ensure_schema
 
@@ -175,13 +320,14 @@ def worker() -> None:
 
 
 async def _work(settings: Settings) -> None:
-    from app import telemetry, telemetry_setup
     from app.main import build_services
+    from app.observability import telemetry, telemetry_setup
 
     telemetry_setup.configure(trace_content=settings.trace_content)
     services = build_services(settings)
     jobs, manager = services.jobs, services.manager
     with telemetry.suppressed():  # polling makes no trace; each job continues its own
+        services.quotas.start()
         await jobs.start(run_jobs=False)
         tasks: list[asyncio.Task[Any]] = [
             asyncio.create_task(jobs.work(), name="jobs"),
@@ -202,59 +348,11 @@ async def _work(settings: Settings) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await jobs.aclose()
+        await services.quotas.aclose()
+        await services.fleet.aclose()
         await manager.aclose()
         await services.outputs.aclose()
         telemetry_setup.shutdown()
-
-
-def _end_with_parent() -> None:
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@contextlib.contextmanager
-def _local_model_backend(gguf: str | None) -> Iterator[str]:
-    """The engine-backed emulator as a child process on a free loopback port."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    args = [sys.executable, "-m", "app.cli", "emulator", "--engine", "llama-cpp",
-            "--port", str(port)]  # fmt: skip
-    if gguf:
-        args += ["--gguf", gguf]
-    # uvicorn re-raises the signal that stopped it, so a `finally` may never run: the
-    # child is also told to end when this process does (Linux's parent-death signal).
-    child = subprocess.Popen(args, preexec_fn=_end_with_parent)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if child.poll() is not None:
-                raise typer.Exit(1)  # it said why on stderr
-            try:
-                with urllib.request.urlopen(url + "/api/version", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    typer.echo("Error: the local model did not start within 120 s", err=True)
-                    raise typer.Exit(1) from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
 
 
 def ensure_admin_key(settings: Settings) -> None:
@@ -301,6 +399,7 @@ def exposure_refusal(settings: Settings) -> str | None:
     The deployment's admin key, if it has one, is stored first, so a container started
     with GATEWAY_ADMIN_KEY is secure and up with no manual step."""
     from app.access import KeyStore, is_loopback
+    from app.settings import GENERATE_KEY_HINT
 
     ensure_admin_key(settings)
     if is_loopback(settings.host) or settings.allow_anonymous:
@@ -315,9 +414,30 @@ def exposure_refusal(settings: Settings) -> str | None:
     return (
         f"refusing to serve on {settings.host} without API keys: anyone who can reach it "
         "could use it. Set GATEWAY_ADMIN_KEY (or GATEWAY_ADMIN_KEY_FILE) to an admin key of "
-        "your choosing, create a key first (ollama-gateway keys create --scope admin "
-        "--name NAME), bind to 127.0.0.1, or set GATEWAY_ALLOW_ANONYMOUS=true."
+        f"your choosing ({GENERATE_KEY_HINT}), create a key first (ollama-gateway keys create "
+        "--scope admin --name NAME), bind to 127.0.0.1, or set GATEWAY_ALLOW_ANONYMOUS=true."
     )
+
+
+local_model_cli = typer.Typer(
+    help="The local model (llama.cpp and SmolLM2: the local-model extra).", no_args_is_help=True
+)
+cli.add_typer(local_model_cli, name="local-model")
+
+
+@local_model_cli.command("check")
+def local_model_check(
+    gguf: Annotated[str | None, typer.Option(help="The GGUF file (default: SmolLM2-135M).")] = None,
+) -> None:
+    """Have llama.cpp write one token at the engine's default context in a child process:
+    what it took, or (exit 1) one line saying what to do."""
+    from app.local.local_model import LocalModelError, check_local_model
+
+    try:
+        typer.echo(check_local_model(gguf))
+    except LocalModelError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -334,10 +454,31 @@ def keys_create(
     ] = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute it may make.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute it may use.")] = None,
+    team: Annotated[
+        str | None, typer.Option(help="The team it belongs to (create it first, /gateway/teams).")
+    ] = None,
+    tokens_per_day: Annotated[
+        int | None, typer.Option(help="Quota: prompt and output tokens a day.")
+    ] = None,
+    tokens_per_month: Annotated[
+        int | None, typer.Option(help="Quota: prompt and output tokens a month.")
+    ] = None,
+    requests_per_day: Annotated[
+        int | None, typer.Option(help="Quota: requests that run models a day.")
+    ] = None,
+    backend_seconds_per_day: Annotated[
+        float | None, typer.Option(help="Quota: seconds of the backends' own time a day.")
+    ] = None,
 ) -> None:
     """Create a key; it is printed once, as the last word of the output."""
     from app.access import KeyStore
 
+    quotas = {
+        "tokens_per_day": tokens_per_day,
+        "tokens_per_month": tokens_per_month,
+        "requests_per_day": requests_per_day,
+        "backend_seconds_per_day": backend_seconds_per_day,
+    }
     store = KeyStore(_settings().database_url)
     try:
         new = store.create(
@@ -346,15 +487,22 @@ def keys_create(
             models=models.split(",") if models is not None else None,
             requests_per_minute=rpm,
             tokens_per_minute=tpm,
+            team=team,
+            quotas={k: v for k, v in quotas.items() if v is not None} or None,
         )
-    except ValueError as exc:
+    except (ValueError, LookupError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(2) from exc
     finally:
         store.close()
     record = new.record
     allowed = ",".join(record["models"]) if record["models"] else "any model"
-    typer.echo(f"created {record['scope']} key {record['name']!r} (id {record['id']}, {allowed})")
+    extra = f", team {record['team']!r}" if record["team"] else ""
+    if record["quotas"]:
+        extra += ", quotas " + ", ".join(f"{k}={v}" for k, v in record["quotas"].items())
+    typer.echo(
+        f"created {record['scope']} key {record['name']!r} (id {record['id']}, {allowed}{extra})"
+    )
     typer.echo("store it now: it cannot be shown again")
     typer.echo(new.key)
 
@@ -398,6 +546,91 @@ def keys_revoke(
         typer.echo(f"Error: no active key with id or name {key!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked key {record['name']!r} (id {record['id']})")
+
+
+USAGE_GROUPS = ("team", "key", "model", "backend", "surface")
+
+
+def since_moment(text: str, now: datetime) -> datetime:
+    """`7d`, `12h`, `30m` before `now`, or a date (`2026-12-01`) or RFC 3339 date-time
+    (UTC unless it says otherwise); ValueError naming what it takes."""
+    match = re.fullmatch(r"(\d{1,4})([dhm])", text.strip())
+    if match:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
+        return now - timedelta(**{unit: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: give a duration (7d, 12h, 30m) or a date (2026-12-01)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@cli.command()
+def usage(
+    group_by: Annotated[str, typer.Option(help="team, key, model, backend or surface.")] = "team",
+    since: Annotated[
+        str, typer.Option(help="How far back: 7d, 12h, 30m, or a date (2026-12-01).")
+    ] = "7d",
+    bucket: Annotated[str, typer.Option(help="hour or day (UTC).")] = "day",
+) -> None:
+    """Print the usage ledger (GATEWAY_DATABASE_URL): requests, failures, tokens and the
+    backends' own seconds per bucket and group; with GATEWAY_PRICES, the cost."""
+    from app.usage import UsageLedger
+
+    if group_by not in USAGE_GROUPS:
+        typer.echo(f"Error: --group-by must be one of {', '.join(USAGE_GROUPS)}", err=True)
+        raise typer.Exit(2)
+    if bucket not in ("hour", "day"):
+        typer.echo("Error: --bucket must be hour or day", err=True)
+        raise typer.Exit(2)
+    now = datetime.now(UTC)
+    try:
+        start = since_moment(since, now)
+    except ValueError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if start > now or now - start > timedelta(days=400):
+        typer.echo("Error: --since must be in the past, at most 400 days ago", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+
+    async def read() -> list[dict[str, Any]]:
+        ledger = UsageLedger(settings.database_url)
+        try:
+            return await ledger.arows(
+                group_by=cast(Any, group_by),
+                bucket=cast(Any, bucket),
+                since=start,
+                until=now,
+                prices=settings.prices,
+            )
+        finally:
+            await ledger.aclose()
+
+    rows = asyncio.run(read())
+    priced = settings.prices is not None
+    head = ["BUCKET", group_by.upper(), "REQUESTS", "FAILURES", "PROMPT_TOKENS",
+            "OUTPUT_TOKENS", "BACKEND_S", "LOAD_S"]  # fmt: skip
+    if settings.prices is not None:
+        head.append(f"COST ({settings.prices.currency})")
+    table = [head]
+    for row in rows:
+        line = [
+            row["bucket"], str(row[group_by] if row[group_by] is not None else "-"),
+            str(row["requests"]), str(row["failures"]), str(row["prompt_tokens"]),
+            str(row["output_tokens"]), f"{row['backend_seconds']:.3f}",
+            f"{row['load_seconds']:.3f}",
+        ]  # fmt: skip
+        if priced:
+            line.append(f"{row['cost']:.4f}")
+        table.append(line)
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    for line in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    if not rows:
+        typer.echo(f"(no usage since {start.isoformat(timespec='seconds')})")
 
 
 def _settings() -> Settings:
@@ -455,13 +688,30 @@ def emulator(
         int, typer.Option(help="Runs that may wait behind the running one (llama-cpp).")
     ] = 8,
     prompt_cache_slots: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
-            help="Filler engine: prompts cached per loaded model (Ollama's parallel slots); "
-            "prompt_eval_count counts only the tokens past the longest cached prefix.",
+            help="Filler engine: prompts cached per loaded model (Ollama's parallel slots; "
+            "default: --num-parallel, else 4); prompt_eval_count counts only the tokens past "
+            "the longest cached prefix.",
         ),
-    ] = 4,
+    ] = None,
+    num_parallel: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Runs of one model at once (Ollama's OLLAMA_NUM_PARALLEL); more wait inside "
+            "the server, as in Ollama (default: no limit).",
+        ),
+    ] = None,
+    prompt_eval_ms_per_token: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Filler engine: milliseconds per evaluated prompt token (prompt_eval_count, "
+            "past the prompt cache) before the first token, as a GPU evaluates a prompt.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Run the Ollama emulator: a stand-in Ollama server for tests and demos."""
     from app.emulator.config import EmulatorConfig
@@ -479,6 +729,8 @@ def emulator(
             gguf=gguf,
             max_queue=max_queue,
             prompt_cache_slots=prompt_cache_slots,
+            num_parallel=num_parallel,
+            prompt_eval_ms_per_token=prompt_eval_ms_per_token,
         )
     )
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import __version__, telemetry, telemetry_setup
+from app import __version__
 from app.access import (
     AuditStore,
     AuditWriter,
@@ -20,16 +20,25 @@ from app.access import (
     RedisRateLimiter,
     is_loopback,
 )
-from app.api.audit_log import AuditMiddleware
-from app.api.auth import require_admin, require_user
-from app.api.body_size import BodySizeLimit
-from app.api.console import install_console
-from app.api.deps import Services
-from app.api.errors import Problem, install_error_handlers
-from app.api.json_guard import JsonBodyGuard
-from app.api.observability import Metrics, ObservabilityMiddleware
-from app.api.openapi import install_openapi
-from app.api.routes import (
+from app.access.quotas import Clock, JobQuotaGate, QuotaService
+from app.access.teams import TeamStore
+from app.api.anthropic import errors as anthropic_errors
+from app.api.anthropic import routes as anthropic_api
+from app.api.common.auth import require_admin, require_user
+from app.api.common.deps import Services
+from app.api.common.errors import install_error_handlers
+from app.api.common.metrics import Metrics
+from app.api.common.shutdown import InFlight, Shutdown
+from app.api.console.static_site import install_console
+from app.api.edge.audit_log import AuditMiddleware
+from app.api.edge.body_size import BodySizeLimit
+from app.api.edge.content_encoding import RequestDecompression
+from app.api.edge.json_guard import JsonBodyGuard
+from app.api.edge.observability import ObservabilityMiddleware
+from app.api.gateway import problems
+from app.api.gateway.openapi import install_openapi
+from app.api.gateway.problems import Problem
+from app.api.gateway.routes import (
     audit,
     backends,
     batches,
@@ -38,22 +47,21 @@ from app.api.routes import (
     comparisons,
     config,
     generate,
-    health,
     jobs,
     keys,
-    metrics,
     models,
-    ollama_api,
-    openai_api,
     placement,
     pulls,
+    quotas,
     results,
+    teams,
+    usage,
     whoami,
 )
-from app.api.routes.pulls import PullOut
-from app.api.schemas.common import ResultOut
-from app.api.schemas.jobs import JobOut, JobProgress, PullProgress
-from app.api.schemas.runs import (
+from app.api.gateway.routes.pulls import PullOut
+from app.api.gateway.schemas.common import ResultOut
+from app.api.gateway.schemas.jobs import JobOut, JobProgress, PullProgress
+from app.api.gateway.schemas.runs import (
     BatchJobOut,
     BatchProgress,
     ChunkEvent,
@@ -61,12 +69,24 @@ from app.api.schemas.runs import (
     ModelChunkEvent,
     ReportOut,
 )
-from app.api.shutdown import Shutdown
+from app.api.ollama import errors as ollama_errors
+from app.api.ollama import routes as ollama_api
+from app.api.openai import audio as openai_audio
+from app.api.openai import errors as openai_errors
+from app.api.openai import routes as openai_api
+from app.api.openai.responses import errors as responses_errors
+from app.api.openai.responses import routes as responses_api
+from app.api.ops import health, metrics
+from app.fleet import Fleet
+from app.jobs.service import Jobs
+from app.observability import telemetry, telemetry_setup
 from app.ollama import ConfigManager, ModelRunner, OllamaManager, OutputManager
 from app.ollama.database_outage import RowSpool
-from app.ollama.jobs import Jobs
+from app.relay.relay import Relay
+from app.responses import StoredResponses
 from app.settings import Settings
 from app.storage.migrations import ensure_schema
+from app.usage import UsageLedger
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +94,9 @@ DESCRIPTION = """\
 A gateway in front of one or more Ollama servers.
 
 `/gateway/*` is the gateway's own API (this document). The gateway also serves Ollama's
-own API at `/api/*` and the OpenAI API at `/v1/*` (chat/completions, completions,
-embeddings, models), described by those projects' documents rather than this one. Errors are RFC 9457 problem
+own API at `/api/*`, the OpenAI API at `/v1/*` (chat/completions, completions, responses,
+embeddings, models, audio transcriptions and speech) and Anthropic's Messages API at
+`/v1/messages` (and `/v1/messages/count_tokens`), described by those projects' documents rather than this one. Errors are RFC 9457 problem
 details (`application/problem+json`). Streamed runs are server-sent events: `chunk`
 events, then exactly one `result` or `error` event.
 """
@@ -109,8 +130,9 @@ AUTH_ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def build_services(settings: Settings) -> Services:
-    """The core objects for one app instance (nothing touches the network here)."""
+def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
+    """The core objects for one app instance (nothing touches the network here); `clock`
+    is what time it is for quota windows (tests move it)."""
     # The schema was ensured before (the lifespan, `worker`): a first write during a
     # database outage goes to the spool rather than failing on that check.
     outputs = OutputManager(database_url=settings.database_url, ensure_schema_on_first_use=False)
@@ -127,37 +149,69 @@ def build_services(settings: Settings) -> Services:
     )
     audit = AuditWriter(AuditStore(settings.database_url))
     escaped = {"executions": lambda: outputs.escaped_count, "audit_log": lambda: audit.escaped}
+    keys = KeyStore(settings.database_url, cache_seconds=settings.key_cache_seconds)
+    quota_service = QuotaService(
+        settings.database_url,
+        tz=settings.quota_tz,
+        sync_seconds=settings.quota_sync_seconds,
+        clock=clock,
+    )
+    # Every finished run (any surface, jobs included) is charged to its key and team.
+    manager.usage_observers.append(quota_service.observe_run)
     return Services(
         settings=settings,
         manager=manager,
+        fleet=(
+            fleet := Fleet(manager.pool, settings, forget_inventory=manager.mark_inventory_stale)
+        ),
+        relay=Relay(manager.executor, forget_inventory=manager.mark_inventory_stale),
         runner=ModelRunner(manager),
         outputs=outputs,
+        responses=StoredResponses(settings.database_url),
+        usage=UsageLedger(settings.database_url),
         config=ConfigManager(database_url=settings.database_url, settings=settings),
-        jobs=Jobs(manager, settings),
-        keys=KeyStore(settings.database_url, cache_seconds=settings.key_cache_seconds),
+        jobs=Jobs(manager, settings, JobQuotaGate(keys, quota_service)),
+        keys=keys,
+        teams=TeamStore(settings.database_url, on_change=keys.forget),
+        quotas=quota_service,
         limiter=(
             RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
         ),
         audit=audit,
-        metrics=Metrics(manager.backend_loads, escaped, spool.depth),
+        metrics=Metrics(fleet.backend_loads, escaped, spool.depth),
         spool=spool,
         shutdown=Shutdown(settings.shutdown_drain, settings.shutdown_grace),
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+USAGE_FLUSH_SECONDS = 2.0
+"""How often the usage of runs nobody stores is added to the usage ledger."""
+
+
+async def _flush_usage(services: Services) -> None:
+    """The last usage of unstored runs to the ledger (at shutdown: nothing is left behind
+    while the database answers)."""
+    try:
+        await services.usage.aflush()
+    except Exception:
+        logger.exception("the usage of unstored runs could not be added to the ledger")
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    """The app; `clock` is what time it is for quota windows (None: the system's; tests
+    move it)."""
     settings = settings or Settings()
     # Tracing, when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT says so; else nothing of
-    # OpenTelemetry is imported (see app/telemetry_setup.py).
+    # OpenTelemetry is imported (see app/observability/telemetry_setup.py).
     telemetry_setup.configure(trace_content=settings.trace_content)
 
-    async def start_up(app: FastAPI) -> tuple[Services, asyncio.Task[None], asyncio.Task[None]]:
+    async def start_up(app: FastAPI) -> tuple[Services, list[asyncio.Task[None]]]:
         """Open the resources and start the background tasks (see `lifespan`)."""
         # A new database gets the schema; an old one is refused unless auto_migrate says so.
         await asyncio.to_thread(
             ensure_schema, settings.database_url, upgrade_old=settings.auto_migrate
         )
-        services = build_services(settings)
+        services = build_services(settings, clock=clock)
         if settings.admin_key is not None:
             await services.keys.aensure_bootstrap_key(settings.admin_key.get_secret_value())
         exposed = not is_loopback(settings.host) and not settings.allow_anonymous
@@ -168,11 +222,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         await services.config.aload_config()
         services.manager.usage_observers.append(services.metrics.observe_run)
+        # Runs nobody stores reach the usage ledger from memory (stored runs are charged
+        # in the transaction that stores them).
+        services.manager.executor.unstored_observers.append(services.usage.charge_unstored)
         app.state.services = services
-        services.shutdown.install()
+        if settings.server == "uvicorn":
+            services.shutdown.install()  # granian's workers end on SIGTERM their own way
+        services.quotas.start()
         await services.jobs.start(run_jobs=settings.embedded_worker)
         services.audit.start()
-        await services.manager.aapply_backend_registry()  # then every 2 s, in pool.watch
+        await services.fleet.apply_registry()  # then every 2 s, in pool.watch
         watcher = asyncio.create_task(
             services.manager.pool.watch(settings.health_interval), name="backend-health"
         )
@@ -181,7 +240,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         replayer = asyncio.create_task(
             services.spool.replay_forever(services.outputs.db), name="spool-replay"
         )
-        return services, watcher, replayer
+        flusher = asyncio.create_task(
+            services.usage.aflush_forever(USAGE_FLUSH_SECONDS), name="usage-flush"
+        )
+        drain = asyncio.create_task(
+            services.shutdown.watch_drain_file(settings.drain_path()), name="drain-file"
+        )
+        return services, [watcher, replayer, flusher, drain]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -189,20 +254,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # audit writer, the job worker's polling) make no trace: the instrumentations stay
         # quiet in these tasks. A job continues the trace of the request that started it.
         with telemetry.suppressed():
-            services, watcher, replayer = await start_up(app)
+            services, tasks = await start_up(app)
         try:
             yield
         finally:
-            for task in (watcher, replayer):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await services.jobs.aclose()
+            await services.quotas.aclose()
+            await services.teams.aclose()
             await services.audit.aclose()
             await services.limiter.aclose()
             await services.keys.aclose()
+            await services.fleet.aclose()
             await services.manager.aclose()
+            await _flush_usage(services)
             await services.outputs.aclose()
+            await services.responses.aclose()
+            await services.usage.aclose()
             await services.config.aclose()
             services.metrics.close()
             telemetry_setup.shutdown()
@@ -213,10 +284,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(
+        app,
+        [
+            problems.SURFACE,
+            ollama_errors.SURFACE,
+            openai_errors.SURFACE,
+            responses_errors.SURFACE,
+            anthropic_errors.SURFACE,
+        ],
+    )
     # Inside the size limit: the guard reads whole bodies, which the limit has bounded.
-    app.add_middleware(JsonBodyGuard, max_depth=settings.max_json_depth)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # The upload path is neither: its route streams the file to disk within its own limit.
+    uploads = {openai_audio.TRANSCRIPTIONS_PATH: settings.max_upload_bytes}
+    app.add_middleware(
+        JsonBodyGuard, max_depth=settings.max_json_depth, raw_paths=frozenset(uploads)
+    )
+    # Between the two: a zstd or gzip body is inflated within the same limit, then guarded.
+    app.add_middleware(RequestDecompression, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, uploads=uploads)
     install_openapi(
         app,
         [
@@ -239,11 +325,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Request-ID",
+                "X-API-Key",
+                "anthropic-version",
+                "anthropic-beta",
+            ],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     # Outermost: it sees every response, the middlewares' own (413, CORS) included.
     app.add_middleware(ObservabilityMiddleware)
+    # Around everything: a request counts as in flight (for the drain) to its last byte.
+    app.add_middleware(InFlight)
     app.include_router(health.router, responses=COMMON_ERRORS)
     app.include_router(metrics.router, dependencies=[Depends(require_admin)])
     user = [Depends(require_user)]
@@ -262,15 +357,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (backends, admin),
         (placement, admin),
         (keys, admin),
+        (teams, admin),
+        (quotas, user),
         (audit, admin),
+        (usage, user),
         (whoami, user),
     ):
         app.include_router(
             module.router, responses={**COMMON_ERRORS, **AUTH_ERRORS}, dependencies=needs
         )
     install_console(app)
-    # The drop-in surfaces: the OpenAI API, then Ollama's (its catch-all route goes last).
+    # The drop-in surfaces: Anthropic's (before OpenAI's: it answers `GET /v1/models` when
+    # the request carries `anthropic-version`), OpenAI's, then Ollama's (its catch-all route
+    # goes last).
+    app.include_router(anthropic_api.router, dependencies=user)
     app.include_router(openai_api.router, dependencies=user)
+    app.include_router(responses_api.router, dependencies=user)
+    app.include_router(openai_audio.router, dependencies=user)
     app.include_router(ollama_api.router)
     # Outside everything else: the server span of each request, continuing its traceparent.
     telemetry_setup.instrument_app(app)

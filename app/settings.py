@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -39,6 +43,51 @@ def api_key_problem(key: str) -> str | None:
     if not _KEY_BODY.match(key[len(KEY_PREFIX) :]):
         return "after 'ogw_' it may hold only letters, digits, '_' and '-'"
     return None
+
+
+class ModelPrice(BaseModel):
+    """What one model's use costs (`GATEWAY_PRICES`): per million tokens and/or per hour of
+    the backend's own time (a GPU hour)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    output_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    per_gpu_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _some_price(self) -> ModelPrice:
+        prices = (self.prompt_per_million, self.output_per_million, self.per_gpu_hour)
+        if all(price is None for price in prices):
+            raise ValueError(
+                "give prompt_per_million, output_per_million or per_gpu_hour (or several)"
+            )
+        return self
+
+    def cost(self, prompt_tokens: float, output_tokens: float, backend_seconds: float) -> float:
+        return (
+            prompt_tokens / 1e6 * (self.prompt_per_million or 0.0)
+            + output_tokens / 1e6 * (self.output_per_million or 0.0)
+            + backend_seconds / 3600 * (self.per_gpu_hour or 0.0)
+        )
+
+
+class Prices(BaseModel):
+    """`GATEWAY_PRICES`: a currency, named once, and prices by model glob (the first glob,
+    in the order given, that matches a model's name prices it; a model none matches costs
+    nothing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    currency: str = Field(min_length=1, max_length=16)
+    models: dict[str, ModelPrice] = Field(min_length=1)
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        name = model.lower()
+        for glob, price in self.models.items():
+            if fnmatch.fnmatchcase(name, glob.lower()):
+                return price
+        return None
 
 
 def data_dir() -> Path:
@@ -88,19 +137,27 @@ class Settings(BaseSettings):
         'it loaded (`{"llama3.1:8b": 2}`). Loaded at start and again when evicted (checked '
         "every health round), on backends its placement allows that have it installed.",
     )
-    affinity_ttl: float = Field(
-        default=600.0,
-        ge=0,
-        description="Seconds a chat's backend is remembered, so the conversation's next turn "
-        "goes back to it (its prompt cache holds the conversation) while it is healthy and "
-        "has a free slot; 0 turns conversation affinity off. Kept per process.",
+    prefix_routing: bool = Field(
+        default=True,
+        description="Route runs by expected time to first token: the wait at each backend "
+        "plus the prompt tokens not cached there (a per-backend index of the prompt "
+        "prefixes each evaluated lately, kept per process) times its observed prompt "
+        "evaluation time per token, plus the model's load time where it is not loaded; "
+        "`false` routes by expected wait alone.",
     )
-    affinity_max_entries: int = Field(
+    prefix_index_max_entries: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Most prefix keys (about 500 prompt tokens each) the index keeps per "
+        "backend (under 300 bytes each; the least recently used prompts forgotten first).",
+    )
+    prefix_max_sessions: int = Field(
         default=10_000,
         ge=0,
         le=10_000_000,
-        description="Most conversations remembered for affinity per process (least recently "
-        "used forgotten first).",
+        description="Most client-named sessions (`prompt_cache_key`, `x-session-affinity`) "
+        "whose backend the index remembers per process, for 10 minutes each.",
     )
     batch_share: float = Field(
         default=0.5,
@@ -124,6 +181,18 @@ class Settings(BaseSettings):
     )
     workers: int = Field(
         default=1, ge=1, le=64, description="Server processes `serve` runs on its one port."
+    )
+    server: Literal["uvicorn", "granian"] = Field(
+        default="uvicorn",
+        description="The HTTP server `serve` runs the gateway under: `uvicorn`, or `granian` "
+        "(Rust; `serve` drains on SIGTERM before granian stops listening).",
+    )
+    drain_file: Path | None = Field(
+        default=None,
+        description="The file whose appearance drains every process serving this port "
+        "(/readyz 503, requests in flight finish within GATEWAY_SHUTDOWN_GRACE); "
+        "`ollama-gateway drain` creates it and `serve` removes it. Unset: "
+        "`ollama-gateway-<port>.drain` in the temporary directory.",
     )
     trace_content: bool = Field(
         default=False,
@@ -161,6 +230,13 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted (else 413)."
+    )
+    max_upload_bytes: int = Field(
+        default=26_214_400,
+        ge=1024,
+        description="Largest file upload accepted (`/v1/audio/transcriptions`; else 413): "
+        "25 MiB, Ollama's own limit. The upload is streamed to a temporary file, never held "
+        "in memory, and replaces `max_body_bytes` on that path.",
     )
     max_json_depth: int = Field(
         default=64,
@@ -225,6 +301,11 @@ class Settings(BaseSettings):
         "queued and finished), kept for 15 minutes in each process for "
         "`/gateway/backends/history` and the web console's load chart.",
     )
+    local_model_url: str | None = Field(
+        default=None,
+        description="Set by `serve --local-model`: the URL of the emulator that runs the local "
+        "model, whose engine `/readyz` asks about (not ready while it is down).",
+    )
     backend_registry: bool = Field(
         default=True,
         description="Keep backends added or removed through `/gateway/backends` in the "
@@ -239,6 +320,23 @@ class Settings(BaseSettings):
         default=True,
         description="Store completions and chats that come through the OpenAI API (`/v1`).",
     )
+    store_anthropic_api: bool = Field(
+        default=True,
+        description="Store messages that come through the Anthropic Messages API "
+        "(`/v1/messages`: Claude Code).",
+    )
+    store_transcription_audio: bool = Field(
+        default=False,
+        description="Keep the audio of a transcription in its stored run (base64, in its "
+        "messages); false: the stored run keeps the transcript and the upload's size and "
+        "type only.",
+    )
+    relay_web_tools: bool = Field(
+        default=False,
+        description="Relay `/api/experimental/web_search` and `web_fetch` to a backend. They "
+        "spend the backend's own ollama.com account, so they are refused (403) unless an "
+        "admin turns this on; the client's `Authorization` is never forwarded.",
+    )
     require_auth: bool = Field(
         default=False,
         description="Demand an API key on every request, even on a loopback address.",
@@ -252,6 +350,19 @@ class Settings(BaseSettings):
         default=None,
         description="Redis for rate limits shared by several gateway processes "
         "(e.g. `redis://127.0.0.1:6379/0`); unset: limits are kept per process.",
+    )
+    quota_tz: str = Field(
+        default="UTC",
+        description="The time zone whose midnight (and first of the month) starts a new quota "
+        "window (an IANA name such as `Europe/Paris`).",
+    )
+    quota_sync_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between two syncs of a process's quota counters with the "
+        "database (its charges written, the other replicas' read): what other replicas used "
+        "within this time may overshoot a quota.",
     )
     key_cache_seconds: float = Field(
         default=5.0,
@@ -283,10 +394,38 @@ class Settings(BaseSettings):
         description="Largest size of the spool file; when a result would take it over, its "
         "request fails with 503 and Retry-After (0: no spool, every such request fails).",
     )
+    prices: Annotated[Prices | None, NoDecode] = Field(
+        default=None,
+        description="Prices for chargeback: a JSON object with a `currency` (named once) and "
+        "`models`, from model glob to `prompt_per_million` and `output_per_million` (per "
+        "million tokens) and/or `per_gpu_hour` (per hour of the backend's own time), e.g. "
+        '`{"currency": "EUR", "models": {"llama3*": {"prompt_per_million": 0.1, '
+        '"output_per_million": 0.3, "per_gpu_hour": 2.0}}}`. The first glob that matches a '
+        "model prices it. Set, `/gateway/usage` rows carry a `cost`.",
+    )
     auto_migrate: bool = Field(
         default=False,
         description="Upgrade the database schema at start instead of refusing to start.",
     )
+
+    def drain_path(self) -> Path:
+        """Where the drain file is: GATEWAY_DRAIN_FILE, else one per port in the temporary
+        directory (the `serve` and `drain` of one container or host agree on it)."""
+        if self.drain_file is not None:
+            return self.drain_file
+        return _temporary_directory() / f"ollama-gateway-{self.port}.drain"
+
+    @field_validator("quota_tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """An IANA time zone the system knows (`UTC`, `Europe/Paris`)."""
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
 
     @field_validator("admin_key", "admin_key_file", mode="before")
     @classmethod
@@ -355,6 +494,19 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        """JSON text (the environment's) parsed here, so bad JSON is a setting's error."""
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -366,3 +518,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+
+def _temporary_directory() -> Path:
+    """TMPDIR (or TEMP, TMP), else /tmp: read, not probed. `tempfile.gettempdir()` creates
+    and removes a file to test each candidate, a write outside a container's volumes at
+    every start."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        if given := os.environ.get(name):
+            return Path(given)
+    return Path("/tmp") if os.name == "posix" else Path(tempfile.gettempdir())

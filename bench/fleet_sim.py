@@ -18,9 +18,10 @@ Policies:
   placement rules (L models on big and mid GPUs, XL on big ones: `candidates()` filters by
   `rule_for`), keep-warm (the six most requested models that are not XL on 12 down to 2
   backends: the pool's `KeepWarm`, run by `watch()`'s health rounds, sends each backend an
-  empty `/api/generate` with `keep_alive: -1`) and conversation affinity (each chat's
-  messages go through `pool.preferred` into `candidates(prefer=...)`, and `pool.served`
-  after it finished, as the executor does). Nothing of these is stood in for.
+  empty `/api/generate` with `keep_alive: -1`) and the prefix index (each chat's messages
+  go through `pool.chat_prompt` into `candidates(prompt=...)` and `lease(prompt=...)`,
+  and `pool.served` after it finished, as the executor does). Nothing of these is stood
+  in for.
 
 All three share the same simulated backends, the same health checks and circuit breaker
 (`pool.watch`, `pool.refresh_stale`, `record_failure`) and the executor's failover (at
@@ -56,7 +57,7 @@ part of its prompt: each backend keeps the prompt prefixes of its last `4 x slot
 conversations. The backends answer `/api/tags` and `/api/ps` (with `expires_at`, in the
 simulated wall time `SIM_EPOCH` plus the loop's clock) for the pool's inventory refresh,
 and keep-warm's empty `/api/generate` (`SimClient`); a chat's messages are short texts
-standing for its turns (what affinity hashes).
+standing for its turns (what the prefix index hashes).
 
 Workload (`make_workload`): 30 models, popularity Zipf (s=1) over a fixed order that mixes
 sizes; a day's arrival ramp (trough at 04:00, peak at 14:00, a raised cosine) compressed
@@ -74,12 +75,15 @@ simulated hour (loads a request waited for; keep-warm preloads are counted apart
 utilisation (slot-seconds held by a run, loading included, over all slot-seconds of
 backends alive) and the part of it spent loading; the share of conversation turns whose
 prompt prefix was cached where they ran; requests failed (after every attempt) and
-attempts retried; `aff hits`, the turns that ran on the backend the pool's affinity
-preferred.
+attempts retried; `aff hits`, the turns that ran on the backend where the pool's prefix
+index expected most of their prompt cached.
 
 `--policies` may add `pool ranking only` (the pool's ranking, gate and bookkeeping without
-placement rules, keep-warm or affinity) and `pool + affinity` (with affinity only), to see
-what those add.
+placement rules, keep-warm or the prefix index) and `pool + prefix index` (with the
+prefix index only), to see what those add.
+
+`--workload agents` replays coding-agent sessions instead (`app/../bench/fleet_sim.py`'s
+second half, `AgentConfig`): see `agent_main`.
 """
 
 from __future__ import annotations
@@ -102,11 +106,11 @@ from typing import Any, Protocol
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.backends.affinity import ConversationAffinity  # noqa: E402
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable  # noqa: E402
 from app.backends.gate import as_batch  # noqa: E402
 from app.backends.placement import parse_placement  # noqa: E402
 from app.backends.pool import BackendPool  # noqa: E402
+from app.backends.prefix import Prompt  # noqa: E402
 from app.backends.spec import parse_backend  # noqa: E402
 from app.backends.state import BackendState  # noqa: E402
 
@@ -476,11 +480,15 @@ class Request:
     reply: str = ""
     """The reply's text (likewise a stand-in text)."""
     preferred: str | None = None
-    """The backend the pool's affinity remembered for `chat`, if any."""
+    """The backend where the pool's prefix index expected most of `chat` cached, if any."""
+    prompt: Prompt | None = None
+    """`chat` as the pool's prefix index fingerprinted it."""
+    evaluated: int = 0
+    """Prompt tokens the backends evaluated for it (over every attempt)."""
 
     @property
     def affinity_hit(self) -> bool:
-        """It ran on the backend the pool's affinity preferred."""
+        """It ran on the backend where the pool's prefix index expected its prefix."""
         return self.preferred is not None and self.backend == self.preferred
 
 
@@ -743,6 +751,7 @@ class SimBackend:
             if holder is resident:
                 cached = min(tokens, prompt)
                 req.cached = True
+        req.evaluated += prompt - cached
         await self._sleep((prompt - cached) / (decode * PREFILL_FACTOR))
         if req.first_token is None:
             req.first_token = self.loop.time()
@@ -804,7 +813,7 @@ Choice = tuple[BackendState, SimBackend]
 class Policy(Protocol):
     name: str
     rules: frozenset[str]
-    """Which of the pool's rules it is given: `placement`, `keep-warm`, `affinity`."""
+    """Which of the pool's rules it is given: `placement`, `keep-warm`, `prefix`."""
 
     async def order(self, req: Request) -> list[Choice]:
         """The backends to try for `req`, best first."""
@@ -869,7 +878,7 @@ class LeastOutstanding(_Baseline):
 
 
 # The gateway's rules for this fleet, given to the pool as the core's `pool_options`
-# (`app.ollama.admin`) gives it GATEWAY_PLACEMENT, GATEWAY_KEEP_WARM and the affinity
+# (`app.ollama.pool_setup`) gives it GATEWAY_PLACEMENT, GATEWAY_KEEP_WARM and the prefix index
 # settings: the pool applies them with its own code.
 
 PLACEMENT: dict[str, tuple[str, ...]] = {"XL": ("gpu-big",), "L": ("gpu-big", "gpu-mid")}
@@ -878,8 +887,6 @@ WARM_MODELS = 6
 """The most requested models (XL ones left out) kept warm..."""
 MOST_COPIES = 12
 """...on this many backends for the most requested, fewer (at least 2) for the others."""
-AFFINITY_TTL = 600.0
-"""`GATEWAY_AFFINITY_TTL`'s default."""
 
 
 def placement_rules() -> dict[str, list[str]]:
@@ -897,23 +904,23 @@ def keep_warm_map() -> dict[str, int]:
 
 
 def pool_options(rules: frozenset[str]) -> dict[str, Any]:
-    """The pool's `placement`, `keep_warm` and `affinity` for the rules a policy uses
-    (`placement`, `keep-warm`, `affinity`), built as `app.ollama.admin.pool_options` builds
+    """The pool's `placement`, `keep_warm` and `prefix_routing` for the rules a policy uses
+    (`placement`, `keep-warm`, `prefix`), built as `app.ollama.pool_setup.pool_options` builds
     them from settings; a rule left out is the setting's default (off)."""
     return {
         "placement": parse_placement(placement_rules() if "placement" in rules else {}),
         "keep_warm": keep_warm_map() if "keep-warm" in rules else {},
-        "affinity": ConversationAffinity(AFFINITY_TTL if "affinity" in rules else 0.0),
+        "prefix_routing": "prefix" in rules,
     }
 
 
 class Gateway:
     """The gateway's full policy: the real `BackendPool` with its placement rules,
-    conversation affinity (`candidates(prefer=...)`, `preferred` / `served`, as the
+    the prefix index (`chat_prompt`, `candidates(prompt=...)`, `lease` and `served`, as the
     executor calls them) and keep-warm (run by `pool.watch`'s health rounds)."""
 
     name = "gateway"
-    rules = frozenset({"placement", "keep-warm", "affinity"})
+    rules = frozenset({"placement", "keep-warm", "prefix"})
 
     def __init__(self, pool: BackendPool, backends: dict[str, SimBackend]) -> None:
         self.pool = pool
@@ -921,36 +928,49 @@ class Gateway:
 
     async def order(self, req: Request) -> list[Choice]:
         model = req.model.name
-        prefer = self.pool.preferred(model, req.chat) if req.chat else None
-        req.preferred = prefer
-        ranked = await self.pool.candidates(model, prefer=prefer)  # the real routing
+        req.prompt = self.pool.chat_prompt(model, req.chat) if req.chat else None
+        ranked = await self.pool.candidates(model, prompt=req.prompt)  # the real routing
+        if req.prompt is not None and req.prompt.estimates:
+            name, best = max(req.prompt.estimates.items(), key=lambda e: e[1].cached)
+            req.preferred = name if best.cached > 0 else None
         return [(s, self.backends[s.spec.name]) for s in ranked]
 
     async def run_on(self, choice: Choice, req: Request) -> None:
         state, backend = choice
         model = req.model.name
-        async with self.pool.lease(state, model):  # the real gate and bookkeeping
+        async with self.pool.lease(state, model, prompt=req.prompt):  # the real gate
+            evaluated = req.evaluated
             load = await backend.run(req)
+            final = {
+                "model": model,
+                "done": True,
+                "load_duration": int(load * 1e9),
+                "prompt_eval_count": req.evaluated - evaluated,
+                "prompt_eval_duration": int(
+                    (req.evaluated - evaluated)
+                    / (req.model.decode_big * backend.gpu.speed * PREFILL_FACTOR)
+                    * 1e9
+                ),
+            }
             on_final = state.client.on_final
             if on_final is not None:  # what the client tells the pool at a run's end
-                on_final(model, {"model": model, "done": True, "load_duration": int(load * 1e9)})
-        if req.chat:
-            self.pool.served(model, req.chat, req.reply, state)
+                on_final(model, final)
+        self.pool.served(req.prompt, state, reply=req.reply, final=final)
 
 
 class PoolOnly(Gateway):
     """The pool's ranking, gate and bookkeeping without placement rules, keep-warm or
-    affinity (not one of the three compared by default: it tells what those add)."""
+    prefix index (not one of the three compared by default: it tells what those add)."""
 
     name = "pool ranking only"
     rules = frozenset()
 
 
 class PoolAffinity(Gateway):
-    """The pool with conversation affinity only."""
+    """The pool with its prefix index (routing by expected time to first token) only."""
 
-    name = "pool + affinity"
-    rules = frozenset({"affinity"})
+    name = "pool + prefix index"
+    rules = frozenset({"prefix"})
 
 
 POLICY_TYPES: dict[str, Callable[[BackendPool, dict[str, SimBackend]], Policy]] = {
@@ -958,7 +978,7 @@ POLICY_TYPES: dict[str, Callable[[BackendPool, dict[str, SimBackend]], Policy]] 
     "least outstanding": LeastOutstanding,
     "gateway": Gateway,
     "pool ranking only": PoolOnly,
-    "pool + affinity": PoolAffinity,
+    "pool + prefix index": PoolAffinity,
 }
 
 
@@ -989,7 +1009,7 @@ class PolicyResult:
 
     @property
     def affinity_hits(self) -> int:
-        """Turns that ran on the backend the pool's conversation affinity preferred."""
+        """Turns that ran on the backend where the pool's prefix index expected their prefix."""
         return sum(1 for r in self.requests if r.affinity_hit and not r.failed)
 
     def failed(self, batch: bool) -> int:
@@ -1254,6 +1274,438 @@ def plot(results: Sequence[PolicyResult], path: Path) -> None:
     plt.close(fig)
 
 
+# -- the agent workload (`--workload agents`) ---------------------------------------------
+#
+# Coding agents (Claude Code, Codex, ...) send their whole conversation every turn: a
+# system prompt and tools shared by every session of one agent, then a history that grows
+# with each tool result. Here: `AgentConfig.agents` agents, each with its own shared system
+# prefix of `system_tokens`; sessions (Poisson) of 10-40 turns, each turn adding a tool
+# result (lognormal, median 1,200 tokens) and the reply (median 250 tokens); a history
+# over `max_history` is compacted (the agent starts over from its system prompt and a
+# 4,000-token summary). The think time between a reply and the next turn is the tool's
+# run, 1-30 s. One model, loaded everywhere.
+#
+# Backends (`AgentBackend`) are Ollama with `slots` parallel slots and one cached prompt per
+# slot (`OLLAMA_NUM_PARALLEL`: a prompt extending a slot's goes on there; any other takes
+# the least recently used slot with a copy of the longest prefix any slot shares), prompt
+# evaluation at 2,000-8,000 tokens/s and decoding at 30-90 tokens/s by GPU. The policies:
+#
+# - `least outstanding`: the backend with the fewest requests in flight (Ollama's queue);
+# - `today's affinity`: the pool ranking by expected wait (the prefix index off) and the
+#   rule the gateway had before the index: a turn goes back to the backend of the
+#   session's last turn while it has a free slot, else as any request;
+# - `cost-based`: the pool with its prefix index, as the executor uses it;
+# - `SGLang-style`: written here as a baseline after SGLang's cache-aware router: per
+#   backend an approximate prefix tree of what was sent there (LRU, bounded in tokens,
+#   not what the backend still caches); when the busiest and idlest backends differ by
+#   more than `SGLANG_BALANCE_ABS` requests and by `SGLANG_BALANCE_REL` times, the least
+#   busy; else, when the best match covers more than `SGLANG_CACHE_THRESHOLD` of the
+#   prompt, the backend with the longest match; else the one with the smallest tree.
+
+AGENT_MODEL = "qwen2.5-coder:32b"
+SGLANG_BALANCE_ABS = 4
+SGLANG_BALANCE_REL = 1.5
+SGLANG_CACHE_THRESHOLD = 0.5
+SGLANG_TREE_TOKENS = 2_000_000
+AGENT_POLICIES = ("least outstanding", "today's affinity", "cost-based", "SGLang-style")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    backends: int = 16
+    slots: int = 4
+    minutes: float = 30.0
+    sessions_per_minute: float = 7.0
+    agents: int = 2
+    system_tokens: int = 20_000
+    max_history: int = 60_000
+    seed: int = 29
+
+
+@dataclass(frozen=True)
+class AgentTurn:
+    think: float
+    tool_tokens: int
+    out_tokens: int
+
+
+@dataclass(frozen=True)
+class AgentSession:
+    sid: int
+    start: float
+    agent: int
+    turns: tuple[AgentTurn, ...]
+
+
+def make_agent_workload(config: AgentConfig) -> list[AgentSession]:
+    rng = random.Random(config.seed)
+    sessions: list[AgentSession] = []
+    t, end = 0.0, config.minutes * 60
+    while True:
+        t += rng.expovariate(config.sessions_per_minute / 60)
+        if t >= end:
+            return sessions
+        turns = tuple(
+            AgentTurn(
+                think=0.0 if i == 0 else rng.uniform(1.0, 30.0),
+                tool_tokens=_lognormal_int(rng, 3000 if i == 0 else 1200, 0.8, 50, 12000),
+                out_tokens=_lognormal_int(rng, 250, 0.6, 20, 1500),
+            )
+            for i in range(rng.randint(10, 40))
+        )
+        sessions.append(AgentSession(len(sessions), t, rng.randrange(config.agents), turns))
+
+
+def _text(tokens: int, tag: str) -> str:
+    """Text of about `tokens` tokens (4 bytes each), starting with `tag`."""
+    return (tag + " " + "abc " * tokens)[: 4 * tokens]
+
+
+@dataclass
+class AgentRequest:
+    sid: int
+    agent: int
+    generation: int
+    """Compactions so far: a compacted history is a new prompt after the system's."""
+    history: int
+    """Tokens after the system prompt."""
+    system: int
+    out_tokens: int
+    arrival: float
+    chat: list[dict[str, str]]
+    reply: str
+    first_token: float | None = None
+    backend: str | None = None
+    evaluated: int = 0
+    prompt: Prompt | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.system + self.history
+
+    def shared(self, other: tuple[int, int, int, int]) -> int:
+        """Tokens of this prompt another (agent, sid, generation, tokens) holds."""
+        agent, sid, generation, tokens = other
+        if agent != self.agent:
+            return 0
+        if (sid, generation) != (self.sid, self.generation):
+            return min(self.system, tokens)
+        return min(self.tokens, tokens)
+
+
+class AgentBackend:
+    """Ollama with `slots` parallel slots, one cached prompt per slot (see above)."""
+
+    def __init__(self, name: str, slots: int, prompt_rate: float, decode: float, loop: Any):
+        self.name = name
+        self.loop = loop
+        self.slots = slots
+        self.prompt_rate = prompt_rate
+        self.decode = decode
+        self.free = slots
+        self.queue: deque[asyncio.Future[None]] = deque()
+        self.cache: list[tuple[int, int, int, int]] = []
+        """(agent, sid, generation, tokens) per slot, least recently used first."""
+        self.outstanding = 0
+
+    async def run(self, req: AgentRequest) -> int:
+        """Run `req`; the prompt tokens evaluated."""
+        self.outstanding += 1
+        try:
+            if self.free > 0 and not self.queue:
+                self.free -= 1
+            else:
+                future = self.loop.create_future()
+                self.queue.append(future)
+                await future
+            try:
+                best = max((req.shared(c) for c in self.cache), default=0)
+                mine = (req.agent, req.sid, req.generation, req.tokens + req.out_tokens)
+                extends = [c for c in self.cache if req.shared(c) == c[3] and c[:3] == mine[:3]]
+                for c in extends[:1]:
+                    self.cache.remove(c)
+                if not extends and len(self.cache) >= self.slots:
+                    self.cache.pop(0)
+                self.cache.append(mine)
+                evaluated = max(1, req.tokens - best)
+                await asyncio.sleep(evaluated / self.prompt_rate)
+                req.first_token = self.loop.time()
+                await asyncio.sleep(req.out_tokens / self.decode)
+                return evaluated
+            finally:
+                if self.queue:
+                    self.queue.popleft().set_result(None)
+                else:
+                    self.free += 1
+        finally:
+            self.outstanding -= 1
+
+
+class _AgentClient:
+    """What the pool's inventory refresh asks of a backend (one model, always loaded)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.on_final: Callable[[str, dict[str, Any]], None] | None = None
+
+    async def tags(self, timeout: float | None = None) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        return [{"name": AGENT_MODEL}]
+
+    async def ps(self) -> list[dict[str, Any]]:
+        return [{"name": AGENT_MODEL, "expires_at": _FOREVER}]
+
+    async def aclose(self) -> None:
+        pass
+
+
+class AgentSimulation:
+    """One policy over the agent workload, in simulated time."""
+
+    def __init__(self, config: AgentConfig, sessions: list[AgentSession], policy: str) -> None:
+        self.config, self.sessions, self.policy = config, sessions, policy
+        self.loop = VirtualTimeLoop(horizon=config.minutes * 60 * 4 + 3600)
+        rng = random.Random(config.seed + 1)
+        self.backends: dict[str, AgentBackend] = {}
+        specs = []
+        for i in range(config.backends):
+            name = f"gpu-{i:02d}"
+            speed = rng.uniform(0.0, 1.0)  # GPUs from slow to fast
+            self.backends[name] = AgentBackend(
+                name, config.slots, 2000 + 6000 * speed, 30 + 60 * speed, self.loop
+            )
+            specs.append(parse_backend(f"{name}=http://{name}.sim:11434;max={config.slots}"))
+        self.pool = BackendPool(specs, prefix_routing=policy == "cost-based", inventory_ttl=60)
+        for state in self.pool.states:
+            client = _AgentClient(state.spec.url)
+            client.on_final = state.client.on_final
+            state.client = client  # type: ignore[assignment]
+        self.systems = [
+            _text(config.system_tokens, f"agent {a} system") for a in range(config.agents)
+        ]
+        self.requests: list[AgentRequest] = []
+        self.homes: dict[int, str] = {}
+        self.trees: dict[str, OrderedDict[tuple[int, int, int], int]] = {
+            name: OrderedDict() for name in self.backends
+        }
+        self.turn = 0
+
+    # -- the policies --------------------------------------------------------------------
+
+    async def serve(self, req: AgentRequest) -> None:
+        self.requests.append(req)
+        if self.policy == "least outstanding":
+            names = list(self.backends)
+            i = self.turn % len(names)
+            self.turn += 1
+            name = min(names[i:] + names[:i], key=lambda n: self.backends[n].outstanding)
+            await self._direct(req, name)
+        elif self.policy == "SGLang-style":
+            await self._direct(req, self._sglang(req))
+        else:
+            await self._pooled(req)
+
+    async def _direct(self, req: AgentRequest, name: str) -> None:
+        req.backend = name
+        req.evaluated = await self.backends[name].run(req)
+
+    async def _pooled(self, req: AgentRequest) -> None:
+        pool = self.pool
+        if self.policy == "cost-based":
+            req.prompt = pool.chat_prompt(AGENT_MODEL, req.chat)
+        ranked = await pool.candidates(AGENT_MODEL, prompt=req.prompt)
+        if self.policy == "today's affinity":
+            home = self.homes.get(req.sid)
+            for i, state in enumerate(ranked):  # the yes/no rule the index replaced
+                if state.spec.name == home and pool._has_free_slot(state, AGENT_MODEL, False):
+                    ranked.insert(0, ranked.pop(i))
+                    break
+        state = ranked[0]
+        backend = self.backends[state.spec.name]
+        async with pool.lease(state, AGENT_MODEL, prompt=req.prompt):
+            req.backend = state.spec.name
+            req.evaluated = await backend.run(req)
+            final = {
+                "done": True,
+                "load_duration": 0,
+                "prompt_eval_count": req.evaluated,
+                "prompt_eval_duration": int(req.evaluated / backend.prompt_rate * 1e9),
+            }
+            if state.client.on_final is not None:
+                state.client.on_final(AGENT_MODEL, final)
+        pool.served(req.prompt, state, reply=req.reply, final=final)
+        self.homes[req.sid] = state.spec.name
+
+    def _sglang(self, req: AgentRequest) -> str:
+        loads = {n: b.outstanding for n, b in self.backends.items()}
+        busiest, idlest = max(loads.values()), min(loads.values())
+        if busiest - idlest > SGLANG_BALANCE_ABS and busiest > SGLANG_BALANCE_REL * idlest:
+            name = min(loads, key=lambda n: loads[n])
+        else:
+            matches = {
+                n: max((req.shared((*k, t)) for k, t in tree.items()), default=0)
+                for n, tree in self.trees.items()
+            }
+            best = max(matches, key=lambda n: (matches[n], -loads[n]))
+            if matches[best] > SGLANG_CACHE_THRESHOLD * req.tokens:
+                name = best
+            else:
+                name = min(self.trees, key=lambda n: (sum(self.trees[n].values()), loads[n]))
+        tree = self.trees[name]
+        key = (req.agent, req.sid, req.generation)
+        tree[key] = req.tokens + req.out_tokens
+        tree.move_to_end(key)
+        while sum(tree.values()) > SGLANG_TREE_TOKENS:
+            tree.popitem(last=False)
+        return name
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def session(self, s: AgentSession) -> None:
+        system = self.systems[s.agent]
+        chat = [{"role": "system", "content": system}]
+        history, generation = 0, 0
+        for i, turn in enumerate(s.turns):
+            if turn.think:
+                await asyncio.sleep(turn.think)
+            if history + turn.tool_tokens > self.config.max_history:  # compaction
+                generation += 1
+                summary = _text(4000, f"summary {s.sid}.{generation}")
+                chat, history = [{"role": "system", "content": system}], 0
+                chat.append({"role": "user", "content": summary})
+                history = 4000
+            message = _text(turn.tool_tokens, f"tool {s.sid}.{i}")
+            chat = [*chat, {"role": "user", "content": message}]
+            history += turn.tool_tokens
+            req = AgentRequest(
+                s.sid,
+                s.agent,
+                generation,
+                history,
+                self.config.system_tokens,
+                turn.out_tokens,
+                self.loop.time(),
+                chat,
+                _text(turn.out_tokens, f"reply {s.sid}.{i}"),
+            )
+            await self.serve(req)
+            chat = [*chat, {"role": "assistant", "content": req.reply}]
+            history += turn.out_tokens
+
+    async def main(self) -> None:
+        await self.pool.refresh_stale(force=True)
+        tasks = []
+        for s in self.sessions:
+            await asyncio.sleep(max(0.0, s.start - self.loop.time()))
+            tasks.append(self.loop.create_task(self.session(s)))
+        await asyncio.gather(*tasks)
+
+    def run(self) -> AgentResult:
+        wall = time.perf_counter()
+        with simulated_clock(self.loop):
+            try:
+                self.loop.run_until_complete(self.main())
+            finally:
+                self.loop.close()
+        return AgentResult(self.policy, self.requests, self.loop.time(), time.perf_counter() - wall)
+
+
+@dataclass
+class AgentResult:
+    policy: str
+    requests: list[AgentRequest]
+    sim_seconds: float
+    wall_seconds: float
+
+    def ttft(self) -> list[float]:
+        return sorted(r.first_token - r.arrival for r in self.requests if r.first_token)
+
+    @property
+    def evaluated_per_hour(self) -> float:
+        return sum(r.evaluated for r in self.requests) / (self.sim_seconds / 3600)
+
+    @property
+    def cached(self) -> float:
+        """Share of all prompt tokens that were cached where they ran."""
+        total = sum(r.tokens for r in self.requests)
+        return 1 - sum(r.evaluated for r in self.requests) / total if total else math.nan
+
+
+def agent_table(results: Sequence[AgentResult]) -> str:
+    lines = [
+        f"{'policy':<18} {'TTFT p50':>9} {'TTFT p90':>9} {'TTFT p99':>9} "
+        f"{'evaluated tokens/h':>19} {'cached':>7} {'turns':>6}"
+    ]
+    for r in results:
+        ttft = r.ttft()
+        lines.append(
+            f"{r.policy:<18} {percentile(ttft, 50):>8.2f}s {percentile(ttft, 90):>8.2f}s "
+            f"{percentile(ttft, 99):>8.2f}s {r.evaluated_per_hour / 1e6:>17.1f} M "
+            f"{r.cached:>7.1%} {len(ttft):>6d}"
+        )
+    return "\n".join(lines)
+
+
+def agent_plot(results: Sequence[AgentResult], config: AgentConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cdf, work) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        values = r.ttft()
+        cdf.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=r.policy)
+    cdf.set_xscale("log")
+    cdf.set_xlabel("time to first token (s), agent turns")
+    cdf.set_ylabel("share of turns")
+    cdf.grid(True, which="both", alpha=0.3)
+    cdf.legend()
+    work.bar([r.policy for r in results], [r.evaluated_per_hour / 1e6 for r in results])
+    work.set_ylabel("prompt tokens evaluated per hour (millions)")
+    work.tick_params(axis="x", labelsize=8)
+    fig.suptitle(
+        f"{config.backends} backends x {config.slots} slots, {config.agents} agents with "
+        f"{config.system_tokens} shared system tokens, {config.sessions_per_minute:g} "
+        f"sessions/min over {config.minutes:g} min, seed {config.seed}",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def agent_main(args: argparse.Namespace) -> None:
+    config = AgentConfig(
+        backends=args.backends if args.backends != Config.backends else AgentConfig.backends,
+        minutes=args.minutes,
+        sessions_per_minute=args.sessions_per_minute,
+        seed=args.seed if args.seed != Config.seed else AgentConfig.seed,
+    )
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if policies == list(POLICIES):
+        policies = list(AGENT_POLICIES)
+    unknown = [p for p in policies if p not in AGENT_POLICIES]
+    if unknown:
+        raise SystemExit(f"unknown agent policies: {', '.join(unknown)}")
+    sessions = make_agent_workload(config)
+    started = time.perf_counter()
+    results = [AgentSimulation(config, sessions, p).run() for p in policies]
+    print(
+        f"{config.backends} backends x {config.slots} slots, {len(sessions)} sessions of "
+        f"{config.agents} agents ({config.system_tokens} shared system tokens, histories "
+        f"to {config.max_history}), {config.minutes:g} simulated min, seed {config.seed}"
+    )
+    print(agent_table(results))
+    plot = (
+        args.plot
+        if args.plot != ROOT / "bench" / "fleet_sim.png"
+        else ROOT / "bench" / "fleet_sim_agents.png"
+    )
+    agent_plot(results, config, plot)
+    walls = ", ".join(f"{r.policy} {r.wall_seconds:.1f}" for r in results)
+    print(f"plot: {os.path.relpath(plot)}; wall {time.perf_counter() - started:.1f} s ({walls})")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seed", type=int, default=Config.seed)
@@ -1266,7 +1718,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=",".join(POLICIES),
         help=f"comma-separated, of: {', '.join(POLICY_TYPES)} (default: the first three)",
     )
+    parser.add_argument("--workload", choices=("day", "agents"), default="day")
+    parser.add_argument("--minutes", type=float, default=AgentConfig.minutes)
+    parser.add_argument(
+        "--sessions-per-minute", type=float, default=AgentConfig.sessions_per_minute
+    )
     args = parser.parse_args(argv)
+    if args.workload == "agents":
+        agent_main(args)
+        return
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICY_TYPES]
     if unknown or not policies:

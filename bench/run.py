@@ -12,7 +12,8 @@ It starts the emulator (`ollama-gateway emulator`), the gateway in front of it
 with `--litellm`, LiteLLM's proxy (one worker, its `ollama_chat/` provider, pointed at the
 same emulator), all on 127.0.0.1, and prints one table:
 
-- non-streaming (32 tokens a reply) at concurrency 1, 32, 128 and 256, load from `wrk`
+- non-streaming (32 tokens a reply: the emulator's filler runs to `--reply-tokens 64`,
+  cut by each request's maximum) at concurrency 1, 32, 128 and 256, load from `wrk`
   (Debian's package, a Lua script for the POST body; one Python process would be the
   bottleneck at 128 connections): requests/s, p50 and p99 latency, non-2xx replies, and
   the CPU milliseconds per request of the gateway's (or LiteLLM's) process, from /proc,
@@ -23,10 +24,18 @@ same emulator), all on 127.0.0.1, and prints one table:
   once with no delay between tokens (the relay's own cost per chunk) and once with
   `--stream-delay-ms` between tokens (a fast GPU's pace), set on the emulator.
 
-The gateway's `/v1/chat/completions` rows are left out, with a note, when it does not
-serve that route. `--profile C` then loads each gateway case again at concurrency C under
-`py-spy` and prints where the gateway's CPU goes (by package, by function, and the
-inclusive time of the gateway's functions and of the library calls they make).
+The OpenAI and agent surfaces have rows of their own, non-streaming and streaming:
+`/v1/chat/completions`, Anthropic's `/v1/messages` (Claude Code; with the
+`anthropic-version` header its clients send) and OpenAI's `/v1/responses` (Codex; stored,
+its default, and with `store: false`), LiteLLM's proxy beside each (its
+rows say "not served" with the reply when one request of the row's kind fails there).
+The gateway's rows for a route are left out, with a note, when it does not serve it.
+`--profile C` then loads each gateway case again at concurrency C under `py-spy` and
+prints where the gateway's CPU goes (by package, by function, and the inclusive time of
+the gateway's functions and of the library calls they make).
+At its end it prints `bench/ledger_cost.py`'s table: the usage ledger's CPU per stored run,
+and bench/quota_cost.py's table: the CPU per request of the quota check and charge (no
+quotas, token quotas, requests_per_day).
 Quote ratios from one run: these machines are noisy.
 """
 
@@ -57,7 +66,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import ledger_cost
 from bench.proc import cpu_seconds, cpu_total, loaded, quiesce, rss_mb
+from bench.quota_cost import report as quota_cost_report
 from tests.support.servers import free_port, running_emulator, running_process
 
 MODEL = "llama3.1:8b"
@@ -75,6 +86,7 @@ class Case:
     key: str | None = None
     pid: int | None = None  # the process whose CPU is charged to this case
     note: str | None = None  # why the case is skipped
+    headers: dict[str, str] = field(default_factory=dict)  # beside the key's
 
 
 @dataclass
@@ -86,7 +98,12 @@ class Row:
 
 
 def wrk(
-    url: str, body: dict[str, Any], connections: int, duration: float, key: str | None
+    url: str,
+    body: dict[str, Any],
+    connections: int,
+    duration: float,
+    key: str | None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     payload = json.dumps(body).replace("\\", "\\\\").replace("'", "\\'")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -96,6 +113,8 @@ def wrk(
         )
         if key:
             script.write(f"wrk.headers['Authorization'] = 'Bearer {key}'\n")
+        for name, value in (headers or {}).items():
+            script.write(f"wrk.headers['{name}'] = '{value}'\n")
     threads = min(2, connections)
     try:
         out = subprocess.run(
@@ -134,11 +153,20 @@ def wrk(
 
 
 async def streams(
-    url: str, body: dict[str, Any], concurrency: int, count: int, key: str | None
+    url: str,
+    body: dict[str, Any],
+    concurrency: int,
+    count: int,
+    key: str | None,
+    extra_headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Time to first chunk, chunks/s per stream and in all, over `count` streams.
 
-    A chunk is an NDJSON line or an SSE `data:` line (OpenAI's `[DONE]` excluded).
+    A chunk is an NDJSON line or an SSE `data:` line (OpenAI's `[DONE]` excluded). On the
+    typed SSE surfaces (Anthropic's, OpenAI Responses') the events around the text (message
+    or response created, block or item opened and closed, the end) are chunks too: a
+    64-token stream is 64 + 6 chunks on `/v1/messages`, 64 + 8 on `/v1/responses`, against
+    64 + 1 on the gateway's `/v1/chat/completions`.
     """
     ttfts: list[float] = []
     rates: list[float] = []
@@ -146,6 +174,7 @@ async def streams(
     failures = 0
     gate = asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update(extra_headers or {})
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(
@@ -194,7 +223,9 @@ def keep_streaming(case: Case, concurrency: int, seconds: float) -> None:
     """Streams from `case`, `concurrency` at a time, for about `seconds` (for profiles)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        asyncio.run(streams(case.url, case.body, concurrency, 4 * concurrency, case.key))
+        asyncio.run(
+            streams(case.url, case.body, concurrency, 4 * concurrency, case.key, case.headers)
+        )
 
 
 def set_token_delay(emulator: str, delay_ms: float) -> None:
@@ -205,6 +236,44 @@ def serves(url: str, body: dict[str, Any], key: str) -> bool:
     """Whether the gateway has a route for `url` (anything but a 404/405 says so)."""
     reply = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     return reply.status_code not in (404, 405)
+
+
+# What a whole streamed reply ends with, by route (a pattern; in an `event:` line or in
+# the data's `type`, which is all LiteLLM's Responses stream sends): without it, it failed.
+STREAM_ENDS = {
+    "/v1/chat/completions": r"data: \[DONE\]",
+    "/v1/messages": r"message_stop",
+    "/v1/responses": r"response\.(completed|incomplete)",
+}
+STREAM_FAILURES = ("event: error", "event: response.failed", '"type":"error"', '"type": "error"')
+
+
+def refusal(case: Case, streamed: bool = False) -> str | None:
+    """Why one request of `case` was not answered as it should be (None when it was): a
+    status other than 200, a non-streamed reply that is not JSON, a streamed one without
+    its route's final event or with an error event. For the rows of LiteLLM's routes,
+    which it may not serve against this backend: wrk counts non-2xx replies but would
+    still time them."""
+    headers = {**case.headers, **({"Authorization": f"Bearer {case.key}"} if case.key else {})}
+    try:
+        reply = httpx.post(case.url, json=case.body, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    text = " ".join(reply.text.split())
+    if reply.status_code != 200:
+        return f"HTTP {reply.status_code}: {text[:200]}"
+    if not streamed:
+        try:
+            json.loads(reply.text)
+        except ValueError:
+            return f"HTTP 200 but not JSON: {text[:200]}"
+        return None
+    if any(mark in text for mark in STREAM_FAILURES):
+        return f"an error event in the stream: {text[-200:]}"
+    end = next((e for route, e in STREAM_ENDS.items() if case.url.endswith(route)), None)
+    if end is not None and not re.search(end, text):
+        return f"no final event ({end}): {text[-200:]}"
+    return None
 
 
 @contextmanager
@@ -319,6 +388,15 @@ def summarize(raw: Path, top: int = 12) -> list[str]:
     ]
 
 
+def conc(row: Row) -> str:
+    return f"{row.concurrency:4d}" if row.concurrency else f"{'-':>4}"
+
+
+def outcome(error: str) -> str:
+    """A row's error as the table prints it: skipped and refused cases as they are."""
+    return error if error.startswith(("skipped", "not served")) else f"failed: {error}"
+
+
 def machine() -> str:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -351,6 +429,9 @@ def main() -> None:
     parser.add_argument("--only", help="run only the cases whose name matches this regex")
     parser.add_argument("--profile", type=int, help="py-spy each gateway case at this concurrency")
     parser.add_argument("--profile-dir", type=Path, help="keep py-spy's collapsed stacks here")
+    parser.add_argument(
+        "--no-extras", action="store_true", help="leave out the ledger and quota cost tables"
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     stream_levels = [int(c) for c in args.stream_concurrency.split(",")]
@@ -362,7 +443,13 @@ def main() -> None:
     stream_rows: list[tuple[float, Row]] = []
     profiles: list[tuple[str, list[str]]] = []
     notes: list[str] = []
-    extra = ("--engine", "llama-cpp") if args.engine == "llama-cpp" else ()
+    # The filler's answers run to the tokens asked for (its own length for a prompt is 20
+    # to 60 tokens: 28 for PROMPT, which would cut every reply and stream short).
+    extra = (
+        ("--engine", "llama-cpp")
+        if args.engine == "llama-cpp"
+        else ("--reply-tokens", str(max(TOKENS, STREAM_TOKENS)))
+    )
     settle = 4.0 if args.engine == "llama-cpp" else 0.5
     started = datetime.now(UTC)
     if args.profile_dir:
@@ -390,9 +477,7 @@ def main() -> None:
         key = made.stdout.split()[-1]
         serve = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
         if args.server == "granian":
-            serve = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
-                     "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                     "--loop", "uvloop", "--log-level", "warning", "app.main:create_app"]  # fmt: skip
+            serve = [*serve, "--server", "granian"]  # what `serve --server granian` runs
         gw = stack.enter_context(running_process(serve, gateway + "/healthz", env=env)).pid
         httpx.get(f"{gateway}/healthz")
         server_libs = loaded(gw, "uvloop", "httptools") or ["neither uvloop nor httptools"]
@@ -406,10 +491,21 @@ def main() -> None:
 
         gateway_body = {"model": model, "prompt": PROMPT, "options": {"max_tokens": TOKENS}}
         v1_body = {**chat, "max_tokens": TOKENS}
-        v1_note = None
-        if not serves(f"{gateway}/v1/chat/completions", v1_body, key):
-            v1_note = "the gateway does not serve /v1/chat/completions (404): rows skipped"
-            notes.append(v1_note)
+        # The agent surfaces (issue 26): Anthropic's Messages API (Claude Code) with the
+        # header Anthropic's clients send, and OpenAI's Responses API (Codex), stored (its
+        # default: the response is kept to be continued) and not.
+        anthropic = {"anthropic-version": "2023-06-01"}
+        messages_body = {**chat, "max_tokens": TOKENS}
+        responses_body = {"model": model, "input": PROMPT, "max_output_tokens": TOKENS}
+        unserved: dict[str, str | None] = {}
+        for route, probe_body in (("/v1/chat/completions", v1_body),
+                                  ("/v1/messages", messages_body),
+                                  ("/v1/responses", {**responses_body, "store": False})):  # fmt: skip
+            unserved[route] = None
+            if not serves(f"{gateway}{route}", probe_body, key):
+                unserved[route] = f"the gateway does not serve {route} (404): rows skipped"
+                notes.append(unserved[route] or "")
+        v1_note = unserved["/v1/chat/completions"]
         chat_whole = {**chat, "stream": False, "options": {"num_predict": TOKENS}}
         cases = [
             Case("direct  /api/generate", f"{emulator}/api/generate", generate),
@@ -422,18 +518,37 @@ def main() -> None:
             Case("gateway /api/chat (stored)", f"{gateway}/api/chat", chat_whole, key, gw),
             Case("gateway /v1/chat/completions (stored)", f"{gateway}/v1/chat/completions",
                  v1_body, key, gw, v1_note),
+            Case("gateway /v1/messages (stored)", f"{gateway}/v1/messages", messages_body,
+                 key, gw, unserved["/v1/messages"], anthropic),
+            Case("gateway /v1/responses (stored)", f"{gateway}/v1/responses", responses_body,
+                 key, gw, unserved["/v1/responses"]),
+            Case("gateway /v1/responses (store=false)", f"{gateway}/v1/responses",
+                 {**responses_body, "store": False}, key, gw, unserved["/v1/responses"]),
         ]  # fmt: skip
         if litellm is not None:
-            cases.append(Case("litellm /v1/chat/completions", f"{litellm}/v1/chat/completions",
-                              v1_body, LITELLM_KEY, litellm_pid))  # fmt: skip
+            cases += [
+                Case("litellm /v1/chat/completions", f"{litellm}/v1/chat/completions",
+                     v1_body, LITELLM_KEY, litellm_pid),
+                Case("litellm /v1/messages", f"{litellm}/v1/messages", messages_body,
+                     LITELLM_KEY, litellm_pid, headers=anthropic),
+                Case("litellm /v1/responses", f"{litellm}/v1/responses", responses_body,
+                     LITELLM_KEY, litellm_pid),
+            ]  # fmt: skip
         if args.only:
             cases = [c for c in cases if re.search(args.only, c.name)]
 
         for case in cases:
             if case.note:
+                rows.append(Row(case, 0, error=f"skipped: {case.note}"))
                 continue
+            if case.pid is not None and case.pid == litellm_pid:
+                why = refusal(case)
+                if why is not None:
+                    rows.append(Row(case, 0, error=f"not served by LiteLLM: {why}"))
+                    progress(f"{case.name}: not served: {why}")
+                    continue
             try:
-                wrk(case.url, case.body, 4, 1, case.key)  # warm up
+                wrk(case.url, case.body, 4, 1, case.key, case.headers)  # warm up
             except (subprocess.CalledProcessError, RuntimeError) as exc:
                 rows.append(Row(case, 0, error=f"warm-up failed: {exc}"))
                 continue
@@ -444,7 +559,8 @@ def main() -> None:
                 row = Row(case, connections)
                 try:
                     before = cpu_total(case.pid) if case.pid else 0.0
-                    row.values = wrk(case.url, case.body, connections, args.duration, case.key)
+                    row.values = wrk(case.url, case.body, connections, args.duration,
+                                     case.key, case.headers)  # fmt: skip
                     if case.pid:
                         quiesce(case.pid)
                         spent = cpu_total(case.pid) - before
@@ -458,6 +574,8 @@ def main() -> None:
         stream_body = {"model": model, "prompt": PROMPT, "options": {"num_predict": STREAM_TOKENS}}
         stream_gateway = {**gateway_body, "options": {"max_tokens": STREAM_TOKENS}}
         stream_v1 = {**chat, "max_tokens": STREAM_TOKENS, "stream": True}
+        stream_messages = {**messages_body, "max_tokens": STREAM_TOKENS, "stream": True}
+        stream_responses = {**responses_body, "max_output_tokens": STREAM_TOKENS, "stream": True}
         stream_cases = [
             Case("direct  /api/generate", f"{emulator}/api/generate", stream_body),
             Case("gateway /api/generate (stored)", f"{gateway}/api/generate", stream_body,
@@ -468,19 +586,37 @@ def main() -> None:
                  {**chat, "options": {"num_predict": STREAM_TOKENS}}),
             Case("gateway /v1/chat/completions", f"{gateway}/v1/chat/completions", stream_v1,
                  key, gw, v1_note),
+            Case("gateway /v1/messages", f"{gateway}/v1/messages", stream_messages, key, gw,
+                 unserved["/v1/messages"], anthropic),
+            Case("gateway /v1/responses (stored)", f"{gateway}/v1/responses", stream_responses,
+                 key, gw, unserved["/v1/responses"]),
+            Case("gateway /v1/responses (store=false)", f"{gateway}/v1/responses",
+                 {**stream_responses, "store": False}, key, gw, unserved["/v1/responses"]),
         ]  # fmt: skip
         if litellm is not None:
-            stream_cases.append(Case("litellm /v1/chat/completions",
-                                     f"{litellm}/v1/chat/completions", stream_v1,
-                                     LITELLM_KEY, litellm_pid))  # fmt: skip
+            stream_cases += [
+                Case("litellm /v1/chat/completions", f"{litellm}/v1/chat/completions",
+                     stream_v1, LITELLM_KEY, litellm_pid),
+                Case("litellm /v1/messages", f"{litellm}/v1/messages", stream_messages,
+                     LITELLM_KEY, litellm_pid, headers=anthropic),
+                Case("litellm /v1/responses", f"{litellm}/v1/responses", stream_responses,
+                     LITELLM_KEY, litellm_pid),
+            ]  # fmt: skip
         if args.only:
             stream_cases = [c for c in stream_cases if re.search(args.only, c.name)]
+        for case in stream_cases:
+            if case.pid is not None and case.pid == litellm_pid and not case.note:
+                why = refusal(case, streamed=True)
+                if why is not None:
+                    case.note = f"not served by LiteLLM: {why}"
+                    progress(f"stream {case.name}: not served: {why}")
         delays = [0.0] if args.engine == "llama-cpp" else [0.0, args.stream_delay_ms]
         for delay in delays:
             if args.engine == "filler":
                 set_token_delay(emulator, delay)
             for case in stream_cases:
                 if case.note:
+                    stream_rows.append((delay, Row(case, 0, error=case.note)))
                     continue
                 for concurrency in stream_levels:
                     time.sleep(settle)
@@ -488,9 +624,10 @@ def main() -> None:
                     row = Row(case, concurrency)
                     try:
                         before = cpu_total(case.pid) if case.pid else 0.0
-                        row.values = asyncio.run(
-                            streams(case.url, case.body, concurrency, count, case.key)
+                        load = streams(
+                            case.url, case.body, concurrency, count, case.key, case.headers
                         )
+                        row.values = asyncio.run(load)
                         if case.pid:
                             quiesce(case.pid)
                             spent = cpu_total(case.pid) - before
@@ -516,7 +653,8 @@ def main() -> None:
                     )
                 else:
                     load = threading.Thread(
-                        target=wrk, args=(case.url, case.body, args.profile, seconds, case.key)
+                        target=wrk,
+                        args=(case.url, case.body, args.profile, seconds, case.key, case.headers),
                     )
                 load.start()
                 time.sleep(1)
@@ -545,7 +683,7 @@ def main() -> None:
           f"{'non-2xx':>7} {'CPU ms/req':>10} {'RSS MB':>7}")  # fmt: skip
     for row in rows:
         if row.error:
-            print(f"{row.case.name:40} {row.concurrency:4d} failed: {row.error}")
+            print(f"{row.case.name:40} {conc(row)} {outcome(row.error)}")
             continue
         r = row.values
         cpu = f"{r['cpu']:10.2f} {r['rss']:7.0f}" if "cpu" in r else f"{'':10}"
@@ -560,7 +698,7 @@ def main() -> None:
             if when != delay:
                 continue
             if row.error:
-                print(f"{row.case.name:40} {row.concurrency:4d} failed: {row.error}")
+                print(f"{row.case.name:40} {conc(row)} {outcome(row.error)}")
                 continue
             s = row.values
             per_token = s["cpu"] / STREAM_TOKENS if "cpu" in s else 0.0
@@ -570,6 +708,13 @@ def main() -> None:
     for title, lines in profiles:
         print(f"\npy-spy, gateway process, {title}")
         print("\n".join(lines))
+    if args.no_extras:
+        return
+    # What the usage ledger adds to each stored run (in process, SQLite and PostgreSQL).
+    ledger_cost.report()
+    # Last, in this process: what quotas cost per request (bench/quota_cost.py).
+    print()
+    print("\n".join(quota_cost_report()))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,19 @@ MODEL = "llama3.1:8b"
 BODY = {"model": MODEL, "prompt": "Explain recursion.", "options": {"max_tokens": 32}}
 
 
-def measure(backend: str, workers: int, seconds: float, connections: int) -> dict[str, float]:
+def measure(
+    backend: str, workers: int, seconds: float, connections: int, server: str
+) -> dict[str, float]:
     with (
         tempfile.TemporaryDirectory() as tmp,
-        gateway(backend, f"sqlite+aiosqlite:///{tmp}/bench.db", "--workers", str(workers)) as url,
+        gateway(
+            backend,
+            f"sqlite+aiosqlite:///{tmp}/bench.db",
+            "--workers",
+            str(workers),
+            "--server",
+            server,
+        ) as url,
     ):
         wrk(f"{url}/gateway/generate", BODY, connections, 3, None)  # warm-up
         return wrk(f"{url}/gateway/generate", BODY, connections, seconds, None)
@@ -42,10 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--server", default="uvicorn", choices=["uvicorn", "granian"])
     args = parser.parse_args()
     with running_emulator(models=(MODEL,)) as backend:
-        rows = [(n, measure(backend, n, args.seconds, args.connections)) for n in (1, 2)]
-    print(f"\nPOST /gateway/generate (stored), {args.connections} connections, "
+        rows = [
+            (n, measure(backend, n, args.seconds, args.connections, args.server)) for n in (1, 2)
+        ]
+    print(f"\nPOST /gateway/generate (stored), {args.server}, {args.connections} connections, "
           f"{args.seconds:g} s each, SQLite, {os.cpu_count()} cores")  # fmt: skip
     print(f"{'workers':>8} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for n, r in rows:

@@ -270,10 +270,11 @@ def test_kubernetes_manifests_run_the_api_and_workers_safely() -> None:
     assert gateway["command"] == ["ollama-gateway", "serve"]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    pause = gateway["lifecycle"]["preStop"]["exec"]["command"]
-    assert pause == ["sleep", "5"]
+    # the drain runs before SIGTERM, and may take its drain period and the grace
+    assert gateway["lifecycle"]["preStop"]["exec"]["command"] == ["ollama-gateway", "drain"]
     grace = int(config["GATEWAY_SHUTDOWN_GRACE"])
-    assert pod["terminationGracePeriodSeconds"] > grace + int(pause[1])
+    drain = int(config["GATEWAY_SHUTDOWN_DRAIN"])
+    assert pod["terminationGracePeriodSeconds"] > grace + drain
     # the spool (results kept while the database does not answer) is on a volume, the
     # root filesystem being read-only
     spool_dir = re.search(r"GATEWAY_SPOOL_DIR=(\S+)", (ROOT / "Dockerfile").read_text())

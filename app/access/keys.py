@@ -32,14 +32,24 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.access.principal import SCOPES, Principal, Scope
+from app.access.principal import SCOPES, Principal, Quotas, Scope, check_quotas
 from app.settings import KEY_PREFIX, api_key_problem
 from app.storage.database_user import DatabaseUser
 from app.storage.outage import DatabaseUnavailable, is_outage
+from app.storage.quota_repository import Teams
 from app.storage.repositories import ApiKeys, new_id
-from app.storage.tables import ApiKey
+from app.storage.tables import ApiKey, Team
 
-__all__ = ["BOOTSTRAP_KEY_NAME", "KEY_PREFIX", "BootstrapOutcome", "KeyStore", "NewKey", "hash_key"]
+__all__ = [
+    "BOOTSTRAP_KEY_NAME",
+    "KEY_PREFIX",
+    "UNSET",
+    "BootstrapOutcome",
+    "KeyStore",
+    "NewKey",
+    "UnknownTeam",
+    "hash_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +59,20 @@ BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
 BootstrapOutcome = Literal["created", "exists", "revoked"]
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+
+
+class _Unset:
+    """A field an update leaves as it is."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+class UnknownTeam(LookupError):
+    """A key was given a team that does not exist."""
 
 
 def hash_key(key: str) -> str:
@@ -64,6 +88,8 @@ def key_dict(row: ApiKey) -> dict[str, Any]:
         "models": row.models,
         "requests_per_minute": row.requests_per_minute,
         "tokens_per_minute": row.tokens_per_minute,
+        "team": row.team,
+        "quotas": row.quotas,
         "created_at": row.created_at.isoformat(),
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
     }
@@ -77,16 +103,28 @@ class NewKey:
     record: dict[str, Any]
 
 
-def _principal(row: ApiKey) -> Principal:
+def _principal(row: ApiKey, team: Team | None) -> Principal:
     scope: Scope = "admin" if row.scope == "admin" else "user"
     return Principal(
         name=row.name,
         scope=scope,
         key_id=row.id,
+        team=row.team,
         models=tuple(row.models) if row.models is not None else None,
         requests_per_minute=row.requests_per_minute,
         tokens_per_minute=row.tokens_per_minute,
+        quotas=Quotas.of(row.quotas),
+        team_models=tuple(team.models) if team is not None and team.models is not None else None,
+        team_quotas=Quotas.of(team.quotas) if team is not None else None,
     )
+
+
+async def _with_team(keys: ApiKeys, row: ApiKey | None) -> Principal | None:
+    """The principal of a key row (its team read with it), None for no row."""
+    if row is None:
+        return None
+    team = await Teams(keys.session).named(row.team) if row.team is not None else None
+    return _principal(row, team)
 
 
 class _Outage(Exception):
@@ -107,6 +145,7 @@ class KeyStore(DatabaseUser):
         super().__init__(database_url, name="key-store")
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._named: dict[str, tuple[float, Principal | None]] = {}
         self._count: tuple[float, int] | None = None
         self._answered_at = float("-inf")
         """When the newest lookup that the database answered was made."""
@@ -142,8 +181,14 @@ class KeyStore(DatabaseUser):
         logger.warning("the database does not answer: %s cannot be checked", what)
         return DatabaseUnavailable(f"the database does not answer: {what} cannot be checked")
 
+    def forget(self) -> None:
+        """Drop what this process cached (a key or a team changed)."""
+        self._forget()
+
     def _forget(self) -> None:
+        """Drop what this process cached (a key or a team changed)."""
         self._cache.clear()
+        self._named.clear()
         self._count = None
 
     async def acreate(
@@ -154,8 +199,11 @@ class KeyStore(DatabaseUser):
         models: Sequence[str] | None = None,
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
+        team: str | None = None,
+        quotas: dict[str, Any] | None = None,
     ) -> NewKey:
-        """A new key. ValueError for a bad name, scope or pattern, or a name in use."""
+        """A new key. ValueError for a bad name, scope, pattern or quota, or a name in use;
+        `UnknownTeam` for a team that does not exist."""
         if not NAME_PATTERN.match(name):
             raise ValueError(
                 "name must be 1-100 letters, digits or . _ @ - (starting with a letter or digit)"
@@ -170,6 +218,7 @@ class KeyStore(DatabaseUser):
         for limit in (requests_per_minute, tokens_per_minute):
             if limit is not None and limit < 1:
                 raise ValueError("rate limits must be positive numbers per minute")
+        clean_quotas = check_quotas(quotas)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKey(
             id=new_id(),
@@ -180,6 +229,8 @@ class KeyStore(DatabaseUser):
             models=patterns,
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
+            team=team,
+            quotas=clean_quotas,
             created_at=datetime.now(UTC),
         )
         await self._prepare()
@@ -187,6 +238,8 @@ class KeyStore(DatabaseUser):
             keys = ApiKeys(session)
             if await keys.active_named(name) is not None:
                 raise ValueError(f"an active key named {name!r} exists; revoke it first")
+            if team is not None and await Teams(session).named(team) is None:
+                raise UnknownTeam(f"team: no team named {team!r} (create it first)")
             await keys.add(row)
         self._forget()
         return NewKey(key=key, record=key_dict(row))
@@ -253,6 +306,52 @@ class KeyStore(DatabaseUser):
         async with self.db.session() as session:
             return [key_dict(r) for r in await ApiKeys(session).all(include_revoked)]
 
+    async def aupdate(
+        self, key_id_or_name: str, *, team: str | None = UNSET, quotas: Any = UNSET
+    ) -> dict[str, Any] | None:
+        """Set an active key's team (None: no team) and/or quotas (None: none); fields left
+        UNSET stay as they are. None when there is no such active key; ValueError for a bad
+        quota, `UnknownTeam` for a team that does not exist."""
+        clean_quotas = check_quotas(quotas) if quotas is not UNSET else UNSET
+        await self._prepare()
+        async with self.db.session() as session:
+            keys = ApiKeys(session)
+            row = await keys.active(key_id_or_name)
+            if row is None:
+                return None
+            if team is not UNSET:
+                if team is not None and await Teams(session).named(team) is None:
+                    raise UnknownTeam(f"team: no team named {team!r} (create it first)")
+                row.team = team
+            if clean_quotas is not UNSET:
+                row.quotas = clean_quotas
+            await session.flush()
+            record = key_dict(row)
+        self._forget()
+        return record
+
+    async def aprincipal_named(self, name: str) -> Principal | None:
+        """The principal of the active key with this name (a job's owner), cached like
+        lookups; None when there is none. `DatabaseUnavailable` when it cannot be read."""
+        now = time.monotonic()
+        cached = self._named.get(name)
+        if cached is not None and self._fresh(cached[0], now):
+            return cached[1]
+
+        async def by_name(keys: ApiKeys) -> Principal | None:
+            return await _with_team(keys, await keys.active_named(name))
+
+        try:
+            principal = await self._lookup(by_name, now)
+        except _Outage as outage:
+            if cached is None or not self._stale_usable(cached[0]):
+                raise self._unavailable("the job's API key") from outage.__cause__
+            return cached[1]
+        if len(self._named) > 10_000:
+            self._named.clear()
+        self._named[name] = (now, principal)
+        return principal
+
     async def arevoke(self, key_id_or_name: str) -> dict[str, Any] | None:
         """Revoke an active key by id or name; None when there is no such active key."""
         await self._prepare()
@@ -284,20 +383,18 @@ class KeyStore(DatabaseUser):
         if cached is not None and self._fresh(cached[0], now):
             return cached[1]
 
-        async def by_hash(keys: ApiKeys) -> ApiKey | None:
-            return await keys.by_hash(digest)
+        async def by_hash(keys: ApiKeys) -> Principal | None:
+            row = await keys.by_hash(digest)
+            if row is None or not hmac.compare_digest(row.key_hash, digest):
+                return None
+            return await _with_team(keys, row)
 
         try:
-            row = await self._lookup(by_hash, now)
+            principal = await self._lookup(by_hash, now)
         except _Outage as outage:
             if cached is None or not self._stale_usable(cached[0]):
                 raise self._unavailable("the API key") from outage.__cause__
             return cached[1]
-        principal = (
-            _principal(row)
-            if row is not None and hmac.compare_digest(row.key_hash, digest)
-            else None
-        )
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now, principal)
@@ -313,6 +410,8 @@ class KeyStore(DatabaseUser):
         models: Sequence[str] | None = None,
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
+        team: str | None = None,
+        quotas: dict[str, Any] | None = None,
     ) -> NewKey:
         return self._run(
             self.acreate(
@@ -321,6 +420,8 @@ class KeyStore(DatabaseUser):
                 models=models,
                 requests_per_minute=requests_per_minute,
                 tokens_per_minute=tokens_per_minute,
+                team=team,
+                quotas=quotas,
             )
         )
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
-from app import telemetry
 from app.backends.errors import BackendError, BackendTimeout, BackendUnavailable, StreamInterrupted
-from app.request_context import request_id
+from app.observability import telemetry
+from app.observability.request_context import request_id
 
 __all__ = ["OllamaClient", "RelayResponse"]
 
@@ -155,7 +156,11 @@ class OllamaClient:
     ) -> httpx.Response:
         try:
             response = await self._http().request(
-                method, path, json=json_body, timeout=self._timeout(timeout)
+                method,
+                path,
+                content=_dumps(json_body) if json_body is not None else None,
+                headers=JSON_HEADERS if json_body is not None else None,
+                timeout=self._timeout(timeout),
             )
         except httpx.HTTPError as exc:
             raise self._map_transport_error(exc) from exc
@@ -239,7 +244,11 @@ class OllamaClient:
         received = 0
         try:
             async with self._http().stream(
-                "POST", path, json=body, timeout=self._timeout(timeout)
+                "POST",
+                path,
+                content=_dumps(body),
+                headers=JSON_HEADERS,
+                timeout=self._timeout(timeout),
             ) as response:
                 if response.status_code >= 400:
                     text = (await response.aread()).decode(errors="replace")
@@ -353,7 +362,7 @@ class OllamaClient:
         one line of its NDJSON stream. A `BackendError` (with the response's status,
         naming what came instead) when it is not JSON, or JSON but not an object."""
         try:
-            data = response.json() if line is None else json.loads(line)
+            data = _loads(response.content if line is None else line)
         except ValueError as exc:  # json.JSONDecodeError, or bytes that are not text
             sent = (
                 f"a reply that is not JSON: {response.text[:200]!r}"
@@ -412,3 +421,25 @@ async def _pass_request_id(request: httpx.Request) -> None:
     current = request_id.get()
     if current is not None:
         request.headers["X-Request-ID"] = current
+
+
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+def _dumps(value: Mapping[str, Any]) -> bytes:
+    """A request body: orjson's bytes (compact, as httpx's `json=` would send them, in a
+    fraction of the time); what orjson will not write (integers past 64 bits, keys that are
+    not text) goes through `json`, NaN included."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _loads(content: bytes | str) -> Any:
+    """A reply (or one of its lines) read by orjson; what it refuses and `json` takes (NaN,
+    integers past 64 bits, lone surrogates) by `json`, so a reply means what it meant."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)

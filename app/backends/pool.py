@@ -2,7 +2,12 @@
 
 Routing: only backends whose circuit is closed and that have the model; among those, the
 one where the request would wait least: its queue, per slot and weight, against the
-model's cold-load time there when it is not loaded (see `app.backends.state`). Inventory
+model's cold-load time there when it is not loaded (see `app.backends.state`). A run whose
+prompt is known (`chat_prompt`, `generate_prompt`) goes where its first token is expected
+soonest: that wait, plus its prompt tokens not cached there (the prefix index,
+`app.backends.prefix`) times the backend's observed prompt evaluation time per token, so a
+long conversation stays where its prefix is cached while the wait there is shorter than
+evaluating it again elsewhere (`GATEWAY_PREFIX_ROUTING`). Inventory
 (`/api/tags`, `/api/ps`) is refreshed when older than `inventory_ttl`. A backend that fails
 (no connection, 5xx, timeout) `breaker_threshold` times in a row is taken out for
 `cooldown` seconds, then tried again. Each backend admits `max_concurrency` requests at
@@ -10,9 +15,8 @@ once and `max_per_model` runs of one model (when set), interactive requests befo
 runs (`app.backends.gate`); up to `max_queue` more wait at most `queue_timeout` seconds,
 after which `BackendBusy` (503) is raised.
 
-Placement rules (`app.backends.placement`) narrow the backends a model may use; a chat's
-earlier backend is preferred while it has a free slot (`app.backends.affinity`); warm
-models are loaded in the health rounds (`app.backends.warm`).
+Placement rules (`app.backends.placement`) narrow the backends a model may use; warm models
+are loaded in the health rounds (`app.backends.warm`).
 """
 
 from __future__ import annotations
@@ -25,16 +29,32 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
-from app.backends.affinity import ConversationAffinity
 from app.backends.client import JSONDict, OllamaClient
 from app.backends.errors import BackendBusy, BackendError, BackendUnavailable
 from app.backends.gate import batch_runs
 from app.backends.load_history import LoadHistory
 from app.backends.placement import Placement, PlacementRule
+from app.backends.prefix import (
+    DEFAULT_BYTES_PER_TOKEN,
+    BackendPrefixes,
+    BlockMemo,
+    Estimate,
+    Prompt,
+    SessionHomes,
+    chat_prompt,
+    context_keys,
+    generate_prompt,
+    session_key,
+)
 from app.backends.spec import BackendSpec, parse_backend, spec_text
-from app.backends.state import DEFAULT_LOAD_SECONDS, UNLIMITED_SLOTS, BackendState
+from app.backends.state import (
+    DEFAULT_LOAD_SECONDS,
+    DEFAULT_PROMPT_SECONDS_PER_TOKEN,
+    UNLIMITED_SLOTS,
+    BackendState,
+)
 from app.backends.warm import KeepWarm, expiry_of
 
 __all__ = [
@@ -49,6 +69,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SameModel = Callable[[str, str], bool]
+RATIO_SAMPLE_BYTES = 4096
+"""Uncached text a run must have evaluated to teach the bytes per token (template tokens
+dominate shorter ones)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,24 @@ class Reconciled:
         return bool(self.added or self.removed)
 
 
+DISPLACED_CANDIDATES = 8
+"""Backends, best-ranked first, for which ranking works out what a request would push out
+of their caches (the others keep their time to first token alone: a fleet of tens of
+backends with every slot taken would otherwise cost that work for each, per request)."""
+
+
+def _first_three(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return row[:3]
+
+
+DISPLACED_WEIGHT = 2.0
+"""What a live conversation pushed out of a backend's cache costs, in times its history's
+evaluation: it comes back, finds its slot taken and pushes out another in turn, so one more
+conversation than a backend has slots costs again on the turns after (agent sessions have
+tens of turns). Counted twice, a backend holding as many live conversations as slots takes
+a new one only when elsewhere is clearly slower."""
+
+
 class BackendPool:
     """The configured Ollama servers, one `OllamaClient` each.
 
@@ -72,8 +113,10 @@ class BackendPool:
     passes Ollama's name rules; by default a name is its own key). `batch_share` is the
     part of a backend's slots batch runs may hold while interactive requests wait;
     `default_load` the cold-load time assumed for a model before one was seen.
-    `placement` (rules), `keep_warm` (model -> backends) and `affinity` (remembered
-    conversations) may be replaced at any time by the pool's owner.
+    `placement` (rules) and `keep_warm` (model -> backends) may be replaced at any time by
+    the pool's owner. `prefix_routing` turns the prefix index on (routing by expected time
+    to first token); `prefix_entries` bounds its keys per backend, `sessions` the client
+    sessions it remembers.
     """
 
     def __init__(
@@ -94,8 +137,10 @@ class BackendPool:
         model_key: Callable[[str], str] | None = None,
         placement: Placement | None = None,
         keep_warm: Mapping[str, int] | None = None,
-        affinity: ConversationAffinity | None = None,
         load_sample_interval: float = 5.0,
+        prefix_routing: bool = True,
+        prefix_entries: int = 4096,
+        sessions: SessionHomes | None = None,
     ) -> None:
         if not backends:
             raise ValueError("BackendPool needs at least one backend URL")
@@ -113,6 +158,16 @@ class BackendPool:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.transport = transport
+        self.prefix_routing = prefix_routing
+        self.prefix_entries = prefix_entries
+        self.sessions = sessions if sessions is not None else SessionHomes()
+        self.bytes_per_token: dict[str, float] = {}
+        self.block_memo = BlockMemo()
+        """Long messages' block keys, so an agent's resent history is fingerprinted at C speed."""
+        self._leases = 0
+        """Leases handed out (numbers a run's expected work while it holds its slot)."""
+        """Per model key, the running mean of prompt text bytes per token (from the
+        backends' `prompt_eval_count`)."""
         self.states = [self._state(spec) for spec in specs]
         self.membership_sync: Callable[[], Awaitable[None]] | None = None
         self.load_history = LoadHistory(every=load_sample_interval)
@@ -120,7 +175,6 @@ class BackendPool:
         self._skipped: set[tuple[str, str]] = set()
         self.placement = placement if placement is not None else Placement()
         self.keep_warm = KeepWarm(keep_warm or {})
-        self.affinity = affinity if affinity is not None else ConversationAffinity()
 
     def _state(self, spec: BackendSpec) -> BackendState:
         token = spec.token()
@@ -138,6 +192,8 @@ class BackendPool:
             token=token,
         )
         state = BackendState(spec, client, token_set=token is not None)
+        slots = spec.max_per_model or spec.max_concurrency or UNLIMITED_SLOTS
+        state.prefixes = BackendPrefixes(slots, self.prefix_entries)
         client.on_final = lambda model, final: self._finished(state, model, final)
         return state
 
@@ -156,8 +212,20 @@ class BackendPool:
         load = final.get("load_duration")
         if state.cold_runs[key] and isinstance(load, int | float) and load > 0:
             state.record_load(key, load / 1e9)
+        count, duration = final.get("prompt_eval_count"), final.get("prompt_eval_duration")
+        if _number(count) and _number(duration):
+            state.record_prompt(key, count, duration / 1e9)
+        decode = final.get("eval_duration")
+        if _number(decode):
+            state.record_decode(key, decode / 1e9)
         if not self._is_loaded(state, key):
             state.loaded = [*state.loaded, model]
+
+    def observed(self, state: BackendState, model: str, final: JSONDict) -> None:
+        """A run's final object that did not come through the client's own calls (a relayed
+        reply): what `OllamaClient.on_final` is told of the others."""
+        if "load_duration" in final:
+            self._finished(state, model, final)
 
     def _is_loaded(self, state: BackendState, key: str) -> bool:
         return any(self._key(name) == key for name in state.loaded)
@@ -295,6 +363,9 @@ class BackendPool:
             return
         state.models = [str(t.get("name", "")) for t in tags]
         state.loaded = [str(m.get("name", "")) for m in running]
+        loaded = {self._key(name) for name in state.loaded}
+        for model in state.prefixes.models() - loaded:  # unloaded: its prompt cache is gone
+            state.prefixes.forget_model(model)
         until = {self._key(str(m.get("name", ""))): expiry_of(m.get("expires_at")) for m in running}
         state.loaded_until = {key: t for key, t in until.items() if key and t is not None}
         state.inventory_at = time.monotonic()
@@ -328,15 +399,15 @@ class BackendPool:
         *,
         has_model: SameModel | None = None,
         placed: str | None = None,
-        prefer: str | None = None,
+        prompt: Prompt | None = None,
     ) -> list[BackendState]:
         """The backends to try for `model`, best first (see the module docstring).
 
         Only those `model`'s placement rule allows (or, without `model`, `placed`'s: where
         a pull of it may go); `BackendUnavailable` (503) naming the rule when none of them
-        is healthy. `prefer` (a backend name) comes first while it has a free slot (see
-        `_has_free_slot`). With a
-        single backend there is nothing to choose and no probe is made: the request itself
+        is healthy. With `prompt` (see `chat_prompt`) they are ranked by expected time to
+        first token, and `prompt.estimates` says what was expected of each. With a single
+        backend there is nothing to choose and no probe is made: the request itself
         reports an unreachable server or a missing model.
         """
         rule = self.rule_for(model if model is not None else placed)
@@ -369,6 +440,8 @@ class BackendPool:
             healthy = having
 
         key, batch = self._key(model), batch_runs.get()
+        if prompt is not None and model is not None and key is not None:
+            return self._by_first_token(healthy, model, key, same, batch, prompt)
 
         def rank(state: BackendState) -> tuple[float, float]:
             loaded = model is not None and any(same(m, model) for m in state.loaded)
@@ -376,13 +449,93 @@ class BackendPool:
                 key, loaded=loaded, batch=batch, default_load=self.default_load
             )
 
-        ranked = sorted(healthy, key=rank)
-        if prefer is not None and ranked[0].spec.name != prefer:
-            for i, state in enumerate(ranked):
-                if state.spec.name == prefer and self._has_free_slot(state, key, batch):
-                    ranked.insert(0, ranked.pop(i))
-                    break
-        return ranked
+        return sorted(healthy, key=rank)
+
+    def _by_first_token(
+        self,
+        healthy: list[BackendState],
+        model: str,
+        key: str,
+        same: SameModel,
+        batch: bool,
+        prompt: Prompt,
+    ) -> list[BackendState]:
+        """`healthy` by expected time to first token of `prompt`: expected wait (load
+        included) plus the tokens not cached there times its prompt time per token; plus,
+        where every cache slot of the model is taken, the time a live conversation pushed
+        out would take to evaluate its history again (`BackendPrefixes.displaced`: Ollama
+        keeps one prompt per parallel slot, and a backend that takes every new session
+        because it holds their shared system prompt would make them all evaluate their
+        histories again). The session's home counts as holding at least the longest
+        prefix held anywhere (up to what its last turn left there) and wins ties.
+
+        Asked for every request of every backend: one pass over the backends with the
+        fewest calls, the push-out worked out only for the best-ranked few
+        (`DISPLACED_CANDIDATES`) and estimates kept for them."""
+        home = self.sessions.home(prompt.session)
+        home_name = home[0] if home is not None else None
+        keys, default_load = prompt.keys, self.default_load
+        total = prompt.tokens
+        rows: list[tuple[float, int, float, BackendState, int, float | None, bool]] = []
+        best = 0
+        rate_sum, rated = 0.0, 0
+        for state in healthy:
+            loaded = any(same(m, model) for m in state.loaded)
+            wait, load = state.expected_wait(
+                key, loaded=loaded, batch=batch, default_load=default_load
+            )
+            prefixes = state.prefixes
+            matched = prefixes.matched(keys) if loaded else 0
+            if matched > best:
+                best = matched
+            rate = state.seconds_per_token(key)
+            if rate is not None:
+                rate_sum += rate
+                rated += 1
+            is_home = 0 if state.spec.name == home_name else 1
+            rows.append((wait, is_home, load, state, matched, rate, prefixes.full(key)))
+        fleet = rate_sum / rated if rated else DEFAULT_PROMPT_SECONDS_PER_TOKEN
+        ends = prompt.ends
+        home_cached = min(prompt.tokens_at(best), home[1]) if home is not None else 0.0
+        scored: list[tuple[float, int, float, BackendState, int, float, float, bool]] = []
+        for wait, is_home, load, state, matched, rate, full in rows:
+            cached = ends[matched - 1] if matched > 0 else 0.0
+            if not is_home and matched < best and home_cached > cached:
+                cached = home_cached
+            per_token = fleet if rate is None else rate
+            uncached = total - cached
+            ttft = wait + (uncached if uncached > 1.0 else 1.0) * per_token
+            scored.append((ttft, is_home, load, state, matched, per_token, cached, full))
+        scored.sort(key=_first_three)
+        # what a backend would push out of its cache only adds to its cost: it is worked
+        # out for the best-ranked ones until the next one's time alone cannot win
+        ranked: list[tuple[float, int, float, BackendState]] = []
+        estimates: dict[str, Estimate] = {}
+        bound = least_push = float("inf")
+        for i, (ttft, is_home, load, state, matched, per_token, cached, full) in enumerate(scored):
+            if ttft >= bound or i >= DISPLACED_CANDIDATES:
+                rest = scored[i:]
+                # past the few worked out, one whose slots are all taken is taken to push
+                # out at least the least any of them would (had one pushed out nothing,
+                # its time would have bounded the rest before the few ran out)
+                more = least_push if ttft < bound else 0.0
+                ranked.extend(
+                    (row[0] + more if row[7] else row[0], row[1], row[2], row[3]) for row in rest
+                )
+                for row in rest[: DISPLACED_CANDIDATES - len(estimates)]:
+                    estimates[row[3].spec.name] = Estimate(row[0], row[6], row[4])
+                break
+            pushed = state.prefixes.displaced(key, keys, cached) if full else 0.0
+            cost = ttft + DISPLACED_WEIGHT * pushed * per_token
+            if cost < bound:
+                bound = cost
+            if cost - ttft < least_push:
+                least_push = cost - ttft
+            estimates[state.spec.name] = Estimate(ttft, cached, matched, pushed)
+            ranked.append((cost, is_home, load, state))
+        ranked.sort(key=_first_three)
+        prompt.estimates = estimates
+        return [row[3] for row in ranked]
 
     def _has_free_slot(self, state: BackendState, key: str | None, batch: bool) -> bool:
         """A request would start on `state` now, not queue: a slot of its gate fits, or
@@ -393,19 +546,102 @@ class BackendPool:
             return gate.fits(key, batch)
         return state.outstanding + state.waiting < UNLIMITED_SLOTS
 
-    def preferred(self, model: str, messages: Sequence[Mapping[str, Any]]) -> str | None:
-        """The backend that served the conversation `messages` continue, if remembered."""
-        return self.affinity.prefer(self._key_of(model), messages)
+    # -- the prefix index ------------------------------------------------------------
 
-    def served(
+    def chat_prompt(
         self,
         model: str,
         messages: Sequence[Mapping[str, Any]],
-        reply: str,
+        *,
+        tools: Any = None,
+        session: str | None = None,
+    ) -> Prompt | None:
+        """A chat's prompt for ranking by time to first token (None: the index is off)."""
+        if not self.prefix_routing or not messages:
+            return None
+        key = self._key_of(model)
+        return chat_prompt(
+            key,
+            messages,
+            tools=tools,
+            bytes_per_token=self.bytes_per_token.get(key, DEFAULT_BYTES_PER_TOKEN),
+            session=session_key(key, session),
+            memo=self.block_memo,
+        )
+
+    def generate_prompt(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        system: str | None = None,
+        context: Sequence[int] | None = None,
+        raw: bool = False,
+        session: str | None = None,
+    ) -> Prompt | None:
+        """A generate's prompt (its `context` first) for ranking (None: the index is off,
+        or a `context` that is not token ids)."""
+        if not self.prefix_routing:
+            return None
+        key = self._key_of(model)
+        return generate_prompt(
+            key,
+            prompt,
+            system=system,
+            context=context,
+            raw=raw,
+            bytes_per_token=self.bytes_per_token.get(key, DEFAULT_BYTES_PER_TOKEN),
+            session=session_key(key, session),
+            memo=self.block_memo,
+        )
+
+    def served(
+        self,
+        prompt: Prompt | None,
         state: BackendState,
+        *,
+        reply: str | None = None,
+        final: Mapping[str, Any] | None = None,
     ) -> None:
-        """`state` answered the chat `messages` with `reply`: its next turn should go there."""
-        self.affinity.remember(self._key_of(model), messages, reply, state.spec.name)
+        """`state` answered `prompt` (`reply`, ending with `final`): its prompt cache holds
+        the prompt and the reply, and the session's next turn should find them there."""
+        if prompt is None:
+            return
+        prefixes = state.prefixes
+        estimate = prompt.estimates.get(state.spec.name)
+        evaluated = final.get("prompt_eval_count") if final is not None else None
+        if estimate is not None and _number(evaluated):
+            self._learn_bytes_per_token(prompt, estimate.matched, float(evaluated))
+        held = prompt.tokens
+        context = final.get("context") if final is not None else None
+        if prompt.kind == "generate" and isinstance(context, list) and context:
+            whole = context_keys(prompt.model, context)
+            if whole is not None:  # the whole conversation's ids: what the slot holds
+                prompt.sequence = prefixes.record(
+                    prompt.model, whole.keys, whole.ends, replaces=prompt.sequence
+                )
+                held = whole.tokens
+        elif prompt.kind == "chat" and reply is not None and prompt.keys:
+            more = prompt.extended("assistant", reply)
+            prefixes.extend(prompt.sequence, more.keys, more.ends)
+            held = more.tokens
+        self.sessions.remember(prompt.session, state.spec.name, held)
+
+    def _learn_bytes_per_token(self, prompt: Prompt, matched: int, evaluated: float) -> None:
+        """A run evaluated `evaluated` tokens where the index expected the first `matched`
+        keys cached: the uncached text's bytes over its tokens (a context's ids counted
+        exactly), when there was enough text to tell."""
+        if not prompt.text_bytes or evaluated <= 0:
+            return
+        text_before = prompt.text_bytes[matched - 1] if matched > 0 else 0
+        text = prompt.text_bytes[-1] - text_before
+        ids = (prompt.tokens - prompt.tokens_at(matched)) - text / prompt.bytes_per_token
+        tokens = evaluated - max(0.0, ids)
+        if text < RATIO_SAMPLE_BYTES or tokens <= 0:
+            return
+        sample = min(16.0, max(1.0, text / tokens))
+        old = self.bytes_per_token.get(prompt.model)
+        self.bytes_per_token[prompt.model] = sample if old is None else old + 0.3 * (sample - old)
 
     async def pick(
         self, model: str | None = None, *, has_model: SameModel | None = None
@@ -413,12 +649,24 @@ class BackendPool:
         """The best backend for `model` (the first of `candidates`)."""
         return (await self.candidates(model, has_model=has_model))[0].client
 
+    def _work_of(self, state: BackendState, key: str | None, prompt: Prompt | None) -> float | None:
+        """The expected prompt time of a run the index placed on `state` (None: another
+        run)."""
+        if prompt is None or key is None:
+            return None
+        estimate = prompt.estimates.get(state.spec.name)
+        cached = estimate.cached if estimate is not None else 0.0
+        rate = state.seconds_per_token(key) or DEFAULT_PROMPT_SECONDS_PER_TOKEN
+        return max(prompt.tokens - cached, 1.0) * rate
+
     @contextlib.asynccontextmanager
     async def lease(
-        self, state: BackendState, model: str | None = None
+        self, state: BackendState, model: str | None = None, *, prompt: Prompt | None = None
     ) -> AsyncIterator[BackendState]:
         """Hold one of the backend's request slots for the duration of a request (for a
         run of `model`, when given: counted against `max_per_model`, timed for ranking).
+        Once the slot is held, the prefix index counts `prompt` as evaluated there (so the
+        runs that share its prefix and come meanwhile find it).
 
         A run in a batch context (`app.backends.gate.as_batch`) waits behind interactive
         requests."""
@@ -439,7 +687,8 @@ class BackendPool:
                 status=503,
                 url=state.spec.url,
             )
-        state.count_waiting(key, batch, 1)
+        work = self._work_of(state, key, prompt)
+        state.count_waiting(key, batch, 1, work)
         try:
             if gate is not None:
                 try:
@@ -458,14 +707,19 @@ class BackendPool:
                         url=state.spec.url,
                     ) from None
         finally:
-            state.count_waiting(key, batch, -1)
+            state.count_waiting(key, batch, -1, work)
         cold = key is not None and not self._is_loaded(state, key)
+        if prompt is not None:
+            prompt.chosen = state.spec.name
+            prompt.sequence = state.prefixes.record(prompt.model, prompt.keys, prompt.ends)
         started = time.monotonic()
-        state.count_running(key, batch, cold, 1, started=started)
+        self._leases += 1
+        held = (self._leases, work) if work is not None else None
+        state.count_running(key, batch, cold, 1, started=started, work=held)
         try:
             yield state
         finally:
-            state.count_running(key, batch, cold, -1, started=started)
+            state.count_running(key, batch, cold, -1, started=started, work=held)
             if gate is not None:
                 gate.release(key, batch)
         if key is not None:  # only a run that ended normally is timed
@@ -512,6 +766,10 @@ class BackendPool:
         await self.keep_warm.aclose()
         for state in self.states:
             await state.client.aclose()
+
+
+def _number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 async def _every(interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:

@@ -8,7 +8,21 @@ its runs holds a slot, over its weight; with `max_per_model`, the same for the m
 slots, whichever is longer; plus the model's cold-load time when the backend does not hold
 it loaded. A backend without `max` counts as `UNLIMITED_SLOTS` slots (Ollama runs a few
 requests at once and queues the rest itself). So a long queue on a warm backend loses to a
-cold load elsewhere, and requests waiting for slots spread over equal backends.
+cold load elsewhere, and requests waiting for slots spread over equal backends. The time
+one run holds a slot is the mean over the models of the runs ahead (each model's own
+running mean), so slots held by another model's long runs count as long.
+
+It also keeps the backend's observed prompt evaluation time per token (Ollama's
+`prompt_eval_duration` over `prompt_eval_count`, per model) and its prompt cache as the
+prefix index models it (`prefixes`, see `app.backends.prefix`): routing adds the prompt
+tokens not cached here, times that rate, to the expected wait (`BackendPool.candidates`).
+
+Runs the index placed carry their own expected work (`work`: their uncached prompt tokens
+times the rate, plus the model's decode time here, Ollama's `eval_duration`). While every
+run ahead carries one, the wait is the work still ahead over the slots: what is left of
+each run in flight and the work of each waiting one. So a queue of runs that find their
+prompts cached is short behind long cold ones, where a mean time per run (dominated by
+the cold ones) would send the next run away to evaluate its whole prompt elsewhere.
 """
 
 from __future__ import annotations
@@ -22,10 +36,12 @@ from typing import Any
 
 from app.backends.client import OllamaClient
 from app.backends.gate import SlotGate
+from app.backends.prefix import BackendPrefixes
 from app.backends.spec import BackendSpec
 
 __all__ = [
     "DEFAULT_LOAD_SECONDS",
+    "DEFAULT_PROMPT_SECONDS_PER_TOKEN",
     "DEFAULT_SERVICE_SECONDS",
     "UNLIMITED_SLOTS",
     "BackendState",
@@ -35,6 +51,12 @@ DEFAULT_LOAD_SECONDS = 5.0
 """A model's cold-load time on a backend before one has been seen there."""
 DEFAULT_SERVICE_SECONDS = 1.0
 """The time a run holds a slot before one has been seen on the backend."""
+DEFAULT_PROMPT_SECONDS_PER_TOKEN = 0.001
+"""Prompt evaluation time per token before any backend reported one for a model (1,000
+tokens/s: a modest GPU; CPUs are slower, large GPUs 2-8 times faster)."""
+PROMPT_SAMPLE_TOKENS = 32
+"""Runs that evaluated fewer prompt tokens than this do not teach the rate (fixed costs
+dominate them)."""
 UNLIMITED_SLOTS = 4
 """The slots a backend without `max` counts as, for the expected wait."""
 SMOOTHING = 0.3
@@ -91,7 +113,26 @@ class BackendState:
     """The same over every model."""
     token_set: bool = False
     """Its `token_env` variable was set when its client was made."""
+    prompt_rate: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per model, running means of the prompt tokens a run evaluated and the seconds it
+    took (their ratio is the time per token, weighted towards long prompts)."""
+    prefixes: BackendPrefixes = field(default_factory=BackendPrefixes)
+    """What its prompt cache holds, as the prefix index models it."""
     _gates: dict[asyncio.AbstractEventLoop, SlotGate] = field(default_factory=dict)
+    decode_seconds: dict[str, float] = field(default_factory=dict)
+    """Running mean of each model's decode time per run here (Ollama's `eval_duration`)."""
+    _work_running: dict[int, tuple[float, str, float]] = field(default_factory=dict)
+    """The runs in flight that carry their expected prompt time: (seconds, model, start)
+    by lease (their decode time is the model's as known when asked)."""
+    _work_waiting: float = 0.0
+    """The expected prompt time of the waiting runs that carry one."""
+    _work_waiting_batch: float = 0.0
+    _work_waiting_runs: Counter[str] = field(default_factory=Counter)
+    """Waiting runs that carry their expected prompt time, per model."""
+    _work_waiting_runs_batch: Counter[str] = field(default_factory=Counter)
+    _plain_ahead: int = 0
+    """Runs in flight or waiting that carry no expected work (the mean-time rule then)."""
+    _plain_waiting_batch: int = 0
     _started_sum: float = 0.0
     """Sum of the start times of the runs in flight (their mean age is a lower bound on
     how long a run takes here: finished short runs must not hide long ones running)."""
@@ -120,19 +161,44 @@ class BackendState:
 
     # -- bookkeeping (called by the pool's lease) -------------------------------------
 
-    def count_waiting(self, model: str | None, batch: bool, step: int) -> None:
+    def count_waiting(
+        self, model: str | None, batch: bool, step: int, work: float | None = None
+    ) -> None:
         self.waiting += step
         self.waiting_batch += step if batch else 0
+        if work is None or model is None:
+            self._plain_ahead += step
+            self._plain_waiting_batch += step if batch else 0
+        else:
+            self._work_waiting += step * work
+            self._work_waiting_runs[model] += step
+            if batch:
+                self._work_waiting_batch += step * work
+                self._work_waiting_runs_batch[model] += step
         if model is not None:
             self.waiting_by_model[model] += step
             if self.waiting_by_model[model] <= 0:
                 del self.waiting_by_model[model]
 
     def count_running(
-        self, model: str | None, batch: bool, cold: bool, step: int, *, started: float = 0.0
+        self,
+        model: str | None,
+        batch: bool,
+        cold: bool,
+        step: int,
+        *,
+        started: float = 0.0,
+        work: tuple[int, float] | None = None,
     ) -> None:
         """One run more (`step` 1) or fewer (-1); `started` is its `time.monotonic()` start,
-        the same both times."""
+        the same both times; `work`: its lease's number and expected prompt time, if it has
+        one."""
+        if work is None or model is None:
+            self._plain_ahead += step
+        elif step > 0:
+            self._work_running[work[0]] = (work[1], model, started)
+        else:
+            self._work_running.pop(work[0], None)
         self.outstanding += step
         if step < 0:
             self.finished -= step
@@ -149,8 +215,34 @@ class BackendState:
         self.service_seconds[model] = _mean(self.service_seconds.get(model), seconds)
         self.service_any = _mean(self.service_any, seconds)
 
+    def record_decode(self, model: str, seconds: float) -> None:
+        self.decode_seconds[model] = _mean(self.decode_seconds.get(model), seconds)
+
+    def decode_time(self, model: str) -> float:
+        """The model's decode time per run here (its whole run time until one was seen): a
+        run holds a slot for its prompt time plus this."""
+        decode = self.decode_seconds.get(model)
+        if decode is None:
+            decode = self.service_seconds.get(model, self.service_any or DEFAULT_SERVICE_SECONDS)
+        return decode
+
     def record_load(self, model: str, seconds: float) -> None:
         self.load_seconds[model] = _mean(self.load_seconds.get(model), seconds)
+
+    def record_prompt(self, model: str, tokens: float, seconds: float) -> None:
+        """A run of `model` evaluated `tokens` prompt tokens in `seconds`."""
+        if tokens < PROMPT_SAMPLE_TOKENS or seconds <= 0:
+            return
+        old = self.prompt_rate.get(model)
+        if old is None:
+            self.prompt_rate[model] = (tokens, seconds)
+        else:
+            self.prompt_rate[model] = (_mean(old[0], tokens), _mean(old[1], seconds))
+
+    def seconds_per_token(self, model: str | None) -> float | None:
+        """Observed prompt evaluation time per token of `model` here (None: not seen)."""
+        rate = self.prompt_rate.get(model) if model is not None else None
+        return rate[1] / rate[0] if rate is not None else None
 
     # -- ranking ---------------------------------------------------------------------
 
@@ -161,15 +253,23 @@ class BackendState:
         to break ties, its load per slot and weight (see the module docstring)."""
         spec = self.spec
         slots = spec.max_concurrency or UNLIMITED_SLOTS
-        service = self.service_any or DEFAULT_SERVICE_SECONDS
+        any_model = self.service_any or DEFAULT_SERVICE_SECONDS
+        service = any_model
         if model is not None:
             service = self.service_seconds.get(model, service)
         # Runs in flight for longer than the mean of the finished ones (short replies
         # then a burst of long ones) show the runs here take at least that long.
-        service = max(service, self.in_flight_age())
+        age = self.in_flight_age()
+        service = max(service, age)
         waiting = self.waiting if batch else self.waiting - self.waiting_batch
         ahead = self.outstanding + waiting
-        wait = max(0, ahead + 1 - slots) / slots * service
+        wait = 0.0
+        if ahead + 1 > slots:
+            plain = self._plain_ahead - (0 if batch else self._plain_waiting_batch)
+            if plain <= 0:  # every run ahead carries its work: what is left of it
+                wait = self._work_ahead(batch) / slots
+            else:
+                wait = (ahead + 1 - slots) / slots * max(self._service_ahead(any_model), age)
         if model is not None and spec.max_per_model is not None:
             mine = self.in_flight[model] + self.waiting_by_model[model]
             per_model = min(spec.max_per_model, slots)
@@ -178,6 +278,35 @@ class BackendState:
         if model is not None and not loaded:
             wait += self.load_seconds.get(model, default_load)
         return wait, (ahead + 1) / (slots * spec.weight)
+
+    def _work_ahead(self, batch: bool) -> float:
+        """Seconds of work ahead: what is left of each run in flight (its prompt time and
+        its model's decode time as known now, less its age) and the waiting runs' prompt
+        and decode times (the batch runs only for a batch run)."""
+        now = time.monotonic()
+        left = 0.0
+        for prompt, model, started in self._work_running.values():
+            rest = prompt + self.decode_time(model) - (now - started)
+            if rest > 0.0:
+                left += rest
+        waiting = self._work_waiting - (0.0 if batch else self._work_waiting_batch)
+        batch_runs = self._work_waiting_runs_batch
+        for model, runs in self._work_waiting_runs.items():
+            if not batch:
+                runs -= batch_runs.get(model, 0)
+            if runs > 0:
+                waiting += runs * self.decode_time(model)
+        return left + max(0.0, waiting)
+
+    def _service_ahead(self, default: float) -> float:
+        """The mean time a slot is held by the runs in flight and waiting here (each by its
+        model's running mean)."""
+        counts = self.in_flight + self.waiting_by_model
+        total = sum(counts.values())
+        if total <= 0:
+            return default
+        times = self.service_seconds
+        return sum(n * times.get(m, default) for m, n in counts.items()) / total
 
     # -- status ----------------------------------------------------------------------
 
@@ -206,6 +335,11 @@ class BackendState:
             "queue_wait_ms_max": round(max(self.waits) * 1000, 3) if self.waits else None,
             "load_ms": _ms(self.load_seconds),
             "run_ms": _ms(self.service_seconds),
+            "prompt_tokens_per_s": {
+                model: round(tokens / seconds, 1)
+                for model, (tokens, seconds) in sorted(self.prompt_rate.items())
+            },
+            "prefix_entries": len(self.prefixes),
             "consecutive_failures": self.failures,
             "last_error": self.last_error,
             "models": self.models,

@@ -14,11 +14,12 @@ Two rules make a failover's seam checkable exactly:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Conversation", "Prefill", "conversation", "prefill_of", "rest_after"]
+__all__ = ["Conversation", "Prefill", "asking", "conversation", "prefill_of", "rest_after"]
 
 JSON = dict[str, Any]
 
@@ -26,11 +27,30 @@ JSON = dict[str, Any]
 @dataclass(frozen=True)
 class Conversation:
     """The inputs of the filler's text: the system prompt, the history as one string (a
-    generate's prompt), and the last user message (for tool calls)."""
+    generate's prompt), and what the user last asked (for tool calls; see `asking`)."""
 
     system: str
     history: str
     last_user: str
+
+
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
+
+
+def asking(messages: Sequence[JSON]) -> str:
+    """What the user last asked, for a tool call: the last user message with text of its
+    own (`<system-reminder>` sections, which agents such as Claude Code add to the
+    conversation, are not the user's words); "" once a tool's result came after it (the
+    model answers with what the tool gave)."""
+    for message in reversed(messages):
+        role = message.get("role")
+        if role == "tool":
+            return ""
+        if role == "user":
+            text = _REMINDER.sub("", str(message.get("content") or "")).strip()
+            if text:
+                return text
+    return ""
 
 
 @dataclass(frozen=True)
@@ -51,10 +71,9 @@ def conversation(system: str, messages: Sequence[JSON]) -> Conversation:
         turns = turns[1:]
     if len(turns) == 1 and turns[0].get("role") == "user":
         prompt = str(turns[0].get("content") or "")
-        return Conversation(system + leading, prompt, prompt)
+        return Conversation(system + leading, prompt, asking(turns))
     history = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages)
-    users = [str(m.get("content") or "") for m in messages if m.get("role") == "user"]
-    return Conversation(system, history, users[-1] if users else "")
+    return Conversation(system, history, asking(messages))
 
 
 def prefill_of(messages: Sequence[JSON]) -> Prefill | None:

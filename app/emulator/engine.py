@@ -14,7 +14,7 @@ they are written, then one `Finished` with the reason and Ollama's counters. Awa
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from app.emulator.catalog import Spec
@@ -67,6 +67,8 @@ class GenerationJob:
     """The model was not loaded when the request came."""
     cache: PromptCache | None = None
     """The loaded model's prompt cache (None: nothing cached, every token is evaluated)."""
+    context: list[int] = field(default_factory=list)
+    """generate: the `context` sent (the token ids of the conversation so far)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ class Engine(Protocol):
 
     async def embedding(self, spec: Spec, prompt: str) -> list[float]:
         """/api/embeddings (the legacy endpoint): one vector for one prompt."""
+        ...
+
+    def status(self) -> JSON:
+        """The emulator's `GET /_emulator/engine`: `engine`, `state` (`running`, or
+        `restarting` while a crashed model runner comes back) and what else it knows."""
         ...
 
 

@@ -1,17 +1,19 @@
 """The filler engine: deterministic answers with no model behind them (see `text.py`).
 
 The same model, prompt and seed always give the same pieces; thinking models think,
-tools are called when the user names them, `format` gives valid JSON. Counters are made
+tools are called when the user names them (and not again once a tool's result has come, which
+is answered in words: see `continuation.asking`), `format` gives valid JSON. Counters are made
 up from the text and the emulated pace (`prompt_eval_count` past the loaded model's
-prompt cache, see `prompt_cache`): the state's `first_token_delay_ms` before the first
-piece and `token_delay_ms` before each next one (read as each piece goes, so a change made
+prompt cache, see `prompt_cache`): the state's `first_token_delay_ms`, and
+`prompt_eval_ms_per_token` for each token of `prompt_eval_count`, before the first piece
+(the slot is held meanwhile, as a GPU evaluating a prompt), and `token_delay_ms` before
+each next one (read as each piece goes, so a change made
 mid-stream through /_emulator/faults applies at once).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -70,9 +72,10 @@ class FillerEngine:
             )
 
         eval_count = len(thinking) + len(pieces) + (1 if tool else 0)
-        prompt = rendered(job)
+        prompt = rendered(job, self.state.vocabulary)
         said = split("".join(thinking)) + split("".join(pieces))
         evaluated = job.cache.evaluate(prompt, said) if job.cache is not None else len(prompt)
+        prompt_seconds = evaluated * self.state.prompt_eval_ms_per_token / 1000
         metrics = self._metrics(evaluated, eval_count, job.cold)
         events: list[Event] = [Piece(thinking=piece) for piece in thinking]
         events += [Piece(content=piece) for piece in pieces]
@@ -83,14 +86,13 @@ class FillerEngine:
             )
         context = None
         if job.kind == "generate" and not job.raw:
-            context = [
-                int(hashlib.md5(t.encode()).hexdigest()[:5], 16) % 128000
-                for t in [*job.prompt.split(), *pieces]
-            ]
+            # Ollama's: the tokens of the whole prompt (the context sent, the template and
+            # the new prompt) and of the answer, which a next generate may send back
+            context = self.state.vocabulary.ids([*prompt, *split("".join(pieces))])
         finished = Finished(reason, metrics, context)
         if job.stream:
-            return self._paced(events, finished)
-        return self._all_at_once(events, finished, eval_count)
+            return self._paced(events, finished, prompt_seconds)
+        return self._all_at_once(events, finished, eval_count, prompt_seconds)
 
     def _answer(
         self, job: GenerationJob, conv: Conversation, seed: int, temperature: float
@@ -101,7 +103,9 @@ class FillerEngine:
         thinks = "thinking" in job.spec.capabilities and job.think is not False
         thinking = text.thinking_pieces(name, conv.history, seed) if thinks else []
         tool = None
-        if job.kind == "chat" and job.tools and conv.last_user:
+        answered = bool(job.messages) and job.messages[-1].get("role") == "tool"
+        if job.kind == "chat" and job.tools and conv.last_user and not answered:
+            # A tool's result is answered in words, not by calling the tool again.
             tool = text.tool_call_for(job.tools, conv.last_user, seed)
         if tool is not None:
             return thinking, [], tool
@@ -130,8 +134,12 @@ class FillerEngine:
     def _metrics(self, prompt_tokens: int, eval_count: int, cold: bool) -> dict[str, int]:
         token_ns = int(self.state.token_delay_ms * 1_000_000) or 2_000_000
         first_ns = int(self.state.first_token_delay_ms * 1_000_000)
+        per_token_ns = int(self.state.prompt_eval_ms_per_token * 1_000_000)
         load = 30_000_000 if cold else 2_000_000
-        prompt_ns = first_ns or prompt_tokens * 200_000
+        if per_token_ns:
+            prompt_ns = first_ns + prompt_tokens * per_token_ns
+        else:
+            prompt_ns = first_ns or prompt_tokens * 200_000
         evals = max(eval_count, 1)
         return {
             "total_duration": load + prompt_ns + evals * token_ns + 1_000_000,
@@ -142,25 +150,31 @@ class FillerEngine:
             "eval_duration": evals * token_ns,
         }
 
-    async def _paced(self, events: list[Event], finished: Finished) -> AsyncIterator[Event]:
-        """Streamed: each piece after its delay; the end after the first delay if no piece."""
+    async def _paced(
+        self, events: list[Event], finished: Finished, prompt_seconds: float
+    ) -> AsyncIterator[Event]:
+        """Streamed: each piece after its delay (the first after the prompt's evaluation
+        too); the end after the first delay if no piece."""
         state = self.state
         first = True
         for event in events:
-            delay = state.first_token_delay_ms if first else state.token_delay_ms
-            first = False
+            if first:
+                delay = state.first_token_delay_ms / 1000 + prompt_seconds
+                first = False
+            else:
+                delay = state.token_delay_ms / 1000
             if delay > 0:
-                await asyncio.sleep(delay / 1000)
+                await asyncio.sleep(delay)
             yield event
-        if first and state.first_token_delay_ms > 0:
-            await asyncio.sleep(state.first_token_delay_ms / 1000)
+        if first and state.first_token_delay_ms / 1000 + prompt_seconds > 0:
+            await asyncio.sleep(state.first_token_delay_ms / 1000 + prompt_seconds)
         yield finished
 
     async def _all_at_once(
-        self, events: list[Event], finished: Finished, eval_count: int
+        self, events: list[Event], finished: Finished, eval_count: int, prompt_seconds: float
     ) -> AsyncIterator[Event]:
         """One reply: the whole generation's time, then every piece."""
-        await asyncio.sleep(self.state.first_token_delay_ms / 1000)
+        await asyncio.sleep(self.state.first_token_delay_ms / 1000 + prompt_seconds)
         delay = self.state.token_delay_ms / 1000 * eval_count
         if delay > 0:
             await asyncio.sleep(delay)
@@ -189,6 +203,10 @@ class FillerEngine:
 
     async def embedding(self, spec: Spec, prompt: str) -> list[float]:
         return [v * 3.0 for v in text.embedding(spec.name, prompt, spec.embedding_length)]
+
+    def status(self) -> JSON:
+        """Always running: there is no model process to lose."""
+        return {"engine": "filler", "state": "running"}
 
 
 def normalise(vector: list[float]) -> list[float]:

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+from app.emulator.audio import transcript_events, transcription_audio
 from app.emulator.engine import EmbedJob, Engine, Event, GenerationJob, Piece
 from app.emulator.errors import OllamaError, go_quote, json_type
 from app.emulator.names import ModelName, parse
@@ -55,6 +56,22 @@ async def token_faults(events: AsyncIterator[Event], faults: Faults) -> AsyncIte
             tokens += 1
             if tokens == faults.stall_after_tokens and faults.stall_after_tokens_ms > 0:
                 await asyncio.sleep(faults.stall_after_tokens_ms / 1000)
+
+
+def token_context(value: Any) -> list[int]:
+    """A generate request's `context`: token ids (a 400 as Go's decoder words it otherwise)."""
+    if value is None:
+        return []
+    ids = []
+    for item in value:
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise OllamaError(
+                400,
+                f"json: cannot unmarshal {json_type(item)} into Go struct field "
+                "GenerateRequest.context of type int",
+            )
+        ids.append(item)
+    return ids
 
 
 class InferenceEndpoints:
@@ -123,10 +140,11 @@ class InferenceEndpoints:
             raise OllamaError(400, f"{name.full} does not support tools")
         return messages
 
-    async def infer(
-        self, send: Send, req: JSON, kind: Kind, raw: str, name: ModelName, installed: Installed
-    ) -> None:
-        """Check a generate or chat request, then answer it (or load / unload the model)."""
+    def prepare(
+        self, req: JSON, kind: Kind, raw: str, name: ModelName, installed: Installed
+    ) -> GenerationJob | JSON:
+        """Check a generate or chat request: the job for the engine, or (a request with
+        nothing to generate) the whole reply of loading or unloading the model."""
         spec = installed.spec
         options = check_options(req.get("options"))
         keep_alive = keep_alive_ns(req.get("keep_alive"))
@@ -158,12 +176,11 @@ class InferenceEndpoints:
             else:
                 reply["message"] = {"role": "assistant", "content": ""}
             reply.update({"done": True, "done_reason": reason})
-            await send_json(send, reply)
-            return
+            return reply
 
         cold = not self.state.was_loaded(name)
         self.state.touch_loaded(name, installed, keep_alive, num_ctx)
-        job = GenerationJob(
+        return GenerationJob(
             kind=kind,
             spec=spec,
             prompt=prompt,
@@ -178,8 +195,32 @@ class InferenceEndpoints:
             stream=req.get("stream") is not False,
             cold=cold,
             cache=self.state.prompt_cache(name),
+            context=token_context(req.get("context")) if kind == "generate" else [],
         )
-        events = token_faults(await self.engine.generate(job), self.state.faults)
+
+    async def events(self, job: GenerationJob) -> AsyncIterator[Event]:
+        """The engine's events of `job` (a transcription's transcript, whatever the engine),
+        with the emulated per-token faults."""
+        audio = transcription_audio(job.spec, job.messages) if job.kind == "chat" else None
+        if audio is not None:
+            return token_faults(transcript_events(audio, job.cold, self.state), self.state.faults)
+        return token_faults(await self.engine.generate(job), self.state.faults)
+
+    async def infer(
+        self, send: Send, req: JSON, kind: Kind, raw: str, name: ModelName, installed: Installed
+    ) -> None:
+        """Check a generate or chat request, then answer it (or load / unload the model)."""
+        job = self.prepare(req, kind, raw, name, installed)
+        if not isinstance(job, GenerationJob):
+            await send_json(send, job)
+            return
+        async with self.state.slot(name):  # `num_parallel` runs at once; more wait here
+            await self.answer(send, job, raw)
+
+    async def answer(self, send: Send, job: GenerationJob, raw: str) -> None:
+        """Write `job`'s events as Ollama does (streamed unless the request said not to)."""
+        kind = job.kind
+        events = await self.events(job)
         cut = self.state.faults.cut_after_chunks
         if job.stream:
             await stream_objects(send, lines_of(kind, raw, events), cut_after=cut)

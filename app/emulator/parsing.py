@@ -58,6 +58,8 @@ FIELD_TYPES: dict[str, dict[str, str]] = {
     "PullRequest": {"model": "string", "name": "string", "stream": "bool", "insecure": "bool"},
     "DeleteRequest": {"model": "string", "name": "string"},
     "CopyRequest": {"source": "string", "destination": "string"},
+    "WebSearchRequest": {"query": "string", "max_results": "int"},
+    "WebFetchRequest": {"url": "string"},
 }  # fmt: skip
 _GO_ACCEPTS = {
     "string": {"string", "null"},

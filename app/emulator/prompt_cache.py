@@ -13,22 +13,28 @@ the answer follows. After a generation its slot holds the prompt and the answer'
 Ollama). As in Ollama's runner (`findBestCacheSlot`): a prompt that extends a slot's whole
 content goes on in that slot; otherwise the least recently used slot takes it, with a copy
 of the longest prefix any slot shares with it, so the other slots keep their conversations.
+
+A generate request's `context` (the token ids an earlier reply gave back) is read back into
+the tokens it stands for (`Vocabulary`) ahead of the new prompt, as Ollama detokenizes it,
+so a generate that carries its conversation's context finds it cached like a chat does.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import zlib
 from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 
-from app.emulator.engine import GenerationJob
-
-__all__ = ["DEFAULT_SLOTS", "PromptCache", "rendered", "split"]
+__all__ = ["DEFAULT_SLOTS", "VOCABULARY_SIZE", "PromptCache", "Vocabulary", "rendered", "split"]
 
 DEFAULT_SLOTS = 4
 """Ollama's `OLLAMA_NUM_PARALLEL` when memory allows."""
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+VOCABULARY_SIZE = 128_000
+"""Token ids are below this, as a real model's vocabulary is bounded."""
 
 
 def split(text: str) -> list[str]:
@@ -36,11 +42,63 @@ def split(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-def rendered(job: GenerationJob) -> list[str]:
-    """The prompt as the model reads it: the request's messages through a chat template."""
+class Prompted(Protocol):
+    """What `rendered` reads of a request (an engine's `GenerationJob` has it all)."""
+
+    @property
+    def kind(self) -> Literal["generate", "chat"]: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def system(self) -> str: ...
+    @property
+    def raw(self) -> bool: ...
+    @property
+    def messages(self) -> list[dict[str, Any]]: ...
+    @property
+    def context(self) -> list[int]: ...
+
+
+class Vocabulary:
+    """Token ids and back, as a model's vocabulary: an id is a checksum of the token's text
+    (the next free id when another token has it), and the text of each id given out is
+    kept, so a `context` sent back reads as the tokens it was made of. Bounded: at most
+    `VOCABULARY_SIZE` tokens get ids of their own; later ones share (and read back as the
+    first)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._texts: dict[int, str] = {}
+
+    def ids(self, tokens: Sequence[str]) -> list[int]:
+        known = self._ids
+        return [known.get(token) or self._add(token) for token in tokens]
+
+    def _add(self, token: str) -> int:
+        i = zlib.crc32(token.encode("utf-8", "surrogatepass")) % VOCABULARY_SIZE
+        if len(self._texts) >= VOCABULARY_SIZE:
+            return i
+        while i in self._texts or i == 0:  # 0 is kept free: `known.get` reads it as absent
+            i = (i + 1) % VOCABULARY_SIZE
+        self._ids[token] = i
+        self._texts[i] = token
+        return i
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """The tokens `ids` stand for (an id never given out reads as `<|id|>`)."""
+        texts = self._texts
+        return [texts.get(i) or f"<|{i}|>" for i in ids]
+
+
+def rendered(job: Prompted, vocabulary: Vocabulary | None = None) -> list[str]:
+    """The prompt as the model reads it: the request's messages through a chat template;
+    a generate's `context` first, read back through `vocabulary`."""
     if job.kind == "generate" and job.raw:
         return split(job.prompt) or ["<|bos|>"]
-    out = ["<|bos|>"]
+    if job.kind == "generate" and job.context and vocabulary is not None:
+        out = vocabulary.tokens(job.context)
+    else:
+        out = ["<|bos|>"]
     if job.kind == "generate":
         turns = [("system", job.system)] if job.system else []
         turns.append(("user", job.prompt))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from app.emulator.catalog import Spec, lookup, synthesise
 from app.emulator.config import EmulatorConfig
+from app.emulator.errors import OllamaError
 from app.emulator.names import ModelName, parse
-from app.emulator.prompt_cache import PromptCache
+from app.emulator.prompt_cache import PromptCache, Vocabulary
 
+MAX_WAITING = 512
+"""Runs that may wait for a slot of a model (Ollama's `OLLAMA_MAX_QUEUE`)."""
 DEFAULT_KEEP_ALIVE_NS = 5 * 60 * 1_000_000_000
 FOREVER_NS = 292 * 365 * 24 * 3600 * 1_000_000_000
 
@@ -73,6 +80,10 @@ FAULT_TYPES: dict[str, tuple[type, bool]] = {
 """Each fault field: its type (int, float or str) and whether null is allowed (off)."""
 
 
+RECEIVED_KEPT = 200
+"""How many requests `State.received` remembers."""
+
+
 @dataclass
 class State:
     config: EmulatorConfig
@@ -80,8 +91,18 @@ class State:
     loaded: dict[tuple[str, str, str, str], Loaded] = field(default_factory=dict)
     faults: Faults = field(default_factory=Faults)
     requests: int = 0
+    received: deque[dict[str, object]] = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
+    """The last requests received (any path but the control endpoints, known or not): method,
+    path and the names of the headers, so a test can see what reached the server (and what
+    did not), without the values (credentials) being kept."""
     token_delay_ms: float = 0.0
     first_token_delay_ms: float = 0.0
+    prompt_eval_ms_per_token: float = 0.0
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
+    """Token ids given out in `context`s, read back when a request sends one."""
+    slots: dict[tuple[str, str, str, str], asyncio.Semaphore] = field(default_factory=dict)
+    """Per model, its `num_parallel` slots (none without a limit)."""
+    waiting: int = 0
 
     @classmethod
     def fresh(cls, config: EmulatorConfig) -> State:
@@ -94,8 +115,10 @@ class State:
         self.loaded.clear()
         self.faults = Faults()
         self.requests = 0
+        self.received.clear()
         self.token_delay_ms = self.config.token_delay_ms
         self.first_token_delay_ms = self.config.first_token_delay_ms
+        self.prompt_eval_ms_per_token = self.config.prompt_eval_ms_per_token
         now = time.time_ns()
         for i, raw in enumerate(self.config.models):
             name = parse(raw)
@@ -133,8 +156,33 @@ class State:
         ttl = DEFAULT_KEEP_ALIVE_NS if keep_alive_ns is None else keep_alive_ns
         if ttl < 0:
             ttl = FOREVER_NS
-        cache = self.prompt_cache(name) or PromptCache(self.config.prompt_cache_slots)
+        cache = self.prompt_cache(name) or PromptCache(self.config.cached_prompts)
         self.loaded[name.key] = Loaded(installed, time.time_ns() + ttl, num_ctx, cache)
+
+    @asynccontextmanager
+    async def slot(self, name: ModelName) -> AsyncIterator[None]:
+        """Hold one of the model's `num_parallel` slots for a run (waiting for one as Ollama's
+        scheduler does; 503 `server busy` when `MAX_WAITING` runs wait already)."""
+        limit = self.config.num_parallel
+        if limit is None:
+            yield
+            return
+        slots = self.slots.get(name.key)
+        if slots is None:
+            slots = self.slots[name.key] = asyncio.Semaphore(limit)
+        if slots.locked() and self.waiting >= MAX_WAITING:
+            raise OllamaError(
+                503, "server busy, please try again.  maximum pending requests exceeded"
+            )
+        self.waiting += 1
+        try:
+            await slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            slots.release()
 
     def prompt_cache(self, name: ModelName) -> PromptCache | None:
         """The prompt cache of the model while it is loaded, else None."""

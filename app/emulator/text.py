@@ -227,8 +227,27 @@ class ToolCall:
     arguments: dict[str, Any]
 
 
+def _given_arguments(text: str) -> dict[str, Any] | None:
+    """The first JSON object written in `text`, if any."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start >= 0:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+        start = text.find("{", start + 1)
+    return None
+
+
 def tool_call_for(tools: list[Any], last_user: str, seed: int) -> ToolCall | None:
-    """A call of the first tool whose name the user's last message mentions."""
+    """A call of the first tool whose name the user's last message mentions: with the JSON
+    object the message holds as its arguments (`get_weather {"city": "Paris"}`), else with
+    arguments made up from its schema. String arguments are taken, in order, from the
+    message's `backquoted` spans, then from its capitalised words after the first; a schema
+    that lists `required` properties gets only those, as models fill them."""
     lowered = last_user.lower()
     for tool in tools:
         fn = tool.get("function") if isinstance(tool, dict) else None
@@ -238,18 +257,23 @@ def tool_call_for(tools: list[Any], last_user: str, seed: int) -> ToolCall | Non
         words = {name.lower(), name.lower().replace("_", " ")}
         if not any(w in lowered for w in words):
             continue
+        given_object = _given_arguments(last_user)
+        if given_object is not None:
+            return ToolCall(name, given_object)
         params = fn.get("parameters") or {}
         props = params.get("properties") or {} if isinstance(params, dict) else {}
-        capitalised = [w.strip("?.,!") for w in last_user.split() if w[:1].isupper()][1:]
+        required = params.get("required") if isinstance(params, dict) else None
+        if isinstance(required, list) and required:
+            props = {k: v for k, v in props.items() if k in required}
+        quoted = re.findall(r"`([^`]+)`", last_user)
+        unquoted = re.sub(r"`[^`]*`", " ", last_user)
+        capitalised = [w.strip("?.,!") for w in unquoted.split() if w[:1].isupper()][1:]
+        given = [*quoted, *capitalised]
         rng = _rng("tool", name, last_user, seed)
         args: dict[str, Any] = {}
         for key, schema in props.items():
-            if (
-                isinstance(schema, dict)
-                and schema.get("type", "string") == "string"
-                and capitalised
-            ):
-                args[key] = capitalised.pop(0)
+            if isinstance(schema, dict) and schema.get("type", "string") == "string" and given:
+                args[key] = given.pop(0)
             else:
                 args[key] = _value_for(schema, rng, key)
         return ToolCall(name, args)

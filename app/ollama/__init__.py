@@ -12,11 +12,11 @@ from app.backends.errors import (
     BackendUnavailable,
     StreamInterrupted,
 )
-from app.ollama.admin import model_from_tag
 from app.ollama.config import EXECUTION_PRESETS, ConfigManager, OllamaConfig
 from app.ollama.context import CONTEXT_TEMPLATE, build_context_prompt
 from app.ollama.errors import InvalidRequest, RunCancelled
 from app.ollama.manager import OllamaManager
+from app.ollama.models import model_from_tag
 from app.ollama.names import model_key, normalize_model_name, same_model
 from app.ollama.options import (
     OLLAMA_OPTION_TYPES,

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.ollama._execution import RunSpec
 from app.ollama.executor import STREAM_BUFFER, ChunkBuffer
 from app.ollama.groups import GroupRuns
+from app.ollama.run_spec import RunSpec
 from app.ollama.types import ModelExecutionResult, StreamingChunk
 
 __all__ = ["ComparisonDone", "ComparisonEvent", "ModelChunk", "stream_comparison"]
@@ -65,7 +65,11 @@ async def stream_comparison(
     runs = [
         asyncio.create_task(
             groups.executor.execute(
-                spec, on_chunk=taker(spec.model), pace=buffer.room, save_output=False
+                spec,
+                on_chunk=taker(spec.model),
+                pace=buffer.room,
+                save_output=False,
+                stored_by_caller=save_output,
             )
         )
         for spec in specs

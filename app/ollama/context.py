@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from app.ollama._execution import RunSpec, require_model_name, require_prompt
 from app.ollama.errors import InvalidRequest
 from app.ollama.metadata import RunMetadata
 from app.ollama.options import RequestPlan
+from app.ollama.run_spec import RunSpec, require_model_name, require_prompt
 
 __all__ = ["CHARS_PER_TOKEN", "CONTEXT_TEMPLATE", "build_context_prompt", "context_spec"]
 

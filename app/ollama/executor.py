@@ -17,26 +17,27 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from app import telemetry
 from app.backends.client import OllamaClient
 from app.backends.errors import BackendBusy, BackendError, StreamInterrupted
 from app.backends.pool import BackendPool
+from app.backends.prefix import Prompt
 from app.backends.state import BackendState
+from app.local.cli_mode import OllamaCli
+from app.observability import telemetry
 from app.ollama import tracing
-from app.ollama._execution import (
+from app.ollama._store import SaveResult
+from app.ollama.metadata import ErrorKind, RunMetadata, RunMode, as_plain_dict, error_kind
+from app.ollama.names import same_model
+from app.ollama.run_spec import (
     ChunkCallback,
     Kind,
     RunSpec,
     StreamAccumulator,
     ollama_metrics,
 )
-from app.ollama._store import SaveResult
-from app.ollama.cli_mode import OllamaCli
-from app.ollama.metadata import ErrorKind, RunMetadata, RunMode, as_plain_dict, error_kind
-from app.ollama.names import same_model
 from app.ollama.stream_resume import StreamResume, continuation_body, resume_refusal
 from app.ollama.types import ModelExecutionResult, StreamingChunk
-from app.ollama.usage import UsageObserver, run_principal, usage_of, usage_sink
+from app.ollama.usage import UsageObserver, run_principal, run_team, usage_of, usage_sink
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -130,6 +131,9 @@ class RunExecutor:
         self.ensure_server = ensure_server
         self.store = store
         self.usage_observers: list[UsageObserver] = []
+        self.unstored_observers: list[Callable[[ModelExecutionResult], None]] = []
+        """Told of each finished run nobody stores (`save_output=False` and not
+        `stored_by_caller`): the usage ledger adds those from memory."""
         self.unwatched: set[asyncio.Task[Any]] = set()
         """Work that ends on its own after its caller left (a streamed comparison storing
         its cancelled runs), held here until it ends."""
@@ -145,6 +149,7 @@ class RunExecutor:
         output_dir: str | None = None,
         store_kind: str = "generate",
         store_links: Mapping[str, str | None] | None = None,
+        stored_by_caller: bool = False,
     ) -> ModelExecutionResult:
         """Run `spec` to a `ModelExecutionResult`.
 
@@ -209,13 +214,15 @@ class RunExecutor:
                         await asyncio.shield(saving)
                 else:
                     await saving
+        elif not stored_by_caller:
+            self._report_unstored(result)
         acc.finish(result)  # a cancelled run's closing chunk too: its caller may keep it
         if cancelled is not None:
             raise cancelled
         return result
 
     async def stream(
-        self, spec: RunSpec, *, save_output: bool, store_kind: str
+        self, spec: RunSpec, *, save_output: bool, store_kind: str, stored_by_caller: bool = False
     ) -> AsyncIterator[StreamingChunk]:
         """`execute` as an async iterator of its chunks, ending with the `done` chunk.
 
@@ -231,6 +238,7 @@ class RunExecutor:
                 pace=buffer.room,
                 save_output=save_output,
                 store_kind=store_kind,
+                stored_by_caller=stored_by_caller,
             )
         )
         # The run's end puts a sentinel after its last chunk: one queue wait per chunk,
@@ -271,16 +279,35 @@ class RunExecutor:
         backend continues it instead (`app.ollama.stream_resume`); where that is not
         possible the failure ends the run, its partial text kept.
         """
-        chat = spec.messages if spec.kind == "chat" and spec.messages else None
-        prefer = self.pool.preferred(spec.model, chat) if chat else None
+        prompt = self._prompt(spec)
         choice = tracing.choice_span(spec.model)
         with telemetry.ending(choice):
             with telemetry.use_span(choice):
                 candidates = await self.pool.candidates(
-                    spec.model, has_model=same_model, prefer=prefer
+                    spec.model, has_model=same_model, prompt=prompt
                 )
             tracing.candidates_ranked(choice, candidates)
-            await self._attempts(spec, acc, backend, deadline, candidates, choice, run_span)
+            await self._attempts(
+                spec, acc, backend, deadline, candidates, (choice, run_span), prompt
+            )
+
+    def _prompt(self, spec: RunSpec) -> Prompt | None:
+        """The run's prompt as the pool's prefix index sees it (None when it is off)."""
+        if spec.kind == "chat":
+            body = spec.payload()
+            return self.pool.chat_prompt(
+                spec.model,
+                body.get("messages") or [],
+                tools=body.get("tools"),
+                session=spec.session,
+            )
+        return self.pool.generate_prompt(
+            spec.model,
+            spec.prompt,
+            system=spec.plan.system,
+            raw=spec.plan.extra.get("raw") is True,
+            session=spec.session,
+        )
 
     async def _attempts(
         self,
@@ -289,13 +316,13 @@ class RunExecutor:
         backend: list[str],
         deadline: float,
         candidates: list[BackendState],
-        choice: Span | None,
-        run_span: Span | None,
+        spans: tuple[Span | None, Span | None],
+        prompt: Prompt | None,
     ) -> None:
         """`_execute_http`'s tries, on `candidates` in order."""
+        choice, run_span = spans
         request = spec.payload()
         payload, kind = request, spec.kind
-        chat = spec.messages if spec.kind == "chat" and spec.messages else None
         failed_over: list[str] = []
         resume = StreamResume(acc)
         for attempt, state in enumerate(candidates[:MAX_ATTEMPTS]):
@@ -304,25 +331,35 @@ class RunExecutor:
             received = False
             asked_at = time.perf_counter()
             try:
-                async with self.pool.lease(state, spec.model):
-                    tracing.backend_chosen(choice, run_span, state, asked_at, attempt)
+                async with self.pool.lease(state, spec.model, prompt=prompt):
+                    tracing.backend_chosen(choice, run_span, state, asked_at, attempt, prompt)
                     client = state.client
-                    if acc.on_chunk is None:  # nobody takes the pieces: one JSON reply
-                        reply = await whole_reply(client, kind, payload, deadline)
-                        received = True
-                        acc.feed_whole_reply(kind, reply)
-                    else:
-                        if kind == "generate":
-                            stream = client.generate_stream(payload, timeout=deadline)
-                        else:
-                            stream = client.chat_stream(payload, timeout=deadline)
-                        async with contextlib.aclosing(stream) as chunks:
-                            async for chunk in chunks:
+                    while True:
+                        try:
+                            if acc.on_chunk is None:  # nobody takes the pieces: one JSON reply
+                                reply = await whole_reply(client, kind, payload, deadline)
                                 received = True
-                                acc.feed_ollama_chunk(kind, chunk)
-                                resume.observe()
-                                if acc.pace is not None:
-                                    await acc.pace()
+                                acc.feed_whole_reply(kind, reply)
+                            else:
+                                if kind == "generate":
+                                    stream = client.generate_stream(payload, timeout=deadline)
+                                else:
+                                    stream = client.chat_stream(payload, timeout=deadline)
+                                async with contextlib.aclosing(stream) as chunks:
+                                    async for chunk in chunks:
+                                        received = True
+                                        acc.feed_ollama_chunk(kind, chunk)
+                                        resume.observe()
+                                        if acc.pace is not None:
+                                            await acc.pace()
+                        except BackendError as refused:
+                            if received or not _thinking_refused(spec, payload, refused):
+                                raise
+                            # The model cannot think: ask the same backend again without it
+                            # (and any continuation of the answer elsewhere too).
+                            payload, request = _without_think(spec, payload, request)
+                            continue
+                        break
             except BackendError as exc:
                 backend_fault = exc.status is None or exc.status >= 500 or received
                 if backend_fault and not isinstance(exc, BackendBusy):
@@ -356,8 +393,8 @@ class RunExecutor:
                     acc.restart()
                 continue
             self.pool.record_success(state)
-            if chat:  # its next turn goes back here (conversation affinity)
-                self.pool.served(spec.model, chat, acc.text, state)
+            if not resume.resumed:  # its prompt and reply are cached there now
+                self.pool.served(prompt, state, reply=acc.text, final=acc.final)
             if resume.resumed:
                 resume.finished()
                 acc.final = resume.merged_final(acc.final)
@@ -408,11 +445,14 @@ class RunExecutor:
         if acc.on_chunk is not None:  # the caller took the answer piece by piece
             metadata["request"]["stream"] = True
         if spec.messages is not None:
-            metadata["messages"] = spec.messages
+            metadata["messages"] = spec.messages[spec.stored_history :]
         metadata.update(spec.metadata)
         principal = run_principal.get()
         if principal is not None:
             metadata.setdefault("principal", principal)
+        team = run_team.get()
+        if team is not None:
+            metadata.setdefault("team", team)
         metrics = ollama_metrics(acc.final)
         metadata.update(metrics)
         if acc.time_to_first_token is not None:
@@ -440,6 +480,14 @@ class RunExecutor:
         self._report_usage(result)
         return result
 
+    def _report_unstored(self, result: ModelExecutionResult) -> None:
+        """Tell the unstored observers of a finished run nobody stores."""
+        for observer in self.unstored_observers:
+            try:
+                observer(result)
+            except Exception:  # an observer's bug must not fail the run
+                logger.exception("an unstored-run observer failed")
+
     def _report_usage(self, result: ModelExecutionResult) -> None:
         """Tell the usage observers and the context's sink what a finished run used."""
         usage = usage_of(result)
@@ -449,6 +497,25 @@ class RunExecutor:
                 observer(usage)
             except Exception:  # an observer's bug must not fail the run
                 logger.exception("a usage observer failed")
+
+
+def _thinking_refused(spec: RunSpec, payload: Mapping[str, Any], error: BackendError) -> bool:
+    """Whether the backend refused the run only because its model cannot think, and the
+    run may go on without `think` (`RequestPlan.relax_think`). Ollama answers 400
+    `"<model>" does not support thinking`."""
+    return (
+        spec.plan.relax_think
+        and payload.get("think") not in (None, False)
+        and error.status == 400
+        and "does not support thinking" in error.message
+    )
+
+
+def _without_think(spec: RunSpec, *bodies: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """`bodies` without `think`; the run's plan and metadata say it was dropped."""
+    spec.plan.extra.pop("think", None)
+    spec.metadata["think_relaxed"] = True
+    return tuple({key: value for key, value in body.items() if key != "think"} for body in bodies)
 
 
 def _surface(spec: RunSpec) -> str | None:

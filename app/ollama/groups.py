@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from app.backends.gate import as_batch
-from app.ollama._execution import RunSpec, generate_spec
 from app.ollama._store import ResultStore, save_group
 from app.ollama.errors import InvalidRequest
 from app.ollama.executor import RunExecutor
 from app.ollama.options import plan_from_execution_options
+from app.ollama.run_spec import RunSpec, generate_spec
 from app.ollama.types import ExecutionOptions, ModelExecutionResult
 
 __all__ = [
@@ -185,7 +185,9 @@ class GroupRuns:
         async def one(index: int, spec: RunSpec) -> ModelExecutionResult:
             async with gate:
                 spec.metadata["batch_index"] = index
-                result = await self.executor.execute(spec, save_output=False)
+                result = await self.executor.execute(
+                    spec, save_output=False, stored_by_caller=save_output
+                )
             if on_result is not None:
                 on_result(index, result)
             return result
@@ -209,7 +211,11 @@ class GroupRuns:
         results = []
         with as_batch():
             for spec in specs:
-                results.append(await self.executor.execute(spec, save_output=False))
+                results.append(
+                    await self.executor.execute(
+                        spec, save_output=False, stored_by_caller=save_output
+                    )
+                )
         report = benchmark_report(model_name, specs, results, time.perf_counter() - started)
         if save_output:
             await self._save(
@@ -228,7 +234,9 @@ class GroupRuns:
         results: dict[str, ModelExecutionResult] = {}
         with as_batch():
             for spec in specs:
-                results[spec.model] = await self.executor.execute(spec, save_output=False)
+                results[spec.model] = await self.executor.execute(
+                    spec, save_output=False, stored_by_caller=save_output
+                )
         comparison, _ = await self.report_comparison(test_prompt, results, save_output)
         return comparison
 

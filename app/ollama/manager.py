@@ -6,12 +6,12 @@ sync methods run that implementation on a private event loop in a daemon thread
 notebook) alike; the REST layer awaits the async methods on its own loop. Backend clients
 are per event loop (see `OllamaClient`), so both doors can be used at the same time.
 
-The manager owns the pool, the server check and storage, and holds here what decides
-where and when: server lifecycle, backend admin, model listing, pulls and deletes,
-embeddings. It composes the rest: `RunExecutor` (app.ollama.executor) runs and builds
-results, `Relay` (app.ollama.relay) serves the raw `/api` doors, `ServerAutoStart`
-(app.ollama.autostart) starts `ollama serve`, and app.ollama.admin does the talking for
-model listing, backend admin, pulls and deletes.
+The manager is a facade over the seed's model and run doors: it owns the pool and
+storage and composes the rest. `RunExecutor` (app.ollama.executor) runs and builds
+results, `LocalOllama` (app.local) is the Ollama on this host (`auto_start_server`, CLI
+mode), and app.ollama.models does the talking for model listing, pulls and deletes. What
+the gateway adds around it is built beside it, not inside: the fleet's administration
+(app.fleet), Ollama's API relayed (app.relay) and the jobs (app.jobs).
 """
 
 from __future__ import annotations
@@ -23,39 +23,29 @@ import logging
 import time
 from collections.abc import Coroutine, Mapping
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from app.backends.errors import BackendError
-from app.backends.load_history import LoadSample
-from app.backends.pool import BackendPool, BackendState, Reconciled
+from app.backends.pool import BackendPool
+from app.local import LocalOllama
 from app.loop_thread import LoopThread
-from app.ollama._execution import RunSpec, generate_spec, require_model_name
 from app.ollama._store import ResultStore, store_result
-from app.ollama.admin import (
-    BackendLoad,
+from app.ollama.executor import RunExecutor
+from app.ollama.models import (
     ProgressCallback,
-    api_backend_spec,
-    backend_loads,
-    backend_status,
     delete_model,
     list_models,
-    model_locations,
+    model_from_tag,
     model_stats,
-    pool_options,
     pull_model,
-    retire_backend,
 )
-from app.ollama.autostart import ServerAutoStart
-from app.ollama.backend_registry import BackendRegistry, Member
-from app.ollama.cli_mode import OllamaCli
-from app.ollama.executor import RunExecutor
 from app.ollama.names import model_key, same_model
 from app.ollama.options import plan_from_dict
 from app.ollama.outputs import OutputManager
-from app.ollama.placement_admin import PlacementAdmin
-from app.ollama.relay import Relay, Relayed
+from app.ollama.pool_setup import pool_options
+from app.ollama.run_spec import generate_spec, require_model_name
 from app.ollama.types import ModelExecutionResult, OllamaModel
-from app.ollama.usage import UsageObserver
+from app.ollama.usage import UsageObserver, run_principal, run_team
 from app.settings import Settings
 
 __all__ = ["OllamaManager", "ProgressCallback"]
@@ -74,7 +64,7 @@ class OllamaManager:
     is created on the first save when none is given), `models_cache_ttl` (seconds
     `list_models` reuses its answer) and `server_start_timeout` (the `auto_start_server`
     deadline). Nothing touches the network in the constructor: `auto_start_server` checks
-    the server on first use. `placement` holds the pool's placement rules.
+    the server on first use.
     """
 
     def __init__(
@@ -106,31 +96,28 @@ class OllamaManager:
             urls = backends if backends else [self.base_url]
             self.pool = BackendPool(urls, **pool_options(self.settings))
             self._owns_pool = True
-        self._configured = [state.spec for state in self.pool.states]
-        """The start-up list, which the backend registry is laid over."""
-        self.registry: BackendRegistry | None = None
-        """The backend registry this manager's pool follows (see `aadd_backend`)."""
-        if self._owns_pool and use_http_api and self.settings.backend_registry:
-            self.registry = BackendRegistry(self.settings.database_url)
-            self.pool.membership_sync = self.aapply_backend_registry
-        self.placement = PlacementAdmin(self.pool, self.registry)
-        self._retiring: dict[asyncio.Task[None], BackendState] = {}
-        # Only a manager that talks to its own base_url may start a server for it.
-        self._may_start_server = pool is None and not backends
-        self._cli = None if use_http_api else OllamaCli(ollama_binary, self.pool.urls[0])
         self._output_manager = output_manager
         self._loop_thread = LoopThread(name="ollama-manager")
         self._models_cache: tuple[float, list[OllamaModel]] | None = None
-        self._server = ServerAutoStart(self._probe_base_url)
+        # Only a manager that talks to its own base_url may start a server for it.
+        self.local = LocalOllama(
+            ollama_binary,
+            self.pool.urls[0],
+            probe=self._probe_base_url,
+            may_start=auto_start_server and pool is None and not backends,
+            cli=not use_http_api,
+            start_timeout=server_start_timeout,
+        )
+        """The Ollama on this host: `auto_start_server` and CLI mode (see app.local)."""
+        self._cli = self.local.cli
         self.executor = RunExecutor(
             self.pool,
             self.settings,
             cli=self._cli,
-            ensure_server=self._ensure_server,
+            ensure_server=self.local.ensure_server,
             store=self.store_result,
         )
-        """Runs `RunSpec`s to results (shared with `ModelRunner` and the relay)."""
-        self._relay = Relay(self.executor, forget_inventory=self.mark_inventory_stale)
+        """Runs `RunSpec`s to results (shared with `ModelRunner`, the relay and the jobs)."""
 
     def __repr__(self) -> str:
         mode = "http" if self.use_http_api else "cli"
@@ -150,16 +137,14 @@ class OllamaManager:
     @property
     def started_server(self) -> bool:
         """True while an `ollama serve` started by this manager is running."""
-        return self._server.running
+        return self.local.started_server
 
     def cleanup(self) -> None:
         """Close connections and stop the server if (and only if) this manager started it."""
         if self._loop_thread.started and not self._loop_thread.in_loop_thread():
             with contextlib.suppress(Exception):
                 self._loop_thread.run(self._close_clients())
-        if self.registry is not None:
-            self.registry.close()
-        self._server.stop()
+        self.local.stop()
         self._loop_thread.close()
 
     async def aclose(self) -> None:
@@ -168,20 +153,10 @@ class OllamaManager:
             with contextlib.suppress(Exception):
                 await asyncio.wrap_future(self._loop_thread.submit(self._close_clients()))
         await self._close_clients()
-        if self.registry is not None:
-            await self.registry.aclose()
-        await asyncio.to_thread(self._server.stop)
+        await asyncio.to_thread(self.local.stop)
         await asyncio.to_thread(self._loop_thread.close)
 
     async def _close_clients(self) -> None:
-        # Backends still draining after the registry took them out: closed now.
-        loop = asyncio.get_running_loop()
-        retiring = [(t, s) for t, s in list(self._retiring.items()) if t.get_loop() is loop]
-        for task, _ in retiring:
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in retiring), return_exceptions=True)
-        for _, state in retiring:
-            await state.client.aclose()
         if self._owns_pool:
             await self.pool.aclose()
 
@@ -209,106 +184,11 @@ class OllamaManager:
 
     async def _ensure_server(self) -> None:
         """With `auto_start_server`, start `ollama serve` once if base_url is local and silent
-        (see `ServerAutoStart.ensure`; a manager used again after cleanup() checks anew)."""
-        if self.auto_start_server and self._may_start_server:
-            await self._server.ensure(self.ollama_binary, self.base_url, self.server_start_timeout)
+        (see `LocalOllama.ensure_server`; a manager used again after cleanup() checks anew)."""
+        await self.local.ensure_server()
 
     async def _probe_base_url(self) -> bool:
         return await self.pool.clients[0].ping(timeout=self.settings.health_timeout)
-
-    # -- backends --------------------------------------------------------------------
-
-    def check_backend(self, backend: str) -> None:
-        """Raise ValueError unless `backend` is a configured backend's name or URL, or "all"."""
-        self.pool.targets(backend)
-
-    async def aadd_backend(self, backend: str) -> dict[str, Any]:
-        """Add a backend at run time (an entry as in GATEWAY_BACKENDS); returns its status.
-
-        ValueError for a bad spec (see `api_backend_spec`: a `token_env` too) or a name or
-        URL already in use. With the backend registry (`Settings.backend_registry`, on by
-        default) it is recorded there first, so every process and replica sharing the
-        database takes it up within seconds and restarts keep it; then this pool at once.
-        """
-        spec = api_backend_spec(backend, self._configured)
-        if self.registry is None:
-            state = self.pool.add(spec, source="api")
-        else:
-            self.pool.check_free(spec)
-            await self.registry.aadd(spec, self._configured)
-            await self.aapply_backend_registry()
-            state = self.pool.targets(spec.name)[0]
-        self._models_cache = None
-        await self.pool.refresh(state)
-        return state.describe()
-
-    async def aremove_backend(self, backend: str) -> None:
-        """Take a backend (name or URL) out of the pool; requests in flight on it finish.
-
-        ValueError when it is unknown or the last one. With the backend registry the
-        removal is recorded there first (a backend from `GATEWAY_BACKENDS` too), so every
-        process and replica drops it within seconds and a restart does not bring it back.
-        """
-        if self.registry is None:
-            state = self.pool.remove(backend)
-            self._models_cache = None
-            await retire_backend(state, self.settings.request_timeout)
-            return
-        removed = await self.registry.aremove(backend, self._configured)
-        changes = self._reconcile(await self.registry.amembers(self._configured), retire=False)
-        for state in changes.removed:
-            if state.spec.name == removed.name:
-                await retire_backend(state, self.settings.request_timeout)
-            else:
-                self._retire_later(state)
-
-    async def aapply_backend_registry(self) -> None:
-        """Bring the pool in line with the backend registry and stored placement rules (at
-        start, then every 2 s by `pool.watch`); removed backends' requests finish later."""
-        if self.registry is not None:
-            self._reconcile(await self.registry.amembers(self._configured))
-            await self.placement.areload()
-
-    def _reconcile(self, wanted: list[Member], *, retire: bool = True) -> Reconciled:
-        changes = self.pool.reconcile([(member.spec, member.source) for member in wanted])
-        if changes:
-            self._models_cache = None
-            if changes.added:
-                logger.info("backends taken up: %s", [s.spec.name for s in changes.added])
-            for state in changes.removed:
-                logger.info("backend %s (%s) taken out", state.spec.name, state.spec.url)
-                if retire:
-                    self._retire_later(state)
-        return changes
-
-    def _retire_later(self, state: BackendState) -> None:
-        task = asyncio.create_task(
-            retire_backend(state, self.settings.request_timeout),
-            name=f"retire-backend-{state.spec.name}",
-        )
-        self._retiring[task] = state
-        task.add_done_callback(lambda done: self._retiring.pop(done, None))
-
-    async def amodel_locations(self, force_refresh: bool = False) -> dict[str, list[str]]:
-        """Which backends (by name) have each model, keyed by the normalised model name
-        (the pool's inventory is reused for `inventory_ttl` seconds unless `force_refresh`)."""
-        return await model_locations(self.pool, force_refresh)
-
-    def backend_loads(self) -> list[BackendLoad]:
-        """Each backend's load as this process sees it, without asking it (for metrics)."""
-        return backend_loads(self.pool)
-
-    def backend_load_history(self, minutes: float) -> list[LoadSample]:
-        """Each backend's load sampled over the last `minutes`, oldest first (this process)."""
-        return self.pool.load_history.since(minutes * 60)
-
-    async def abackend_status(self) -> list[dict[str, Any]]:
-        """Each backend's health (`url`, `healthy`, `version`, `models`, `error`) and load
-        (`name`, `circuit`, `outstanding`, `queued`, `max_concurrency`, `loaded`, ...).
-
-        All backends are asked at once, each within `Settings.health_timeout`.
-        """
-        return await backend_status(self.pool, self.settings.health_timeout)
 
     # -- models ----------------------------------------------------------------------
 
@@ -330,7 +210,7 @@ class OllamaManager:
             return list(cached[1])
         await self._ensure_server()
         if self._cli is not None:
-            models = await self._cli.list_models()
+            models = [model_from_tag(entry) for entry in await self._cli.list_models()]
         else:
             models = await list_models(self.pool.clients)
         self._models_cache = (time.monotonic(), models)
@@ -486,15 +366,20 @@ class OllamaManager:
         *,
         dimensions: int | None = None,
         truncate: bool | None = None,
+        surface: str = "gateway",
     ) -> dict[str, Any]:
         """Embeddings of `inputs` (`POST /api/embed` on a backend that has the model):
-        Ollama's reply, `embeddings` and `prompt_eval_count` among its keys."""
+        Ollama's reply, `embeddings` and `prompt_eval_count` among its keys.
+
+        Not stored; what it used is reported like a run's (`kind` embed, the usage
+        observers, and the usage ledger through the executor's unstored observers)."""
         model_name = require_model_name(model_name)
         extra: dict[str, Any] = {}
         if dimensions is not None:
             extra["dimensions"] = dimensions
         if truncate is not None:
             extra["truncate"] = truncate
+        started = time.perf_counter()
         await self._ensure_server()
         state = self.pool.state_of(await self.pool.pick(model_name, has_model=same_model))
         async with self.pool.lease(state, model_name):
@@ -505,7 +390,31 @@ class OllamaManager:
                     self.pool.record_failure(state, exc)
                 raise
         self.pool.record_success(state)
+        self._report_embedding(model_name, reply, state.spec.url, surface, started)
         return reply
+
+    def _report_embedding(
+        self, model: str, reply: dict[str, Any], backend: str, surface: str, started: float
+    ) -> None:
+        metadata: dict[str, Any] = {"kind": "embed", "surface": surface, "backend": backend}
+        metadata.update({k: reply[k] for k in ("total_duration", "load_duration") if k in reply})
+        metadata["prompt_eval_count"] = reply.get("prompt_eval_count") or 0
+        principal, team = run_principal.get(), run_team.get()
+        if principal is not None:
+            metadata["principal"] = principal
+        if team is not None:
+            metadata["team"] = team
+        result = ModelExecutionResult(
+            model_name=model,
+            prompt="",
+            response="",
+            execution_time=time.perf_counter() - started,
+            tokens_used=0,
+            success=True,
+            metadata=metadata,
+        )
+        self.executor._report_usage(result)
+        self.executor._report_unstored(result)
 
     # -- storage ---------------------------------------------------------------------
 
@@ -532,64 +441,6 @@ class OllamaManager:
         return await store_result(
             self.output_manager, result, kind=kind, output_dir=output_dir, links=links
         )
-
-    # -- the raw `/api` surface (see app.ollama.relay) --------------------------------
-
-    async def arelay(
-        self,
-        method: str,
-        path: str,
-        *,
-        model: str | None = None,
-        content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        record: RunSpec | None = None,
-        store_kind: str = "generate",
-        buffered: bool = False,
-    ) -> Relayed:
-        """Forward one raw request to the backend that should serve `model`.
-
-        The door for the Ollama-compatible `/api` surface: the reply comes back unparsed
-        (status, headers, streamed body), so the wire format stays Ollama's own. Routing
-        is the pool's; a backend that fails before answering (no connection, 5xx, full
-        queue) is given up for the next, at most `MAX_ATTEMPTS` in all. A model no backend
-        has goes to any healthy backend, which answers in Ollama's own words. With
-        `record` (see `relay.spec_of_body`) a generate or chat reply is read on the side
-        and the run stored as `store_kind`. `buffered` (a client that waits for the whole
-        reply): a reply cut short is retried on the next backend too. Raises
-        `BackendError` when no backend answers.
-        """
-        return await self._relay.arelay(
-            method, path, model=model, content=content, headers=headers, record=record,
-            store_kind=store_kind, buffered=buffered,
-        )  # fmt: skip
-
-    async def arelay_each(
-        self,
-        method: str,
-        path: str,
-        *,
-        model: str,
-        content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> list[tuple[str, int, dict[str, str], bytes]]:
-        """Send one request to every backend that has `model` (a delete, a copy).
-
-        Returns `(backend, status, headers, body)` per backend. When none has the model,
-        the request goes to one backend, whose own error is returned.
-        """
-        return await self._relay.arelay_each(
-            method, path, model=model, content=content, headers=headers
-        )
-
-    async def aunion(self, listing: Literal["tags", "ps"]) -> list[dict[str, Any]]:
-        """`/api/tags` or `/api/ps` of every backend, merged by model name (first wins);
-        tags newest first by `modified_at`, as Ollama lists them.
-
-        Backends that do not answer within `Settings.health_timeout` are left out;
-        `BackendError` when none answers.
-        """
-        return await self._relay.aunion(listing)
 
     def mark_inventory_stale(self) -> None:
         """Forget cached model lists (after a pull, delete or copy that went around them)."""

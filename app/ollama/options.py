@@ -71,6 +71,10 @@ class RequestPlan:
     stream: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """Other request fields passed on as they are (`tools`, `think`, `suffix`, ...)."""
+    relax_think: bool = False
+    """When the backend refuses `think` because the model cannot think, ask again without
+    it instead of failing (Ollama's `relax_thinking`, which its Anthropic layer sets: Claude
+    Code asks every model to think)."""
 
     def request_fields(self) -> dict[str, Any]:
         """The body fields besides model and prompt/messages (`options`, `format`, ...)."""

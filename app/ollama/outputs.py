@@ -67,7 +67,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["CURSOR_PATTERN", "OUTPUT_TYPES", "OutputManager", "model_spellings"]
 
 OUTPUT_TYPES = ("outputs", "configs", "results", "reports")
-KINDS = ("generate", "chat", "stream", "batch_item", "benchmark", "comparison", "context", "output")
+KINDS = (
+    "generate", "chat", "stream", "batch_item", "benchmark", "comparison", "context", "output",
+    "speech",
+)  # fmt: skip
 ReportKind = Literal["batch", "benchmark", "comparison"]
 DEFAULT_CONFIG_NAME = "default"
 GROUP_KINDS: dict[str, GroupKind] = {f"{k}_id": k for k in ("batch", "benchmark", "comparison")}

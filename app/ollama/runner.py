@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from app.ollama._execution import ChunkCallback, Kind, RunSpec, chat_spec, generate_spec
 from app.ollama.comparison_stream import ComparisonEvent, stream_comparison
 from app.ollama.context import context_spec
 from app.ollama.errors import InvalidRequest
@@ -23,6 +22,7 @@ from app.ollama.groups import GroupRuns, batch_specs, benchmark_specs, compariso
 from app.ollama.manager import OllamaManager
 from app.ollama.metadata import Surface
 from app.ollama.options import RequestPlan, plan_from_execution_options
+from app.ollama.run_spec import ChunkCallback, Kind, RunSpec, chat_spec, generate_spec
 from app.ollama.types import ExecutionOptions, ModelExecutionResult, StreamingChunk
 
 __all__ = ["ModelRunner"]
@@ -194,7 +194,7 @@ class ModelRunner:
         surface: Surface = "gateway",
     ) -> RunSpec:
         """A validated run of a request already translated to Ollama's terms (`plan`),
-        filed under the API it came through (`surface`: gateway, ollama or openai)."""
+        filed under the API it came through (`surface`: see `metadata.Surface`)."""
         if kind == "generate":
             spec = generate_spec(model_name, prompt, plan)
         else:

@@ -32,8 +32,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.backends.errors import BackendError
-from app.ollama._execution import Kind, StreamAccumulator
 from app.ollama.metadata import ResumePoint, RunMetadata
+from app.ollama.run_spec import Kind, StreamAccumulator
 
 __all__ = ["StreamResume", "continuation_body", "resume_refusal"]
 

@@ -11,9 +11,11 @@ and a `gen_ai.first_token` event at the first token. The HTTP request to the bac
 it. Prompts and answers (`gen_ai.input.messages`, `gen_ai.output.messages`) only with
 `GATEWAY_TRACE_CONTENT=true`.
 
-The pool's choice is a `gateway.pool.choose` span: the candidates in rank order, the
+The pool's choice is a `gateway.pool.choose` span: the candidates in rank order (with the
+prefix index: the expected time to first token of the chosen one and of the runner-up,
+`gateway.pool.expected_ttft` and `gateway.pool.expected_ttft_runner_up`), the
 chosen backend and the time waited for one of its slots; a failover is an event on the
-run's span. All of it costs one global check when tracing is off (`app.telemetry`).
+run's span. All of it costs one global check when tracing is off (`app.observability.telemetry`).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from app import telemetry
-from app.ollama._execution import RunSpec, StreamAccumulator
+from app.observability import telemetry
+from app.ollama.run_spec import RunSpec, StreamAccumulator
 from app.ollama.types import ModelExecutionResult
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
+    from app.backends.prefix import Prompt
     from app.backends.state import BackendState
 
 __all__ = ["backend_chosen", "choice_span", "failover", "finish_run_span", "start_run_span"]
@@ -147,11 +150,17 @@ def candidates_ranked(span: Span | None, candidates: Sequence[BackendState]) -> 
 
 
 def backend_chosen(
-    choice: Span | None, run: Span | None, state: BackendState, asked_at: float, attempt: int
+    choice: Span | None,
+    run: Span | None,
+    state: BackendState,
+    asked_at: float,
+    attempt: int,
+    prompt: Prompt | None = None,
 ) -> None:
     """A slot of `state` is held after waiting since `asked_at` (`time.perf_counter`):
     the choice span ends there (the first attempt), or the run's span notes it (one after a
-    failover)."""
+    failover). With the prefix index's `prompt`: the expected time to first token of the
+    chosen backend and of the best other one, and the prompt tokens expected cached."""
     if not telemetry.enabled():
         return
     attributes: dict[str, Any] = {
@@ -159,6 +168,14 @@ def backend_chosen(
         "gateway.pool.queue_wait": time.perf_counter() - asked_at,
         "gateway.pool.attempt": attempt,
     }
+    if prompt is not None and state.spec.name in prompt.estimates:
+        chosen = prompt.estimates[state.spec.name]
+        others = [e.ttft for name, e in prompt.estimates.items() if name != state.spec.name]
+        attributes["gateway.pool.expected_ttft"] = chosen.ttft
+        attributes["gateway.pool.cached_tokens"] = round(chosen.cached)
+        attributes["gateway.pool.prompt_tokens"] = round(prompt.tokens)
+        if others:
+            attributes["gateway.pool.expected_ttft_runner_up"] = min(others)
     if choice is not None and choice.is_recording():
         telemetry.set_attributes(attributes, on=choice)
         telemetry.end_span(choice)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from app.ollama.types import ModelExecutionResult
 
-__all__ = ["RunUsage", "UsageObserver", "run_principal", "usage_of", "usage_sink"]
+__all__ = ["RunUsage", "UsageObserver", "run_principal", "run_team", "usage_of", "usage_sink"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,10 @@ class RunUsage:
     duration: float
     backend: str | None = None
     """The URL of the backend that answered (None: none did, or CLI mode)."""
+    backend_seconds: float = 0.0
+    """The backend's own time for the run (Ollama's total_duration), in seconds."""
+    load_seconds: float = 0.0
+    """The part of it spent loading the model (Ollama's load_duration), in seconds."""
 
 
 UsageObserver = Callable[[RunUsage], None]
@@ -40,6 +44,9 @@ usage_sink: ContextVar[UsageObserver | None] = ContextVar("usage_sink", default=
 
 run_principal: ContextVar[str | None] = ContextVar("run_principal", default=None)
 """Who the current context's runs are for (an API key's name), kept with each stored run."""
+
+run_team: ContextVar[str | None] = ContextVar("run_team", default=None)
+"""The team of the key the current context's runs are for (None: no team)."""
 
 
 def usage_of(result: ModelExecutionResult) -> RunUsage:
@@ -55,4 +62,11 @@ def usage_of(result: ModelExecutionResult) -> RunUsage:
         time_to_first_token=float(ttft) if isinstance(ttft, int | float) else None,
         duration=float(result.execution_time),
         backend=str(meta["backend"]) if meta.get("backend") else None,
+        backend_seconds=_seconds(meta.get("total_duration")),
+        load_seconds=_seconds(meta.get("load_duration")),
     )
+
+
+def _seconds(value: object) -> float:
+    """Ollama's nanoseconds as seconds (0.0 when absent or not a number)."""
+    return value / 1e9 if isinstance(value, int | float) and value > 0 else 0.0

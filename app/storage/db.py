@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app import telemetry
+from app.observability import telemetry
 
 SQLITE_BUSY_TIMEOUT_S = 30
 

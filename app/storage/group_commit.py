@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from app import telemetry
+from app.observability import telemetry
 from app.storage.escaping import escape_row
 from app.storage.outage import DatabaseUnavailable, is_outage
 from app.storage.spool import RowSpool

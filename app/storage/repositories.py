@@ -30,6 +30,7 @@ from app.storage.tables import (
     ReportRow,
     utc_now,
 )
+from app.storage.usage_ledger import charge_runs
 
 
 def new_id() -> str:
@@ -154,6 +155,8 @@ class Executions:
         self.session = session
 
     async def add(self, row: Execution) -> str:
+        """Insert one run, charged to the usage ledger in the same transaction."""
+        await charge_runs(self.session, [row])
         self.session.add(row)
         await self.session.flush()
         return row.id
@@ -162,11 +165,13 @@ class Executions:
     async def insert(connection: AsyncConnection, rows: Sequence[Execution]) -> None:
         """`add_all` on a connection (no session): the group commit's write."""
         await insert_rows(connection, rows)
+        await charge_runs(connection, rows)
 
     async def add_all(self, rows: Sequence[Execution]) -> list[str]:
         """Insert `rows` with one Core INSERT (executemany), not the ORM's unit of work:
         the objects stay transient and unchanged (the spool can still encode them)."""
         await insert_rows(self.session, rows)
+        await charge_runs(self.session, rows)
         return [row.id for row in rows]
 
     async def get(self, row_id: str) -> Execution | None:
@@ -374,6 +379,15 @@ class ApiKeys:
     async def count_active(self) -> int:
         query = select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
         return int((await self.session.execute(query)).scalar_one())
+
+    async def active(self, key_id_or_name: str) -> ApiKey | None:
+        """The active key with this id (or, failing that, this name)."""
+        for column in (ApiKey.id, ApiKey.name):
+            query = select(ApiKey).where(column == key_id_or_name, ApiKey.revoked_at.is_(None))
+            row = (await self.session.scalars(query)).first()
+            if row is not None:
+                return row
+        return None
 
     async def revoke(self, key_id_or_name: str, at: datetime) -> ApiKey | None:
         """Revoke the active key with this id (or, failing that, this name)."""

@@ -48,6 +48,7 @@ from app.storage.db import Database, masked
 from app.storage.escaping import escape_row
 from app.storage.outage import SpoolFull, is_outage
 from app.storage.tables import Base, Batch, BenchmarkReport, Comparison, Execution
+from app.storage.usage_ledger import UsageTotals, charge_totals
 
 __all__ = ["RowSpool", "SpoolDepth"]
 
@@ -106,9 +107,12 @@ def decode_rows(line: bytes) -> list[Base]:
 
 
 async def insert_if_absent(session: AsyncSession, rows: Sequence[Base]) -> None:
-    """Insert each row unless a row with its key (or another unique value) exists."""
+    """Insert each row unless a row with its key (or another unique value) exists; the
+    runs inserted (and only those: a run replayed twice is charged once) are charged to
+    the usage ledger in the same transaction."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    inserted = UsageTotals()
     for row in rows:
         state = inspect(row)
         values = {
@@ -117,7 +121,14 @@ async def insert_if_absent(session: AsyncSession, rows: Sequence[Base]) -> None:
             if attr.key in state.dict
         }
         table = Base.metadata.tables[row.__tablename__]
-        await session.execute(insert(table).values(values).on_conflict_do_nothing())
+        statement = insert(table).values(values).on_conflict_do_nothing()
+        if isinstance(row, Execution):
+            result = await session.execute(statement.returning(table.c.id))
+            if result.first() is not None:
+                inserted.add_run(row)
+        else:
+            await session.execute(statement)
+    await charge_totals(session, inserted)
 
 
 def database_key(database_url: str) -> str:

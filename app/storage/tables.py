@@ -162,7 +162,8 @@ class Execution(Base):
         String(16),
         default="gateway",
         server_default="gateway",
-        doc="The API the run came through: gateway (/gateway), ollama (/api) or openai (/v1)",
+        doc="The API the run came through: gateway (/gateway), ollama (/api), openai (/v1), "
+        "anthropic (/v1/messages), responses (/v1/responses), transcription or speech",
     )
     model: Mapped[str] = mapped_column(String(512))
     principal: Mapped[str | None] = mapped_column(
@@ -309,7 +310,9 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     duration_ms: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    surface: Mapped[str | None] = mapped_column(String(16), doc="gateway, ollama or openai")
+    surface: Mapped[str | None] = mapped_column(
+        String(16), doc="gateway, ollama, openai, anthropic, responses, transcription or speech"
+    )
     status: Mapped[int | None] = mapped_column(Integer, doc="The HTTP status answered")
     client: Mapped[str | None] = mapped_column(String(64), doc="The client's address")
     text_escaped: Mapped[bool] = text_escaped_column()
@@ -338,8 +341,36 @@ class ApiKey(Base):
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    team: Mapped[str | None] = mapped_column(String(100), doc="The key's team; None: no team")
+    quotas: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, doc="tokens_per_day, tokens_per_month, requests_per_day, backend_seconds_per_day"
+    )
 
-    __table_args__ = (Index("ix_api_keys_name", "name"),)
+    __table_args__ = (Index("ix_api_keys_name", "name"), Index("ix_api_keys_team", "team"))
+
+
+class Team(Base):
+    """A team of keys: its model allowlist narrows its keys' own, its quotas are shared."""
+
+    __tablename__ = "teams"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    models: Mapped[list[str] | None] = mapped_column(JSON, doc="Glob patterns; None = any model")
+    quotas: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class QuotaUsage(Base):
+    """What a key or a team used in one quota window, summed by every replica (upserts)."""
+
+    __tablename__ = "quota_usage"
+
+    scope: Mapped[str] = mapped_column(String(120), primary_key=True, doc="key:NAME or team:NAME")
+    period: Mapped[str] = mapped_column(String(16), primary_key=True, doc="d:YYYY-MM-DD, m:YYYY-MM")
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    backend_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 
 class RegisteredBackend(Base):
@@ -381,4 +412,95 @@ class PlacementRules(Base):
     )
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utc_now, doc="When they were last replaced through the API"
+    )
+
+
+class StoredResponse(Base):
+    """A response of the OpenAI Responses API (`/v1/responses`) kept so that it can be read
+    again and continued (`previous_response_id`), from any replica.
+
+    It is an index over the run that produced it (`execution_id`, an `executions` row):
+    the answer's text, thinking and tool calls are read from that row, never stored twice.
+    The row holds what the run's row cannot: the turn's own input items as the client sent
+    them (with their ids), the ids and names of the output items, and the request fields
+    a response echoes. A conversation is a chain of rows by `previous_response_id`; each row
+    holds its own turn only, so a chain of n turns takes O(n) rows and one query to walk
+    (a recursive CTE, see `app.storage.response_repository`).
+    """
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, doc="resp_<32 hex>")
+    principal: Mapped[str | None] = mapped_column(
+        String(200), doc="The API key (by name) that made it; None when anonymous"
+    )
+    previous_response_id: Mapped[str | None] = mapped_column(
+        String(64), doc="The response it continues (None: the first of its conversation)"
+    )
+    depth: Mapped[int] = mapped_column(
+        Integer, default=0, doc="Responses before it in its conversation"
+    )
+    execution_id: Mapped[str] = mapped_column(
+        ForeignKey("executions.id", ondelete="CASCADE"),
+        doc="The run that produced it (deleting the run deletes the response)",
+    )
+    model: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), doc="completed, incomplete or failed")
+    input_items: Mapped[list[Any]] = mapped_column(
+        JSON, doc="Its own input items (not its conversation's), each with an id"
+    )
+    output_items: Mapped[list[Any]] = mapped_column(
+        JSON, doc="Its output items without their text (ids, names, call ids)"
+    )
+    params: Mapped[dict[str, Any]] = mapped_column(
+        JSON, doc="The request fields a response echoes (instructions, tools, text, ...)"
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_responses_previous_response_id", "previous_response_id"),
+        Index("ix_responses_execution_id", "execution_id"),
+        Index("ix_responses_principal_created_at", "principal", "created_at"),
+    )
+
+
+class UsageEntry(Base):
+    """The usage ledger: what the runs of one key, team, model, backend and surface used in
+    one hour (UTC). Written in the transaction that stores the runs (one upsert per group
+    of runs, never one write per request; see `app.storage.usage_ledger`), so its sums are
+    the stored runs' sums; runs that are not stored are added from memory every few seconds.
+
+    The key columns are never NULL (`''`: no key, no team, no backend), so that the upsert's
+    conflict target matches on every database.
+    """
+
+    __tablename__ = "usage_ledger"
+
+    bucket: Mapped[datetime] = mapped_column(
+        UTCDateTime(), primary_key=True, doc="The hour (UTC) the runs were stored in"
+    )
+    principal: Mapped[str] = mapped_column(
+        String(200), primary_key=True, doc="The API key (by name); '' when anonymous"
+    )
+    team: Mapped[str] = mapped_column(String(200), primary_key=True, doc="Its team; '' for none")
+    model: Mapped[str] = mapped_column(String(512), primary_key=True)
+    backend: Mapped[str] = mapped_column(
+        String(512), primary_key=True, doc="The backend that answered; '' when none did"
+    )
+    surface: Mapped[str] = mapped_column(String(16), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    backend_seconds: Mapped[float] = mapped_column(
+        Float, default=0.0, doc="The backend's own time (Ollama's total_duration)"
+    )
+    load_seconds: Mapped[float] = mapped_column(
+        Float, default=0.0, doc="Of it, loading models (Ollama's load_duration)"
+    )
+
+    __table_args__ = (
+        Index("ix_usage_ledger_principal_bucket", "principal", "bucket"),
+        Index("ix_usage_ledger_team_bucket", "team", "bucket"),
     )

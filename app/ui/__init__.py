@@ -1,5 +1,5 @@
 """The web console's built files (`static/`), made from `web/` by `npm run build` and
-shipped as package data: served at `/ui` by `app.api.console`, no Node needed at run time."""
+shipped as package data: served at `/ui` by `app.api.console.static_site`, no Node needed at run time."""
 
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ def test_ten_conversations_under_a_competing_load_each_stay_on_one_backend(
 def test_without_affinity_the_same_load_moves_conversations(tmp_path: Path) -> None:
     """The control: affinity off (`GATEWAY_AFFINITY_TTL=0`), the same conversations and
     load move between backends, and a moved turn evaluates its whole prompt again."""
-    with gateway(tmp_path, affinity_ttl=0) as (url, _):
+    with gateway(tmp_path, prefix_routing=False) as (url, _):
         talks, _ = asyncio.run(conversations_under_load(url))
     moved = [turns for turns in talks if len({backend for backend, _ in turns}) > 1]
     print("conversations that moved:", len(moved), "of", len(talks))

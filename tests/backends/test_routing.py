@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.backends import BackendBusy, BackendPool, parse_backend
+from app.fleet.status import model_locations
 from app.ollama import ModelRunner, OllamaManager, same_model
 from app.settings import Settings
 from tests.support.servers import free_port, running_emulator, running_process
@@ -220,7 +221,7 @@ async def test_model_locations_name_every_backend_that_has_it() -> None:
         running_emulator(models=["llama3.1:8b", "qwen2.5:0.5b"]) as b,
     ):
         manager = manager_for([f"left={a}", f"right={b}"])
-        where = await manager.amodel_locations()
+        where = await model_locations(manager.pool, force_refresh=False)
         assert where["llama3.1:8b"] == ["left", "right"]
         assert where["qwen2.5:0.5b"] == ["right"]
         await manager.aclose()

@@ -115,7 +115,7 @@ def test_the_gateway_runs_the_pools_placement_keep_warm_and_affinity(sim: Module
     rule = pool.rule_for(big.name)
     assert rule is not None and rule.targets == ("tag:gpu-big",)
     assert pool.keep_warm.wanted == sim.keep_warm_map() and pool.keep_warm
-    assert pool.affinity.enabled
+    assert pool.prefix_routing
     result = run.run()
 
     tags = {plan.name: plan.gpu.name for plan in sim.build_fleet(config.backends)}
@@ -131,6 +131,6 @@ def test_the_gateway_runs_the_pools_placement_keep_warm_and_affinity(sim: Module
         other = sim.Simulation(config, sim.make_workload(config), policy)
         try:
             assert other.pool.rule_for(big.name) is None
-            assert not other.pool.keep_warm and not other.pool.affinity.enabled
+            assert not other.pool.keep_warm and not other.pool.prefix_routing
         finally:
             other.close()

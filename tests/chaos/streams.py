@@ -1,9 +1,12 @@
 """Streamed runs on every surface, read as a client reads them: the text, and how it ended.
 
 `/gateway/{chat,generate}/stream` (SSE `chunk` events, then `result` or `error`),
-`/api/{chat,generate}` (NDJSON lines, the last `done` or an `error` line) and
+`/api/{chat,generate}` (NDJSON lines, the last `done` or an `error` line),
 `/v1/{chat/completions,completions}` with `stream: true` (SSE `data:` lines, then
-`[DONE]` or a last `error`).
+`[DONE]` or a last `error`), `/v1/messages` with `stream: true` (Anthropic's events:
+`text_delta`s, then `message_delta` and `message_stop`, or an `error` event), and
+`/v1/responses` (`RESPONSES`: typed events, the last `response.completed` or another end;
+not in `SURFACES`, its tests name it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,20 @@ SURFACES = (
     "api-generate",
     "v1-chat",
     "v1-completion",
+    "v1-messages",
 )
+RESPONSES = "v1-responses"
+STORED_AS = {"api": "ollama", "v1-messages": "anthropic", RESPONSES: "responses"}
+"""The surface a stream's run is stored under, by the stream's surface (or its prefix)."""
+
+
+def stored_surface(surface: str) -> str:
+    """The `surface` a run streamed on `surface` is stored with."""
+    return (
+        STORED_AS.get(surface)
+        or STORED_AS.get(surface.split("-")[0])
+        or ("gateway" if surface.startswith("gateway") else "openai")
+    )
 
 
 @dataclass
@@ -58,6 +74,12 @@ def request(
         return "/api/chat", {"model": model, "messages": messages, **ollama}
     if surface == "api-generate":
         return "/api/generate", {"model": model, "prompt": prompt, **ollama}
+    if surface == RESPONSES:
+        limited = {"max_output_tokens": limit} if limit else {}
+        return "/v1/responses", {"model": model, "input": prompt, "stream": True, **limited}
+    if surface == "v1-messages":
+        return "/v1/messages", {"model": model, "stream": True, "messages": messages,
+                                "max_tokens": limit or 4096}  # fmt: skip
     body: dict[str, Any] = {
         "model": model,
         "stream": True,
@@ -92,6 +114,17 @@ async def stream(
                 got.pieces.append(json.loads(data)["content"])
             elif event in ("result", "error"):
                 got.final, got.ok = json.loads(data), event == "result"
+    elif surface == "v1-messages":
+        for event, data in sse_events(raw):
+            obj = json.loads(data)
+            if event == "content_block_delta" and obj["delta"]["type"] == "text_delta":
+                got.pieces.append(obj["delta"]["text"])
+            elif event == "message_delta":
+                got.final = obj
+            elif event == "message_stop":
+                got.ok = True
+            elif event == "error":
+                got.final = obj
     elif surface.startswith("api"):
         for line in filter(None, raw.splitlines()):
             obj = json.loads(line)
@@ -103,6 +136,13 @@ async def stream(
                 got.pieces.append(
                     obj["response"] if "response" in obj else obj["message"]["content"]
                 )
+    elif surface == RESPONSES:
+        for event, data in sse_events(raw):
+            obj = json.loads(data)
+            if event == "response.output_text.delta":
+                got.pieces.append(obj["delta"])
+            elif event in ("response.completed", "response.incomplete", "response.failed"):
+                got.final, got.ok = obj["response"], event == "response.completed"
     else:
         for _, data in sse_events(raw):
             if data == "[DONE]":

@@ -1,8 +1,8 @@
 """Streams continue elsewhere: a backend that fails mid-stream costs its clients a pause,
 not their answer, on every surface (`/gateway` SSE, Ollama's `/api` NDJSON, OpenAI's `/v1`
-SSE). Another backend continues the answer from where it stopped, and the emulator
-continues a partial answer exactly, so the text must equal an undisturbed run's to the
-character: nothing repeated or lost at the seam."""
+SSE, Anthropic's `/v1/messages` events). Another backend continues the answer from where
+it stopped, and the emulator continues a partial answer exactly, so the text must equal an
+undisturbed run's to the character: nothing repeated or lost at the seam."""
 
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ import httpx
 
 from app.main import create_app
 from tests.api.conftest import gateway_settings, set_faults
-from tests.chaos.streams import SURFACES, Streamed, request, stored_runs, stream
+from tests.chaos.streams import (
+    SURFACES,
+    Streamed,
+    request,
+    stored_runs,
+    stored_surface,
+    stream,
+)
 from tests.support.servers import free_port, running_process, serving_in_thread
 
 MODEL = "llama3.1:8b"
@@ -47,7 +54,7 @@ def stored_of(runs: list[dict[str, Any]], got: Streamed) -> dict[str, Any]:
     if got.surface.startswith("gateway"):
         stored_id = got.final.get("id") or got.final.get("result_id")
         return next(r for r in runs if r["id"] == stored_id)
-    surface = "ollama" if got.surface.startswith("api") else "openai"
+    surface = stored_surface(got.surface)
     (match,) = [
         r for r in runs if r["prompt"] == got.prompt and r["metadata"].get("surface") == surface
     ]
@@ -60,7 +67,8 @@ def eval_count(got: Streamed) -> int | None:
         return got.final.get("tokens_used")
     if got.surface.startswith("api"):
         return got.final.get("eval_count")
-    return (got.final.get("usage") or {}).get("completion_tokens")
+    usage = got.final.get("usage") or {}
+    return usage.get("output_tokens" if got.surface == "v1-messages" else "completion_tokens")
 
 
 def test_20_streams_on_every_surface_survive_a_backend_killed_mid_way(tmp_path: Path) -> None:
@@ -228,6 +236,20 @@ def test_a_stream_with_images_ends_with_a_clean_error_and_its_partial_text(
             "messages": [{"role": "user", "content": prompt, "images": [IMAGE]}],
         },
         "api-generate": {"model": MODEL, "prompt": prompt, "images": [IMAGE]},
+        "v1-messages": {
+            "model": MODEL,
+            "max_tokens": 100,
+            "stream": True,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": prompt},
+                        {"type": "image", "source": {"type": "base64", "data": IMAGE}},
+                    ],
+                }
+            ],
+        },
     }
     with emulator(PACE_MS, 12) as (first, _), emulator(PACE_MS, 12) as (second, _):
         settings = gateway_settings([first, second], tmp_path)
@@ -247,7 +269,7 @@ def test_a_stream_with_images_ends_with_a_clean_error_and_its_partial_text(
     for got in streams:
         assert got.status == 200 and not got.ok, (got.surface, got.final)
         assert len(got.pieces) == 4 and got.final.get("error"), (got.surface, got.final)
-        surface = "ollama" if got.surface.startswith("api") else "openai"
+        surface = stored_surface(got.surface)
         (run,) = [r for r in stored if r["metadata"].get("surface") == surface
                   and r["metadata"]["kind"] == ("generate" if "generate" in got.surface else "chat")
                   and r["prompt"] == prompt]  # fmt: skip
@@ -294,3 +316,48 @@ def test_a_client_that_leaves_during_the_continuation_cancels_it(tmp_path: Path)
         assert meta["resumed"] is True and len(meta["backends"]) == 2, meta
         assert meta["resumes"][0]["after_tokens"] == 4 and len(meta["partial_response"]) > 0
     assert [b["outstanding"] for b in backends] == [0, 0], backends
+
+
+def test_anthropic_streams_survive_a_backend_killed_mid_way(tmp_path: Path) -> None:
+    """Claude Code's door: 6 streamed `/v1/messages` read by the official SDK
+    (`messages.stream`) over two backends, one SIGKILLed half-way: each ends with its
+    normal last events (`message_delta` with `end_turn`, `message_stop`), its text equals an
+    undisturbed run's, and those that were on the killed backend were continued."""
+    import anthropic
+
+    tokens, delay_ms = 60, 25
+    prompts = [f"session {i}: explain recursion at length" for i in range(6)]
+    with emulator(delay_ms, tokens) as (first, victim), emulator(delay_ms, tokens) as (second, _):
+        settings = gateway_settings([first, second], tmp_path, request_timeout=60)
+        with serving_in_thread(create_app(settings)) as url:
+            client = anthropic.AsyncAnthropic(base_url=url, api_key="unused", max_retries=0)
+
+            async def one(prompt: str) -> tuple[str, list[str], Any]:
+                async with client.messages.stream(
+                    model=MODEL, max_tokens=1000, messages=[{"role": "user", "content": prompt}]
+                ) as streamed:
+                    kinds = [event.type async for event in streamed]
+                    final = await streamed.get_final_message()
+                return final.content[0].text, kinds, final  # type: ignore[union-attr]
+
+            async def scenario() -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
+                calm = await asyncio.gather(*(one(p) for p in prompts))
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                    before = {r["id"] for r in await stored_runs(http)}
+                    runs = [asyncio.create_task(one(p)) for p in prompts]
+                    await asyncio.sleep(tokens * delay_ms / 1000 / 2)
+                    victim.send_signal(signal.SIGKILL)
+                    stormy = await asyncio.gather(*runs)
+                    stored = [r for r in await stored_runs(http) if r["id"] not in before]
+                return list(calm), list(stormy), stored
+
+            calm, stormy, stored = asyncio.run(scenario())
+    resumed = 0
+    for (text, _, _), (got, kinds, final) in zip(calm, stormy, strict=True):
+        assert got == text and len(text) > 100
+        assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+        assert final.stop_reason == "end_turn" and final.usage.output_tokens == tokens
+        (run,) = [r for r in stored if r["response"] == text]
+        assert run["surface"] == "anthropic" and run["success"]
+        resumed += bool(run["metadata"].get("resumed"))
+    assert resumed, "no stream was on the killed backend"

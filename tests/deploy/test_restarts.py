@@ -59,9 +59,13 @@ async def stream(url: str, prompt: str, started: asyncio.Event | None = None) ->
     return last_name if last_name == "result" else f"{last_name}:{last.get('code')}"
 
 
-def test_sigterm_makes_readiness_fail_at_once_and_lets_streams_finish(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_sigterm_makes_readiness_fail_at_once_and_lets_streams_finish(
+    tmp_path: Path, server: str
+) -> None:
     """20 streams in flight get SIGTERM: /readyz is 503 at once, all 20 end with their
-    `result` within the grace, and the process exits."""
+    `result` within the grace, and the process exits (under granian: `serve` drains
+    before handing SIGTERM to granian)."""
     with running_emulator(models=(MODEL,), token_delay_ms=40) as backend:
         env = {
             "GATEWAY_BACKENDS": backend,
@@ -70,7 +74,7 @@ def test_sigterm_makes_readiness_fail_at_once_and_lets_streams_finish(tmp_path: 
             "GATEWAY_SHUTDOWN_GRACE": "20",
             "GATEWAY_LOG_LEVEL": "warning",
         }
-        replica = Replica(env).start()
+        replica = Replica(env, ["--server", server]).start()
 
         async def scenario() -> tuple[list[str], int]:
             started = [asyncio.Event() for _ in range(20)]
@@ -95,8 +99,9 @@ def test_sigterm_makes_readiness_fail_at_once_and_lets_streams_finish(tmp_path: 
     assert exit_code in (0, -15)  # uvicorn re-raises the SIGTERM it handled, once done
 
 
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
 def test_a_stream_longer_than_the_grace_ends_with_shutting_down_and_is_stored(
-    tmp_path: Path,
+    tmp_path: Path, server: str
 ) -> None:
     database = tmp_path / "gateway.db"
     with running_emulator(models=(MODEL,), token_delay_ms=300) as backend:
@@ -107,7 +112,7 @@ def test_a_stream_longer_than_the_grace_ends_with_shutting_down_and_is_stored(
             "GATEWAY_SHUTDOWN_GRACE": "2",
             "GATEWAY_LOG_LEVEL": "warning",
         }
-        replica = Replica(env).start()
+        replica = Replica(env, ["--server", server]).start()
 
         async def scenario() -> str:
             started = asyncio.Event()
@@ -128,6 +133,65 @@ def test_a_stream_longer_than_the_grace_ends_with_shutting_down_and_is_stored(
     assert json.loads(rows[0][2])["partial_response"]  # the text it had, kept
 
 
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_drain_makes_readiness_fail_at_once_and_returns_when_streams_end(
+    tmp_path: Path, server: str
+) -> None:
+    """`ollama-gateway drain` with 10 streams in flight on a replica of two processes:
+    /readyz is 503 at once, new requests are still served, the drain returns only once
+    every stream has ended with its `result`, and SIGTERM then ends the server within
+    seconds (no second drain period)."""
+    with running_emulator(models=(MODEL,), token_delay_ms=40) as backend:
+        env = {
+            "GATEWAY_BACKENDS": backend,
+            "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
+            "GATEWAY_SHUTDOWN_DRAIN": "1",
+            "GATEWAY_SHUTDOWN_GRACE": "20",
+            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_DRAIN_FILE": str(tmp_path / "drain"),
+        }
+        replica = Replica(env, ["--server", server, "--workers", "2"]).start()
+
+        async def scenario() -> tuple[list[tuple[str, float]], list[int], int, float]:
+            started = [asyncio.Event() for _ in range(10)]
+
+            async def timed(i: int) -> tuple[str, float]:
+                ending = await stream(replica.url, f"tell me about {i}", started[i])
+                return ending, time.monotonic()
+
+            runs = [asyncio.create_task(timed(i)) for i in range(10)]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 30)
+            draining = asyncio.create_task(asyncio.to_thread(replica.drain))
+            await asyncio.to_thread(wait_for, (tmp_path / "drain").exists, 30, "the drain file")
+            await asyncio.sleep(0.5)  # more than two polls of the drain file
+            async with httpx.AsyncClient() as client:
+                # new connections each: both processes answer
+                ready = [
+                    (
+                        await client.get(f"{replica.url}/readyz", headers={"Connection": "close"})
+                    ).status_code
+                    for _ in range(6)
+                ]
+                late = (await client.get(f"{replica.url}/gateway/models")).status_code
+            await draining
+            drained = time.monotonic()
+            return list(await asyncio.gather(*runs)), [*ready, late], 0, drained
+
+        try:
+            endings, codes, _, drained = asyncio.run(scenario())
+            stopping = time.monotonic()
+            replica.terminate()
+            exit_code = replica.wait(timeout=30)
+            stopped = time.monotonic() - stopping
+        finally:
+            replica.stop()
+    assert codes == [503] * 6 + [200]
+    assert [e for e, _ in endings] == ["result"] * 10
+    assert all(ended <= drained for _, ended in endings)  # the drain waited for them
+    assert stopped < 8, f"{stopped:.1f} s from SIGTERM to exit"
+    assert exit_code in (0, -15)
+
+
 def metric_value(text: str, route: str) -> float:
     found = re.search(
         r'gateway_requests_total\{method="GET",route="'
@@ -138,14 +202,15 @@ def metric_value(text: str, route: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def test_two_workers_sum_their_metrics_whichever_answers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_two_workers_sum_their_metrics_whichever_answers(tmp_path: Path, server: str) -> None:
     with running_emulator(models=(MODEL,)) as backend:
         env = {
             "GATEWAY_BACKENDS": backend,
             "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
             "GATEWAY_LOG_LEVEL": "warning",
         }
-        replica = Replica(env, ["--workers", "2"]).start()
+        replica = Replica(env, ["--server", server, "--workers", "2"]).start()
         try:
             time.sleep(2)  # the second process up too
             sent = 40
@@ -211,13 +276,19 @@ def _answers(url: str) -> bool:
     return False
 
 
+@pytest.mark.parametrize(
+    ("server", "stop"),
+    [("uvicorn", "sigterm"), ("granian", "drain, then sigterm"), ("granian", "sigterm")],
+)
 def test_haproxy_in_front_of_three_replicas_restarted_one_by_one_loses_nothing(
-    tmp_path: Path,
+    tmp_path: Path, server: str, stop: str
 ) -> None:
     """Three replicas (one with `--workers 2`) on one PostgreSQL behind HAProxy; a steady
     load of plain and streamed generations for at least 20 s while each replica in turn
     gets SIGTERM and is started again: no request fails, every stream ends with its
-    `result`, and every result answered is in the database."""
+    `result`, and every result answered is in the database. SIGTERM alone drains (under
+    granian `serve` drains before handing the signal over), or `ollama-gateway drain` runs
+    first, as Kubernetes' preStop does."""
     with (
         running_emulator(models=(MODEL,), token_delay_ms=10) as backend,
         fresh_pg_database() as database_url,
@@ -230,12 +301,19 @@ def test_haproxy_in_front_of_three_replicas_restarted_one_by_one_loses_nothing(
             "GATEWAY_SHUTDOWN_GRACE": "20",
             "GATEWAY_LOG_LEVEL": "warning",
         }
-        fleet = [Replica(env), Replica(env, ["--workers", "2"]), Replica(env)]
+        chosen = ["--server", server]
+        fleet = [
+            Replica(env, chosen),
+            Replica(env, [*chosen, "--workers", "2"]),
+            Replica(env, chosen),
+        ]
         for replica in fleet:
             replica.start()
         try:
             with haproxy([r.port for r in fleet], tmp_path) as url:
-                outcome = asyncio.run(_load_while_restarting(url, fleet))
+                outcome = asyncio.run(
+                    _load_while_restarting(url, fleet, drain_first=stop.startswith("drain"))
+                )
         finally:
             for replica in fleet:
                 replica.stop()
@@ -253,7 +331,7 @@ def test_haproxy_in_front_of_three_replicas_restarted_one_by_one_loses_nothing(
 
 
 async def _load_while_restarting(
-    url: str, fleet: list[Replica]
+    url: str, fleet: list[Replica], *, drain_first: bool = False
 ) -> tuple[list[str], list[str], list[str], float]:
     plain_ids: list[str] = []
     stream_ids: list[str] = []
@@ -268,7 +346,9 @@ async def _load_while_restarting(
                     f"{url}/gateway/generate", json={"model": MODEL, "prompt": f"plain {n}"}
                 )
                 if reply.status_code != 200 or not reply.json().get("id"):
-                    failures.append(f"plain {reply.status_code}: {reply.text[:200]}")
+                    failures.append(
+                        f"plain {reply.status_code} at {time.monotonic() - started:.1f}: {reply.text[:200]}"
+                    )
                 else:
                     plain_ids.append(reply.json()["id"])
             except httpx.HTTPError as exc:
@@ -289,12 +369,16 @@ async def _load_while_restarting(
                 else:
                     stream_ids.append(events[-1][1]["id"])
             except httpx.HTTPError as exc:
-                failures.append(f"stream {type(exc).__name__}: {exc}")
+                failures.append(
+                    f"stream {type(exc).__name__} at {time.monotonic() - started:.1f}: {exc}"
+                )
             await asyncio.sleep(0.05)
 
     async def restarts() -> None:
         await asyncio.sleep(3)
         for replica in fleet:
+            if drain_first:
+                await asyncio.to_thread(replica.drain)
             replica.terminate()
             await asyncio.to_thread(replica.wait, 40)
             await asyncio.to_thread(replica.start)

@@ -255,10 +255,3 @@ def test_several_backends_route_to_the_one_with_the_model(emulator_url: str, dow
         assert (result.metadata or {})["backend"] == other
         names = {m.name for m in mgr.list_models()}
         assert {"phi3:mini", MODEL} <= names
-
-
-async def test_arelay_forwards_to_the_backend(manager: OllamaManager) -> None:
-    reply = await manager.arelay("GET", "/api/tags")
-    body = b"".join([piece async for piece in reply.body])
-    assert reply.status == 200 and b"llama3.1:8b" in body
-    await manager.aclose()

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from app.ollama import ExecutionOptions, plan_from_dict, plan_from_execution_options
-from app.ollama._execution import RunSpec
+from app.ollama.run_spec import RunSpec
 
 
 def test_execution_options_are_translated_to_ollama_names() -> None:

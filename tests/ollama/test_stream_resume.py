@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from app.ollama._execution import StreamAccumulator
-from app.ollama.relay_resume import line_as
+from app.ollama.run_spec import StreamAccumulator
 from app.ollama.stream_resume import StreamResume, continuation_body, resume_refusal
+from app.relay.resume import line_as
 
 
 def partial(*pieces: str, thinking: str = "") -> StreamAccumulator:

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.main import create_app
 from tests.api.conftest import gateway_settings
-from tests.support.servers import running_emulator, serving_in_thread
+from tests.support.servers import ROOT, free_port, running_emulator, serving_in_thread, stop_process
 
 MODEL = "smollm2:135m"
 
@@ -52,3 +57,31 @@ def real_gateway(engine_url: str, tmp_path: Path) -> Iterator[str]:
     settings = gateway_settings([engine_url], tmp_path, request_timeout=120)
     with serving_in_thread(create_app(settings)) as url:
         yield url
+
+
+@contextmanager
+def serving_local_model(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """`ollama-gateway serve --local-model` as the README runs it: its URL and its log
+    (it checks llama.cpp, then starts the engine, then the gateway: up to 90 s here)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/lm.db",
+           "GATEWAY_LOG_LEVEL": "warning"}  # fmt: skip
+    args = [sys.executable, "-m", "app.cli", "serve", "--local-model", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            yield url, log
+        finally:
+            stop_process(proc)

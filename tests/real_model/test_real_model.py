@@ -11,7 +11,7 @@ import httpx
 
 from app.main import create_app
 from tests.api.conftest import gateway_settings, sse_events
-from tests.real_model.conftest import MODEL
+from tests.real_model.conftest import MODEL, serving_local_model
 from tests.support.servers import running_emulator, serving_in_thread
 
 GREEDY = {"temperature": 0.0, "seed": 7}
@@ -168,18 +168,9 @@ def test_embeddings_are_real_vectors(engine_url: str) -> None:
 
 
 def test_serve_with_a_local_model_answers_a_chat(tmp_path: Path) -> None:
-    """The README's real-model command: `serve --local-model` starts the engine and the
-    gateway together, and a chat comes back written by the model."""
-    import sys
-
-    from tests.support.servers import free_port, running_process
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {"GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/local.db",
-           "GATEWAY_LOG_LEVEL": "warning"}  # fmt: skip
-    args = [sys.executable, "-m", "app.cli", "serve", "--local-model", "--port", str(port)]
-    with running_process(args, url + "/healthz", env=env):
+    """The README's real-model command: `serve --local-model` checks llama.cpp, starts the
+    engine and the gateway together, and a chat comes back written by the model."""
+    with serving_local_model(tmp_path) as (url, log):
         reply = httpx.post(
             f"{url}/api/chat",
             json={"model": MODEL, "stream": False, "options": {"num_predict": 12},
@@ -190,3 +181,4 @@ def test_serve_with_a_local_model_answers_a_chat(tmp_path: Path) -> None:
         answer = reply.json()
         assert answer["message"]["content"].strip() and answer["eval_count"] <= 12
         assert answer["prompt_eval_count"] > 5  # counted by the engine's tokenizer
+        assert "llama.cpp works here" in log.read_text()  # the check ran first

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.access import KeyStore
-from app.api.audit_log import UNAUDITED
+from app.api.edge.audit_log import UNAUDITED
 from app.main import create_app
 from tests.api.conftest import gateway_settings
 from tests.support.databases import fresh_pg_database

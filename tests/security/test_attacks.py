@@ -72,6 +72,12 @@ BAD_TEXT_REQUESTS: list[tuple[str, str, dict[str, Any], str]] = [
         "messages.0.content",
     ),
     ("openai", "/v1/completions", {"model": LLAMA, "prompt": "{}"}, "prompt"),
+    (
+        "anthropic",
+        "/v1/messages",
+        {"model": LLAMA, "max_tokens": 5, "messages": [{"role": "user", "content": "{}"}]},
+        "messages.0.content",
+    ),
 ]
 
 
@@ -95,6 +101,10 @@ def _names_field(surface: str, reply: httpx.Response, field: str) -> None:
     elif surface == "ollama":
         assert reply.status_code == 400, reply.text
         assert body["error"].startswith(f"{field}: ")
+    elif surface == "anthropic":
+        assert reply.status_code == 400, reply.text
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["message"].startswith(f"{field}: ")
     else:
         assert reply.status_code == 400, reply.text
         assert body["error"]["param"] == field and body["error"]["type"] == "invalid_request_error"

@@ -1,4 +1,4 @@
-"""Property-based fuzz of request bodies on all three surfaces (Hypothesis, fixed seed,
+"""Property-based fuzz of request bodies on every surface (Hypothesis, fixed seed,
 bounded): whatever a client sends, no 5xx, an error is a JSON body, and a 200 means a
 stored run. The deployment fixture checks one audit row per request sent."""
 
@@ -159,3 +159,41 @@ def test_openai_chat(deployment: Deployment, body: dict[str, Any], raw_text: boo
     client = deployment.client("alice")
     body["max_tokens"] = 4
     _check(deployment, client, "/v1/chat/completions", _encode(body, raw_text), _counter(client))
+
+
+# Anthropic's content blocks, known types and others, with fields of any JSON value.
+blocks = st.lists(
+    st.fixed_dictionaries(
+        {"type": st.one_of(st.sampled_from(["text", "image", "tool_use", "tool_result",
+                                            "thinking", "document", "tool_reference"]), texts)},
+        optional={key: json_values for key in ("text", "source", "id", "name", "input",
+                                               "tool_use_id", "content", "thinking")},
+    ),
+    max_size=3,
+)  # fmt: skip
+anthropic_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.one_of(st.sampled_from(["user", "assistant", "system"]), texts)},
+        optional={"content": st.one_of(texts, blocks, json_values)},
+    ),
+    max_size=3,
+)
+
+
+@FUZZ
+@given(
+    body=st.fixed_dictionaries(
+        {"model": models, "messages": anthropic_messages},
+        optional={
+            key: json_values
+            for key in ("system", "tools", "tool_choice", "thinking", "stop_sequences",
+                        "metadata", "output_config", "junk")
+        }
+        | {"temperature": option_values, "stream": st.booleans()},
+    ),
+    raw_text=st.booleans(),
+)  # fmt: skip
+def test_anthropic_messages(deployment: Deployment, body: dict[str, Any], raw_text: bool) -> None:
+    client = deployment.client("alice")
+    body["max_tokens"] = 4
+    _check(deployment, client, "/v1/messages", _encode(body, raw_text), _counter(client))

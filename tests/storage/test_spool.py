@@ -157,6 +157,14 @@ async def test_a_crash_between_the_database_write_and_the_position_stores_nothin
     assert await inserted(db) == [r.id for r in rows + more]  # the 10 were not inserted again
     assert sorted(await stored_ids(db)) == sorted(r.id for r in rows + more)
     assert restarted.depth() == SpoolDepth(0, 0)
+    # The usage ledger charged each run once too, though 10 of them were replayed twice.
+    async with db.session() as session:
+        ledger = (
+            await session.execute(
+                text("SELECT sum(requests), sum(output_tokens) FROM usage_ledger")
+            )
+        ).one()
+    assert tuple(ledger) == (13, sum(range(13)))
 
 
 async def test_the_spool_is_bounded(db: Database, tmp_path: Path, db_url: str) -> None:

@@ -16,6 +16,10 @@ from tests.support.servers import ROOT, free_port, stop_process, wait_until_up
 
 __all__ = ["Replica", "replicas", "wait_for"]
 
+START_DEADLINE_S = 60.0
+"""A replica's start: imports and the schema take a few seconds, many more on a shared,
+loaded machine (2 cores, 8 processes ready to run: 20 s was not enough)."""
+
 
 class Replica:
     """One `ollama-gateway serve` process; `kill()` is SIGKILL, `start()` again after it."""
@@ -35,8 +39,21 @@ class Replica:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until_up(self.url + "/healthz", self.proc)
+        wait_until_up(self.url + "/healthz", self.proc, deadline_s=START_DEADLINE_S)
         return self
+
+    def drain(self, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`ollama-gateway drain` for this replica's port, as a preStop hook runs it:
+        returns when its requests in flight are done."""
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "drain"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
 
     def terminate(self) -> None:
         """SIGTERM, as a deploy or Kubernetes sends it; `wait()` for the exit."""

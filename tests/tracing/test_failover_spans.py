@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app import telemetry
 from app.main import create_app
+from app.observability import telemetry
 from tests.api.conftest import gateway_settings
 from tests.chaos.test_failover import MODEL, emulator, generate_while_one_dies
 from tests.support.servers import serving_in_thread

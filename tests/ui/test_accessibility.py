@@ -9,7 +9,7 @@ import pytest
 
 from tests.ui.conftest import AXE, Console, missing, set_delays, sign_in
 
-PAGES = ["chat", "compare", "benchmarks", "results", "jobs", "backends", "keys"]
+PAGES = ["chat", "compare", "benchmarks", "results", "jobs", "usage", "backends", "keys"]
 
 
 def axe_violations(page: Any) -> list[dict[str, Any]]:
@@ -73,5 +73,40 @@ def test_no_serious_or_critical_violation_on_any_page(axe_page: Any, console: Co
     page.get_by_role("button", name="Start benchmark").click()
     page.get_by_role("img", name="Line chart of tokens per second").wait_for()
     found["benchmark with plots"] = axe_violations(page)
+    bad = {name: v for name, v in found.items() if v}
+    assert not bad, bad
+
+
+def test_no_serious_or_critical_violation_on_the_usage_page_with_charts_and_quota_bars(
+    axe_page: Any, console: Console
+) -> None:
+    page = axe_page
+    set_delays(console.emulator)
+    with console.api() as api:
+        made = api.post(
+            "/gateway/keys",
+            json={
+                "name": "quoted",
+                "scope": "user",
+                "quotas": {"tokens_per_day": 10_000, "requests_per_day": 10},
+            },
+        )
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+    with console.api(key) as api:
+        answer = api.post(
+            "/api/generate", json={"model": "llama3.1:8b", "prompt": "Hi", "stream": False}
+        )
+        assert answer.status_code == 200, answer.text
+    found: dict[str, list[dict[str, Any]]] = {}
+    for who in (key, console.admin_key):
+        sign_in(page, console, who)
+        page.goto(f"{console.url}/ui/usage")
+        page.get_by_role("img", name="Stacked bar chart of tokens").wait_for()
+        page.wait_for_load_state("networkidle")
+        if who == key:
+            page.get_by_role("meter", name="Tokens per day (key quoted)").wait_for()
+        found["user" if who == key else "admin"] = axe_violations(page)
+        page.evaluate("() => sessionStorage.clear()")
     bad = {name: v for name, v in found.items() if v}
     assert not bad, bad

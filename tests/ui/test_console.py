@@ -90,7 +90,7 @@ def test_stop_ends_the_answer_and_the_stored_run_is_cancelled(page: Any, console
 def test_a_user_key_sees_no_admin_page(page: Any, console: Console) -> None:
     sign_in(page, console, console.user_key)
     nav = page.get_by_role("navigation", name="Console")
-    for name in ("Chat", "Compare", "Benchmarks", "Results", "Jobs"):
+    for name in ("Chat", "Compare", "Benchmarks", "Results", "Jobs", "Usage"):
         assert nav.get_by_role("link", name=name, exact=True).is_visible()
     for name in ("Backends", "Keys"):
         assert nav.get_by_role("link", name=name, exact=True).count() == 0

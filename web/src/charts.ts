@@ -119,3 +119,57 @@ export function updatableTimeChart(
     destroy: () => plot.destroy(),
   };
 }
+
+/** Stacked bars over time (x: each bucket's start, seconds since the epoch), one colour per
+ * series, a bucket's bar the sum of the series. uPlot draws series in order, each over the
+ * one before: the first drawn is the running total of every series, the next the total
+ * less the last series, and so on, so the part of each bar left showing is its series'. */
+export function stackedBarChart(
+  label: string,
+  yLabel: string,
+  xs: number[],
+  bucketSeconds: number,
+  series: { name: string; values: number[] }[],
+  height = 240,
+): Chart {
+  const el = figure(label);
+  const totals: number[][] = [];
+  let running = xs.map(() => 0);
+  for (const s of series) {
+    running = running.map((v, i) => v + (s.values[i] ?? 0));
+    totals.push(running);
+  }
+  const order = series.map((_, i) => series.length - 1 - i);
+  const bars = uPlot.paths.bars ? uPlot.paths.bars({ size: [0.7, 60], align: 0 }) : undefined;
+  const first = xs.length ? (xs[0] as number) : 0;
+  const last = xs.length ? (xs[xs.length - 1] as number) : 0;
+  const plot = new uPlot(
+    {
+      width: width(),
+      height,
+      legend: { live: false },
+      cursor: { show: false },
+      // Buckets are UTC hours and days (the ledger's): the axis speaks UTC too.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
+      scales: {
+        x: { range: () => [first - bucketSeconds / 2, last + bucketSeconds / 2] },
+        y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] },
+      },
+      axes: [{}, { label: yLabel, size: 70 }],
+      series: [
+        {},
+        ...order.map((i) => ({
+          label: series[i]?.name ?? "",
+          stroke: COLORS[i % COLORS.length],
+          fill: COLORS[i % COLORS.length],
+          paths: bars,
+          points: { show: false },
+        })),
+      ],
+    },
+    // A bucket with nothing in it draws no bar (not a hairline at zero).
+    [xs, ...order.map((i) => (totals[i] as number[]).map((v) => (v > 0 ? v : null)))] as uPlot.AlignedData,
+    el,
+  );
+  return { el, destroy: () => plot.destroy() };
+}

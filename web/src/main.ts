@@ -9,11 +9,12 @@ import { jobsPage } from "./pages/jobs";
 import { keysPage } from "./pages/keys";
 import { resultsPage } from "./pages/results";
 import { signInPage } from "./pages/signin";
+import { usagePage } from "./pages/usage";
 import { BASE, go, href, location_, type Page } from "./router";
 import { identify, isAdmin, signOut, who } from "./session";
 import { heading, needsAdmin } from "./ui";
 
-const PAGES: Page[] = [chatPage, comparePage, benchmarksPage, resultsPage, jobsPage, backendsPage, keysPage];
+const PAGES: Page[] = [chatPage, comparePage, benchmarksPage, resultsPage, jobsPage, usagePage, backendsPage, keysPage];
 
 const main = document.getElementById("main") as HTMLElement;
 const nav = document.getElementById("nav") as HTMLElement;
@@ -35,7 +36,7 @@ function renderNav(current: string): void {
   }
   replace(
     whoEl,
-    `${me.name} (${me.scope})`,
+    `${me.name} (${me.scope}${me.team ? `, team ${me.team}` : ""})`,
     me.anonymous
       ? null
       : h(

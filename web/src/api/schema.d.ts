@@ -915,6 +915,88 @@ export interface paths {
         delete: operations["revoke_key"];
         options?: never;
         head?: never;
+        /**
+         * Update Key
+         * @description Set a key's team and/or quotas by id or name: the fields sent replace the old ones
+         *     (null: no team, no quotas); it takes effect at once on this replica, within
+         *     `GATEWAY_KEY_CACHE_SECONDS` on the others.
+         */
+        patch: operations["update_key"];
+        trace?: never;
+    };
+    "/gateway/teams": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Teams
+         * @description The teams, by name.
+         */
+        get: operations["list_teams"];
+        put?: never;
+        /**
+         * Create Team
+         * @description Create a team, with its model allowlist and quotas (each optional).
+         */
+        post: operations["create_team"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/gateway/teams/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Team
+         * @description One team.
+         */
+        get: operations["get_team"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Team
+         * @description Delete a team that no active key belongs to (move or revoke its keys first).
+         */
+        delete: operations["delete_team"];
+        options?: never;
+        head?: never;
+        /**
+         * Update Team
+         * @description Change a team's model allowlist and/or quotas: the fields sent replace the old ones
+         *     (null: any model, no quotas). Its keys see the change at once on this replica, within
+         *     `GATEWAY_KEY_CACHE_SECONDS` on the others.
+         */
+        patch: operations["update_team"];
+        trace?: never;
+    };
+    "/gateway/quotas": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Quotas
+         * @description The caller's quotas and its team's: each quota with its window, what is used and
+         *     what is left (a quota not set shows what is used, with `limit` null). Used counts are
+         *     this replica's view: other replicas' use is added within `GATEWAY_QUOTA_SYNC_SECONDS`.
+         */
+        get: operations["get_quotas"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
         patch?: never;
         trace?: never;
     };
@@ -930,6 +1012,29 @@ export interface paths {
          * @description Audit entries, newest first; every request answered before this one is included.
          */
         get: operations["list_audit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/gateway/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Usage
+         * @description What was used, per key, team, model, backend and surface and hour or day: requests,
+         *     failures, prompt and output tokens, the backends' own seconds (GPU time) and the part
+         *     spent loading models, with a cost when GATEWAY_PRICES is set. Background jobs count
+         *     for the key that started them. An admin sees every key's usage, a user key its own.
+         */
+        get: operations["get_usage"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1105,6 +1210,19 @@ export interface components {
             run_ms?: {
                 [key: string]: number;
             };
+            /**
+             * Prompt Tokens Per S
+             * @description Per model, its observed prompt evaluation rate here (running means of Ollama's `prompt_eval_count` and `prompt_eval_duration`), which routing multiplies by a prompt's tokens not cached here to estimate its time to first token. As this process sees it: each process and replica keeps its own.
+             */
+            prompt_tokens_per_s?: {
+                [key: string]: number;
+            };
+            /**
+             * Prefix Entries
+             * @description Prompt prefix keys (about 500 tokens each) the prefix index holds for this backend: what routing takes to be in its prompt cache (at most `GATEWAY_PREFIX_INDEX_MAX_ENTRIES`). As this process sees it: each process and replica keeps its own.
+             * @default 0
+             */
+            prefix_entries: number;
             /**
              * Max Concurrency
              * @description Requests at once it admits (`max`), in each process.
@@ -1600,6 +1718,13 @@ export interface components {
             requests_per_minute?: number | null;
             /** Tokens Per Minute */
             tokens_per_minute?: number | null;
+            /**
+             * Team
+             * @description The team the key belongs to (it must exist); null: none.
+             */
+            team?: string | null;
+            /** @description The key's own quotas. */
+            quotas?: components["schemas"]["QuotasIn"] | null;
         };
         /** KeyCreated */
         KeyCreated: {
@@ -1623,6 +1748,18 @@ export interface components {
             requests_per_minute?: number | null;
             /** Tokens Per Minute */
             tokens_per_minute?: number | null;
+            /**
+             * Team
+             * @description The key's team; null: none.
+             */
+            team?: string | null;
+            /**
+             * Quotas
+             * @description The key's quotas (those that are set); null: none.
+             */
+            quotas?: {
+                [key: string]: number;
+            } | null;
             /**
              * Created At
              * Format: date-time
@@ -1659,12 +1796,37 @@ export interface components {
             /** Tokens Per Minute */
             tokens_per_minute?: number | null;
             /**
+             * Team
+             * @description The key's team; null: none.
+             */
+            team?: string | null;
+            /**
+             * Quotas
+             * @description The key's quotas (those that are set); null: none.
+             */
+            quotas?: {
+                [key: string]: number;
+            } | null;
+            /**
              * Created At
              * Format: date-time
              */
             created_at: string;
             /** Revoked At */
             revoked_at?: string | null;
+        };
+        /**
+         * KeyUpdate
+         * @description What to change of a key: the fields sent (null clears one), the others stay.
+         */
+        KeyUpdate: {
+            /**
+             * Team
+             * @description The key's team (it must exist); null: none.
+             */
+            team?: string | null;
+            /** @description The key's quotas, replacing the old ones; null: none. */
+            quotas?: components["schemas"]["QuotasIn"] | null;
         };
         /** LoadHistoryOut */
         LoadHistoryOut: {
@@ -1989,6 +2151,83 @@ export interface components {
              */
             backend?: string | null;
         };
+        /** QuotaLine */
+        QuotaLine: {
+            /**
+             * Quota
+             * @enum {string}
+             */
+            quota: "tokens_per_day" | "tokens_per_month" | "requests_per_day" | "backend_seconds_per_day";
+            /**
+             * Window
+             * @description The window: a day (`2026-12-05`) or a month (`2026-12`).
+             */
+            window: string;
+            /**
+             * Limit
+             * @description The quota; null: none (what is used still counts).
+             */
+            limit: number | null;
+            /** Used */
+            used: number;
+            /**
+             * Left
+             * @description What is left in the window; null: no quota.
+             */
+            left: number | null;
+            /**
+             * Resets At
+             * Format: date-time
+             * @description When the window ends.
+             */
+            resets_at: string;
+        };
+        /** QuotaOwner */
+        QuotaOwner: {
+            /** Name */
+            name: string;
+            /** Quotas */
+            quotas: components["schemas"]["QuotaLine"][];
+        };
+        /**
+         * QuotasIn
+         * @description Quotas of a key or a team, each optional (null or absent: no such quota). Days and
+         *     months are those of `GATEWAY_QUOTA_TZ` (UTC unless set).
+         */
+        QuotasIn: {
+            /**
+             * Tokens Per Day
+             * @description Prompt and output tokens a day.
+             */
+            tokens_per_day?: number | null;
+            /**
+             * Tokens Per Month
+             * @description Prompt and output tokens a month.
+             */
+            tokens_per_month?: number | null;
+            /**
+             * Requests Per Day
+             * @description Requests that run models a day (each run of a background job counts).
+             */
+            requests_per_day?: number | null;
+            /**
+             * Backend Seconds Per Day
+             * @description Seconds of the backends' own time (Ollama's total_duration) a day.
+             */
+            backend_seconds_per_day?: number | null;
+        };
+        /** QuotasOut */
+        QuotasOut: {
+            /** @description The key's own quotas. */
+            key: components["schemas"]["QuotaOwner"];
+            /** @description Its team's quotas; null: the key has no team. */
+            team: components["schemas"]["QuotaOwner"] | null;
+            /**
+             * Time Zone
+             * @description The time zone of the windows (`GATEWAY_QUOTA_TZ`).
+             */
+            time_zone: string;
+        };
         /**
          * Readiness
          * @description Whether the gateway can serve. The details (backends, database, spool, missing,
@@ -2251,14 +2490,14 @@ export interface components {
              * Kind
              * @enum {string}
              */
-            kind: "generate" | "chat" | "stream" | "batch_item" | "benchmark" | "comparison" | "context" | "output";
+            kind: "generate" | "chat" | "stream" | "batch_item" | "benchmark" | "comparison" | "context" | "output" | "speech";
             /**
              * Surface
-             * @description The API the run came through: `gateway` (/gateway), `ollama` (/api), `openai` (/v1).
+             * @description The API the run came through: `gateway` (/gateway), `ollama` (/api), `openai` (/v1), `anthropic` (/v1/messages), `responses` (/v1/responses), `transcription` (/v1/audio/transcriptions), `speech` (/v1/audio/speech).
              * @default gateway
              * @enum {string}
              */
-            surface: "gateway" | "ollama" | "openai";
+            surface: "gateway" | "ollama" | "openai" | "anthropic" | "responses" | "transcription" | "speech";
             /**
              * Principal
              * @description The API key (by name) the run was made with; null: anonymous.
@@ -2303,12 +2542,129 @@ export interface components {
              */
             created_at: string;
         };
+        /** TeamCreate */
+        TeamCreate: {
+            /** Name */
+            name: string;
+            /**
+             * Models
+             * @description Glob patterns of the models the team's keys may use, narrowing each key's own allowlist; null: any.
+             */
+            models?: string[] | null;
+            /** @description The team's quotas, shared by all its keys. */
+            quotas?: components["schemas"]["QuotasIn"] | null;
+        };
+        /** TeamOut */
+        TeamOut: {
+            /** Name */
+            name: string;
+            /** Models */
+            models?: string[] | null;
+            /**
+             * Quotas
+             * @description The team's quotas (those that are set); null: none.
+             */
+            quotas?: {
+                [key: string]: number;
+            } | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /**
+         * TeamUpdate
+         * @description What to change of a team: the fields sent (null clears one), the others stay.
+         */
+        TeamUpdate: {
+            /** Models */
+            models?: string[] | null;
+            quotas?: components["schemas"]["QuotasIn"] | null;
+        };
         /** TypeStats */
         TypeStats: {
             /** Count */
             count: number;
             /** Size Bytes */
             size_bytes: number;
+        };
+        /** UsagePage */
+        UsagePage: {
+            /** Rows */
+            rows: components["schemas"]["UsageRow"][];
+            /**
+             * Currency
+             * @description The currency of `cost` (only with GATEWAY_PRICES set).
+             */
+            currency?: string | null;
+        };
+        /**
+         * UsageRow
+         * @description What one group used in one bucket. Only the field named by `group_by` is present
+         *     (`team`, `key`, `model`, `backend` or `surface`; null: no team, an anonymous run, no
+         *     backend answered).
+         */
+        UsageRow: {
+            /**
+             * Bucket
+             * @description The bucket's start (UTC, RFC 3339): an hour or a day.
+             */
+            bucket: string;
+            /**
+             * Team
+             * @description With group_by=team.
+             */
+            team?: string | null;
+            /**
+             * Key
+             * @description With group_by=key: the key's name.
+             */
+            key?: string | null;
+            /**
+             * Model
+             * @description With group_by=model.
+             */
+            model?: string | null;
+            /**
+             * Backend
+             * @description With group_by=backend: its URL.
+             */
+            backend?: string | null;
+            /**
+             * Surface
+             * @description With group_by=surface: gateway, ollama, openai, anthropic, responses, transcription or speech.
+             */
+            surface?: string | null;
+            /**
+             * Requests
+             * @description Runs (stored or not; failed ones too).
+             */
+            requests: number;
+            /**
+             * Failures
+             * @description Of them, runs that failed or were cancelled.
+             */
+            failures: number;
+            /** Prompt Tokens */
+            prompt_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /**
+             * Backend Seconds
+             * @description The backends' own time for the runs (Ollama's total_duration): GPU time.
+             */
+            backend_seconds: number;
+            /**
+             * Load Seconds
+             * @description Of it, loading models (Ollama's load_duration).
+             */
+            load_seconds: number;
+            /**
+             * Cost
+             * @description Only with GATEWAY_PRICES set: tokens and backend time priced per model, in the page's `currency`.
+             */
+            cost?: number | null;
         };
         /** Validation */
         Validation: {
@@ -2341,6 +2697,11 @@ export interface components {
              * @description The key's model allowlist (glob patterns); null: every model.
              */
             models?: string[] | null;
+            /**
+             * Team
+             * @description The key's team; null: none.
+             */
+            team?: string | null;
         };
         /**
          * PullEvent
@@ -5823,9 +6184,9 @@ export interface operations {
                 /** @description Only this model. */
                 model?: string | null;
                 /** @description Only runs of this kind. */
-                kind?: ("generate" | "chat" | "stream" | "batch_item" | "benchmark" | "comparison" | "context" | "output") | null;
+                kind?: ("generate" | "chat" | "stream" | "batch_item" | "benchmark" | "comparison" | "context" | "output" | "speech") | null;
                 /** @description Only runs that came through this API. */
-                surface?: ("gateway" | "ollama" | "openai") | null;
+                surface?: ("gateway" | "ollama" | "openai" | "anthropic" | "responses" | "transcription" | "speech") | null;
                 /** @description Only successes, or failures. */
                 success?: boolean | null;
                 /** @description Created at or after. */
@@ -7705,6 +8066,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description No team has the name given as `team`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An active key has that name. */
             409: {
                 headers: {
@@ -7862,6 +8232,734 @@ export interface operations {
             };
         };
     };
+    update_key: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeyUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeyOut"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No active key with that id or name, or no team has the name given as `team`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_teams: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamOut"][];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    create_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TeamCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamOut"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A team has that name. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamOut"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No team has that name. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    delete_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No team has that name. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Active keys still belong to the team. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    update_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TeamUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamOut"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No team has that name. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_quotas: {
+        parameters: {
+            query?: {
+                /** @description Another key's name (admins only); default: the caller's own key. */
+                key?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotasOut"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No active key has that name. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     list_audit: {
         parameters: {
             query?: {
@@ -7872,7 +8970,7 @@ export interface operations {
                 outcome?: ("allowed" | "denied" | "failed") | null;
                 /** @description The target model. */
                 model?: string | null;
-                surface?: ("gateway" | "ollama" | "openai") | null;
+                surface?: ("gateway" | "ollama" | "openai" | "anthropic" | "responses") | null;
                 /** @description At or after. */
                 since?: string | null;
                 /** @description Before. */
@@ -7892,6 +8990,112 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or one that is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key's scope or model allowlist forbids it. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request is invalid, or holds text no database can store (NUL, lone surrogates) anywhere in its body, path or query; `errors` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key is over its rate limit (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The gateway failed; the error was logged. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database does not answer and the request needs it; retry later (`Retry-After`). Runs are still served: their results wait in the spool. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_usage: {
+        parameters: {
+            query?: {
+                /** @description What each row is about. */
+                group_by?: "team" | "key" | "model" | "backend" | "surface";
+                /** @description Hours or days (UTC). */
+                bucket?: "hour" | "day";
+                /** @description Start: a date (its first hour) or an RFC 3339 date-time; default 7 days before `to`. */
+                from?: string;
+                /** @description End (not included): a date (to its end) or an RFC 3339 date-time; default now. At most 400 days after `from`. */
+                to?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rows, oldest bucket first (CSV with `Accept: text/csv`). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsagePage"];
+                    /**
+                     * @example bucket,team,requests,failures,prompt_tokens,output_tokens,backend_seconds,load_seconds
+                     *     2026-12-05T08:00:00Z,search,12,0,3400,2100,18.5,1.2
+                     */
+                    "text/csv": string;
                 };
             };
             /** @description The body could not be read (not UTF-8 JSON), or its JSON nests deeper than `GATEWAY_MAX_JSON_DEPTH`. */

@@ -7,7 +7,7 @@ import { errorBox, heading, table } from "../ui";
 
 type Query = NonNullable<Paths["/gateway/results"]["get"]["parameters"]["query"]>;
 
-const SURFACES = ["", "gateway", "ollama", "openai"] as const;
+const SURFACES = ["", "gateway", "ollama", "openai", "anthropic", "responses", "transcription", "speech"] as const;
 const STATUSES = [
   ["", "any"],
   ["true", "succeeded"],

@@ -1,0 +1,1 @@
+"""The OpenAI API (`/v1/*`): routes and the translation to and from the core's runs."""

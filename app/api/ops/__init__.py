@@ -1,0 +1,1 @@
+"""The probes and metrics of the service itself: `/healthz`, `/readyz`, `/metrics`."""

@@ -1,0 +1,617 @@
+"""The prefix index: which prompt prefixes each backend has evaluated lately, so routing can
+estimate, for any request and backend, how many of its prompt tokens are cached there.
+
+Ollama (llama.cpp underneath) keeps, per loaded model and per parallel slot, the tokens it
+last evaluated: a prompt that starts with them evaluates only the rest. Agent sessions send
+their whole conversation every turn (a system prompt and tools of 10-25 thousand tokens
+shared by every session, then a history that grows), so where the prefix is cached decides
+seconds of time to first token.
+
+A request's prompt is fingerprinted (`Prompt`, built by `chat_prompt` and `generate_prompt`)
+as cumulative 64-bit hashes (xxh3) of the messages as sent, a key at the end of each message
+and every `BLOCK_BYTES` within a long one, each key with the prompt's estimated tokens up to
+it (text bytes over the model's bytes per token, learned from the backends' counts; a
+generate's `context` counts its token ids exactly). Two prompts share a key exactly when
+they share everything before it (the model, the tools, the messages so far), so sessions
+that share a system prompt share its keys.
+
+Each backend's `BackendPrefixes` models its cache as Ollama keeps it: per model, the key
+lists of the last `slots` prompts it evaluated (a prompt that extends one goes on in its
+slot, as Ollama's runner does; otherwise the least recently used is replaced), every key
+counted once however many prompts hold it. The longest prefix of a request cached there is
+then a binary search over the request's keys (a key held means every key before it is).
+It also tells what a request would push out (`displaced`): with every slot taken, the
+least recently used prompt's tokens that no other prompt there shares, when its
+conversation is live; Ollama keeps one prompt per parallel slot, so a backend that takes
+a third conversation into two slots makes one of them evaluate its history again.
+A run's reply extends its prompt (the next turn sends it back); a generate's `context`
+replaces it by the whole conversation's token ids, the text it was first sent as kept
+beside them (an alias: the same slot, so a new session sending the same system prompt as
+text still finds it).
+
+A client may name its session (`RunSpec.session`: OpenAI's `prompt_cache_key`, an
+`x-session-affinity` header, ...). `SessionHomes` remembers, per model and session, the
+backend its last turn ran on and how many tokens it left cached there: that backend is
+taken to hold at least the longest prefix of the request any backend holds (up to that
+count), and wins ties. A routing signal only, chosen by the client: it grants nothing.
+
+Everything here is in-process and bounded (`max_entries` keys per backend, `max_sessions`
+sessions): a cache of what this process sent, which each replica learns on its own; a
+process that does not know a prefix only routes less well.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+__all__ = [
+    "BLOCK_BYTES",
+    "BackendPrefixes",
+    "BlockMemo",
+    "Prompt",
+    "SessionHomes",
+    "chat_prompt",
+    "generate_prompt",
+    "session_key",
+]
+
+BLOCK_BYTES = 2048
+"""Text hashed under one key, at most (about 500 tokens): a long message gets a key every
+`BLOCK_BYTES`, so a prefix shared part-way through one (a system prompt whose end differs)
+is still found, to within a block."""
+CONTEXT_BLOCK = 512
+"""Token ids of a generate's `context` under one key."""
+MESSAGE_BYTES = 12
+"""What a message adds to its content in the prompt (the template's role markers), in
+bytes of text."""
+DEFAULT_BYTES_PER_TOKEN = 4.0
+"""Bytes of text per token before a backend has reported counts for the model."""
+
+_hash = xxhash.xxh3_64_intdigest
+_MASK = (1 << 64) - 1
+_ROLES: dict[str, int] = {}
+
+
+def _salt(text: str) -> int:
+    """A stable 64-bit number for a short string (a role, a kind, a model)."""
+    salt = _ROLES.get(text)
+    if salt is None:
+        salt = _hash(text.encode("utf-8", "surrogatepass"))
+        if len(_ROLES) < 64:  # roles are few; anything else is not kept
+            _ROLES[text] = salt
+    return salt
+
+
+@dataclass(slots=True)
+class Prompt:
+    """A request's prompt as the index sees it (see the module docstring)."""
+
+    model: str
+    """The model's key (prompts of different models share nothing)."""
+    kind: str
+    """`chat` or `generate`."""
+    keys: list[int] = field(default_factory=list)
+    """Cumulative hashes, one at the end of each block."""
+    ends: list[float] = field(default_factory=list)
+    """Estimated prompt tokens up to the end of each key's block."""
+    text_bytes: list[int] = field(default_factory=list)
+    """Bytes of text up to the end of each key's block (for learning bytes per token)."""
+    session: int | None = None
+    """`session_key` of the client's session name, if it gave one."""
+    bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN
+    """The text's bytes per token its estimates were made with."""
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    """Filled by the pool's ranking: its estimate per backend name."""
+    chosen: str | None = None
+    """The backend the run went to (set when its slot was held)."""
+    sequence: int | None = None
+    """The chosen backend's sequence holding this prompt (`BackendPrefixes.record`)."""
+
+    @property
+    def tokens(self) -> float:
+        return self.ends[-1] if self.ends else 0.0
+
+    def tokens_at(self, matched: int) -> float:
+        """Estimated tokens of the first `matched` keys."""
+        return self.ends[matched - 1] if matched > 0 else 0.0
+
+    def extended(self, role: str, content: str) -> Prompt:
+        """The keys (and token counts) of one more message after this prompt: the reply, as
+        the next turn sends it back."""
+        more = Prompt(self.model, self.kind)
+        seed = self.keys[-1] if self.keys else _salt(self.model)
+        build = _Builder(more, seed, self.bytes_per_token)
+        build.tokens = self.tokens
+        build.text(role, content)
+        return more
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What routing expects of one backend for one request."""
+
+    ttft: float
+    """Expected seconds to the first token: wait, load, and uncached prompt tokens."""
+    cached: float
+    """Prompt tokens expected cached there."""
+    matched: int
+    """Keys of the prompt held there."""
+    displaced: float = 0.0
+    """Tokens of a live conversation it would push out of the cache there."""
+
+
+def session_key(model: str, session: str | None) -> int | None:
+    if not session:
+        return None
+    return _hash(session.encode("utf-8", "surrogatepass"), _salt("session\0" + model))
+
+
+def _start(kind: str, model: str, tools: Any = None) -> int:
+    seed = _salt(kind) ^ _hash(model.encode("utf-8", "surrogatepass"))
+    if tools:
+        seed = _hash(_tools_text(tools).encode("utf-8", "surrogatepass"), seed)
+    return seed & _MASK
+
+
+def _tools_text(tools: Any) -> str:
+    """The tools offered, cheaply: each one's name and the length of its description (a
+    tool list is tens of kilobytes of schema; its names tell two agents' lists apart)."""
+    if not isinstance(tools, list):
+        return repr(type(tools))
+    parts: list[str] = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if isinstance(function, Mapping):
+            name, description = function.get("name"), function.get("description")
+        elif isinstance(tool, Mapping):
+            name, description = tool.get("name"), tool.get("description")
+        else:
+            name, description = tool, None
+        parts.append(f"{name}:{len(description) if isinstance(description, str) else 0}")
+    return "\x1f".join(parts)
+
+
+class BlockMemo:
+    """The keys of the blocks of long messages fingerprinted lately, by the hash of the whole
+    message and everything before it: an agent sends its system prompt and its history
+    again every turn, and one hash of a message in C then replaces a step of Python per
+    block (most of a long prompt's fingerprinting). The keys are exactly those the blocks
+    would get. Bounded: at `max_entries` messages it starts again empty."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max(1, max_entries)
+        self._keys: dict[int, tuple[int, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, whole: int) -> tuple[int, ...] | None:
+        return self._keys.get(whole)
+
+    def put(self, whole: int, keys: tuple[int, ...]) -> None:
+        if len(self._keys) >= self.max_entries:
+            self._keys = {}
+        self._keys[whole] = keys
+
+
+class _Builder:
+    """Keys and token counts of a prompt, block by block."""
+
+    __slots__ = ("bytes", "memo", "per_token", "prompt", "seed", "tokens")
+
+    def __init__(
+        self, prompt: Prompt, seed: int, bytes_per_token: float, memo: BlockMemo | None = None
+    ) -> None:
+        prompt.bytes_per_token = bytes_per_token
+        self.memo = memo
+        self.prompt = prompt
+        self.seed = seed
+        self.per_token = bytes_per_token
+        self.tokens = 0.0
+        self.bytes = 0
+
+    def text(self, role: str, text: str, extra: str = "") -> None:
+        """One message (or a generate's system or prompt): its content in blocks."""
+        data = text.encode("utf-8", "surrogatepass")
+        seed = (self.seed ^ _salt(role)) & _MASK
+        if extra:
+            seed = _hash(extra.encode("utf-8", "surrogatepass"), seed)
+        size = len(data)
+        done = self.bytes + MESSAGE_BYTES
+        prompt, tokens, per_token = self.prompt, self.tokens, self.per_token
+        keys, ends, text_bytes = prompt.keys, prompt.ends, prompt.text_bytes
+        if size <= BLOCK_BYTES:
+            seed = _hash(data, seed)
+            done += size
+            keys.append(seed)
+            ends.append(tokens + done / per_token)
+            text_bytes.append(done)
+        else:
+            memo, found, whole = self.memo, None, 0
+            if memo is not None:  # a message sent before: its blocks' keys, in one lookup
+                whole = _hash(data, seed)
+                found = memo.get(whole)
+            if found is not None:
+                keys.extend(found)
+                offsets = [*range(done + BLOCK_BYTES, done + size, BLOCK_BYTES), done + size]
+                text_bytes.extend(offsets)
+                ends.extend([tokens + end / per_token for end in offsets])
+                seed = found[-1]
+            else:  # the hot loop of a long prompt: no call but the hash's
+                first = len(keys)
+                view = memoryview(data)
+                for start in range(0, size, BLOCK_BYTES):
+                    seed = _hash(view[start : start + BLOCK_BYTES], seed)
+                    end = done + min(start + BLOCK_BYTES, size)
+                    keys.append(seed)
+                    ends.append(tokens + end / per_token)
+                    text_bytes.append(end)
+                if memo is not None:
+                    memo.put(whole, tuple(keys[first:]))
+            done += size
+        self.bytes = done
+        self.seed = seed
+
+    def _key(self, key: int) -> None:
+        prompt = self.prompt
+        prompt.keys.append(key)
+        prompt.ends.append(self.tokens + self.bytes / self.per_token)
+        prompt.text_bytes.append(self.bytes)
+
+    def token_ids(self, ids: Sequence[int]) -> None:
+        """A generate's `context`: token ids, counted exactly."""
+        data = array("q", ids).tobytes()
+        view, step = memoryview(data), CONTEXT_BLOCK * 8
+        seed = (self.seed ^ _salt("context")) & _MASK
+        for start in range(0, len(data), step):
+            seed = _hash(view[start : start + step], seed)
+            self.tokens += min(step, len(data) - start) // 8
+            self._key(seed)
+        self.seed = seed
+
+
+def chat_prompt(
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Any = None,
+    bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
+    session: int | None = None,
+    memo: BlockMemo | None = None,
+) -> Prompt:
+    """A chat's prompt: its messages as sent (roles, text, images, tool calls; thinking is
+    left out, as chat templates leave out earlier turns' thinking)."""
+    prompt = Prompt(model, "chat", session=session)
+    build = _Builder(prompt, _start("chat", model, tools), bytes_per_token, memo)
+    for message in messages:
+        content = message.get("content")
+        text = content if isinstance(content, str) else "" if content is None else repr(content)
+        build.text(str(message.get("role") or ""), text, _message_extra(message))
+    return prompt
+
+
+def _message_extra(message: Mapping[str, Any]) -> str:
+    """What a message holds besides its text, cheaply: tool calls, tool names, images (by
+    size and ends: an image is megabytes of base64)."""
+    if len(message) <= 2:  # role and content only: the common case
+        return ""
+    parts: list[str] = []
+    calls = message.get("tool_calls")
+    if calls:
+        parts.append(repr(calls))
+    name = message.get("tool_name") or message.get("tool_call_id")
+    if name:
+        parts.append(str(name))
+    images = message.get("images")
+    if isinstance(images, list):
+        for image in images:
+            text = str(image)
+            parts.append(f"{len(text)}:{text[:64]}:{text[-64:]}")
+    return "\x1e".join(parts)
+
+
+def generate_prompt(
+    model: str,
+    prompt: str,
+    *,
+    system: str | None = None,
+    context: Sequence[int] | None = None,
+    raw: bool = False,
+    bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
+    session: int | None = None,
+    memo: BlockMemo | None = None,
+) -> Prompt | None:
+    """A generate's prompt: its `context` (the conversation's token ids), its system prompt,
+    its prompt. None for a `context` that is not token ids (the backend refuses it)."""
+    out = Prompt(model, "generate", session=session)
+    build = _Builder(out, _start("raw" if raw else "generate", model), bytes_per_token, memo)
+    if context:
+        try:
+            build.token_ids(context)
+        except (TypeError, OverflowError):
+            return None
+    if system:
+        build.text("system", system)
+    build.text("user", prompt)
+    return out
+
+
+def context_keys(model: str, ids: Sequence[int]) -> Prompt | None:
+    """The keys of a finished generate's `context` (its whole conversation), as a next
+    generate sending it back will have them first: its token ids' keys and nothing after
+    them, so that the next turn's prompt extends it (and goes on in its slot)."""
+    if not ids:
+        return None
+    out = Prompt(model, "generate")
+    try:
+        _Builder(out, _start("generate", model), DEFAULT_BYTES_PER_TOKEN).token_ids(ids)
+    except (TypeError, OverflowError):
+        return None
+    return out
+
+
+@dataclass(slots=True)
+class _Sequence:
+    model: str
+    keys: list[int]
+    ends: array[float]
+    """Estimated tokens up to the end of each key's block."""
+    used: float
+    """When it was last evaluated or extended (`time.monotonic()`)."""
+    alias: list[int] = field(default_factory=list)
+    """The same cached tokens under other keys: a generate's conversation as text (its
+    system prompt and first prompt) once its `context` ids replace it, so that a new
+    session sending the same system prompt as text still finds it here."""
+
+
+@dataclass(slots=True)
+class _Victim:
+    """What a new prompt would push out of one model's full cache on a backend, as of one
+    version of its prompts."""
+
+    version: int
+    tails: list[tuple[int, int]]
+    """Each prompt's key count and last key (a prompt extending one goes on in its slot)."""
+    used: float
+    """When the least recently used prompt was last evaluated."""
+    shared: float
+    """Its tokens that another prompt there holds too."""
+    tokens: float
+    """Its tokens."""
+
+
+LIVE_SECONDS = 300.0
+"""A prompt evaluated within this long (Ollama's default keep-alive) is taken to belong to
+a conversation that will be back: pushing it out of a backend's cache costs its next turn."""
+
+
+class BackendPrefixes:
+    """One backend's prompt cache as the index models it (see the module docstring).
+
+    `slots`: prompts kept per model (Ollama's parallel slots); `max_entries`: keys kept in
+    all, the least recently used prompts forgotten first. Safe from several threads."""
+
+    def __init__(self, slots: int = 4, max_entries: int = 4096) -> None:
+        self.slots = max(1, slots)
+        self.max_entries = max(1, max_entries)
+        self._sequences: OrderedDict[int, _Sequence] = OrderedDict()
+        self._by_model: dict[str, OrderedDict[int, _Sequence]] = {}
+        self._held: dict[int, int] = {}
+        self._next = 0
+        self._version = 0
+        """Counts changes of the prompts held (what `displaced` worked out is kept per it)."""
+        self._victims: dict[str, _Victim] = {}
+        self.entries = 0
+        """Keys held (counted once for each prompt that holds them)."""
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def matched(self, keys: Sequence[int]) -> int:
+        """How many of `keys`, from the first, are cached here."""
+        held = self._held
+        if not keys or keys[0] not in held:  # most backends, for most requests
+            return 0
+        return _leading(keys, held, 1)
+
+    def full(self, model: str) -> bool:
+        """Every slot of `model` holds a prompt (a new one would push one out)."""
+        mine = self._by_model.get(model)
+        return mine is not None and len(mine) >= self.slots
+
+    def displaced(self, model: str, keys: Sequence[int], kept: float) -> float:
+        """Tokens that evaluating a prompt with `keys` here would push out of the cache and
+        that a live conversation will want again: those of the model's least recently used
+        prompt when every slot is taken and `keys` extends none, less what another prompt
+        here (or this one, `kept` tokens of it) still holds. What depends only on this
+        backend's prompts is worked out once per change of them (ranking asks it of every
+        backend for every request)."""
+        mine = self._by_model.get(model)
+        if not mine or len(mine) < self.slots:
+            return 0.0
+        victim = self._victims.get(model)
+        if victim is None or victim.version != self._version:
+            victim = self._victims[model] = self._victim(mine)
+        count = len(keys)
+        for n, last in victim.tails:
+            if n <= count and keys[n - 1] == last:
+                return 0.0  # it goes on in that slot
+        if time.monotonic() - victim.used > LIVE_SECONDS:
+            return 0.0
+        return max(0.0, victim.tokens - max(victim.shared, min(kept, victim.tokens)))
+
+    def _victim(self, mine: OrderedDict[int, _Sequence]) -> _Victim:
+        entries = list(mine.values())
+        oldest = entries[0]
+        shared = _leading(oldest.keys, self._held, 2)
+        return _Victim(
+            version=self._version,
+            tails=[(len(e.keys), e.keys[-1]) for e in entries],
+            used=oldest.used,
+            shared=oldest.ends[shared - 1] if shared else 0.0,
+            tokens=oldest.ends[-1],
+        )
+
+    def record(
+        self, model: str, keys: Sequence[int], ends: Sequence[float], *, replaces: int | None = None
+    ) -> int | None:
+        """The backend evaluated a prompt with `keys` (`ends`: tokens up to each) for
+        `model`: it now holds it, in the slot of a prompt it extends, else in place of the
+        model's least recently used one. `replaces`: the prompt the same tokens were held
+        as until now (a generate's text, now its `context` ids), whose keys stay as an
+        alias. Returns the prompt's id (for `extend`, `drop`)."""
+        if not keys:
+            return None
+        keys = list(keys[: self.max_entries])
+        with self._lock:
+            alias: list[int] = []
+            if replaces is not None and (old := self._sequences.get(replaces)) is not None:
+                alias = old.alias or old.keys
+                self._remove(replaces)
+            mine = self._by_model.setdefault(model, OrderedDict())
+            for i, entry in mine.items():
+                n = len(entry.keys)
+                if n <= len(keys) and keys[n - 1] == entry.keys[-1]:
+                    alias = alias or entry.alias
+                    self._remove(i)  # it goes on in that slot
+                    break
+            while len(mine) >= self.slots:
+                self._remove(next(iter(mine)))
+            self._next += 1
+            self._version += 1
+            alias = alias[: self.max_entries - len(keys)]
+            entry = _Sequence(model, keys, array("f", ends[: len(keys)]), time.monotonic(), alias)
+            self._sequences[self._next] = mine[self._next] = entry
+            held = self._held
+            for key in keys:
+                held[key] = held.get(key, 0) + 1
+            for key in alias:
+                held[key] = held.get(key, 0) + 1
+            self.entries += len(keys) + len(alias)
+            self._trim()
+            return self._next
+
+    def extend(self, sequence: int | None, keys: Sequence[int], ends: Sequence[float]) -> None:
+        """The prompt `sequence` went on (its reply): `keys` follow it."""
+        with self._lock:
+            entry = self._sequences.get(sequence) if sequence is not None else None
+            if entry is None or not keys or len(entry.keys) + len(keys) > self.max_entries:
+                return
+            entry.keys.extend(keys)
+            entry.ends.extend(ends[: len(keys)])
+            entry.used = time.monotonic()
+            self._version += 1
+            held = self._held
+            for key in keys:
+                held[key] = held.get(key, 0) + 1
+            self.entries += len(keys)
+            assert sequence is not None
+            self._sequences.move_to_end(sequence)
+            self._by_model[entry.model].move_to_end(sequence)
+            self._trim()
+
+    def drop(self, sequence: int | None) -> None:
+        """Forget one prompt."""
+        with self._lock:
+            if sequence is not None and sequence in self._sequences:
+                self._remove(sequence)
+
+    def forget_model(self, model: str) -> None:
+        """The model was unloaded here: its prompt cache went with it."""
+        with self._lock:
+            for i in list(self._by_model.get(model, ())):
+                self._remove(i)
+            self._by_model.pop(model, None)
+
+    def models(self) -> set[str]:
+        return {model for model, mine in self._by_model.items() if mine}
+
+    def _trim(self) -> None:
+        while self.entries > self.max_entries and len(self._sequences) > 1:
+            self._remove(next(iter(self._sequences)))
+
+    def _remove(self, sequence: int) -> None:
+        self._version += 1
+        entry = self._sequences.pop(sequence)
+        del self._by_model[entry.model][sequence]
+        held = self._held
+        for keys in (entry.keys, entry.alias):
+            for key in keys:
+                count = held.get(key, 0) - 1
+                if count > 0:
+                    held[key] = count
+                else:
+                    held.pop(key, None)
+        self.entries -= len(entry.keys) + len(entry.alias)
+
+
+def _leading(keys: Sequence[int], held: Mapping[int, int], least: int) -> int:
+    """How many of `keys`, from the first, `held` counts at least `least` times (a key held
+    means every key before it in its prompt is: a binary search)."""
+    if not keys or held.get(keys[0], 0) < least:
+        return 0
+    low, high = 1, len(keys)  # keys[:low] are held; find the largest such low
+    while low < high:
+        middle = (low + high + 1) // 2
+        if held.get(keys[middle - 1], 0) >= least:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@dataclass(slots=True)
+class _Home:
+    backend: str
+    tokens: float
+    expires: float
+
+
+class SessionHomes:
+    """Per model and client-named session: the backend its last turn ran on and the prompt
+    tokens it left cached there (bounded, least recently used forgotten first; expiring)."""
+
+    def __init__(self, max_sessions: int = 10_000, ttl: float = 600.0) -> None:
+        self.max_sessions = max_sessions
+        self.ttl = ttl
+        self._homes: OrderedDict[int, _Home] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._homes)
+
+    def home(self, session: int | None) -> tuple[str, float] | None:
+        if session is None or self.max_sessions <= 0:
+            return None
+        with self._lock:
+            entry = self._homes.get(session)
+            if entry is None:
+                return None
+            if entry.expires <= time.monotonic():
+                del self._homes[session]
+                return None
+            self._homes.move_to_end(session)
+            return entry.backend, entry.tokens
+
+    def remember(self, session: int | None, backend: str, tokens: float) -> None:
+        if session is None or self.max_sessions <= 0:
+            return
+        with self._lock:
+            self._homes[session] = _Home(backend, tokens, time.monotonic() + self.ttl)
+            self._homes.move_to_end(session)
+            while len(self._homes) > self.max_sessions:
+                self._homes.popitem(last=False)
+
+    def forget(self, backend: str) -> None:
+        with self._lock:
+            for key in [k for k, home in self._homes.items() if home.backend == backend]:
+                del self._homes[key]

@@ -1,0 +1,86 @@
+"""The prefix index's CPU cost per request at fleet size: fingerprinting a prompt, ranking
+the backends by expected time to first token, and recording the run, against the same
+ranking by expected wait alone (what the pool did without the index).
+
+    python bench/prefix_cost.py [--backends 64] [--rounds 300]
+
+Run by hand; prints a table of CPU microseconds per request (`time.process_time`) for a
+short chat and for agent prompts (a 20,000-token system prompt shared by every session,
+then a history of tool results), with every backend's index holding prompts of other
+sessions (`slots` prompts per backend, a fifth of them sharing the system prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.backends.pool import BackendPool
+from app.backends.spec import parse_backend
+
+MODEL = "qwen2.5-coder:32b"
+SYSTEM = ("You are a coding agent with these tools and rules. " * 1600)[:80_000]
+
+
+def agent_messages(session: int, history_tokens: int) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": SYSTEM}]
+    turns = max(1, history_tokens // 1500)
+    for i in range(turns):
+        messages.append({"role": "user", "content": f"tool {session}.{i} " + "x " * 2400})
+        messages.append({"role": "assistant", "content": f"reply {session}.{i} " + "y " * 600})
+    messages.append({"role": "user", "content": f"next {session}"})
+    return messages
+
+
+async def measure(backends: int, rounds: int, messages: list[dict[str, str]]) -> dict[str, float]:
+    specs = [parse_backend(f"b{i}=http://b{i}.bench:11434;max=4") for i in range(backends)]
+    out: dict[str, float] = {}
+    for routing in (False, True):
+        pool = BackendPool(specs, prefix_routing=routing)
+        for i, state in enumerate(pool.states):
+            state.models, state.loaded = [MODEL], [MODEL]
+            state.inventory_at = float("inf")
+            state.record_prompt(MODEL, 4000, 1.0)
+            for k in range(4):  # other sessions' prompts cached there
+                other = agent_messages(1000 + i * 4 + k, 20_000)
+                if (i + k) % 5:
+                    other[0] = {"role": "system", "content": f"other agent {i} {k}"}
+                prompt = pool.chat_prompt(MODEL, other)
+                if prompt is not None:
+                    state.prefixes.record(MODEL, prompt.keys, prompt.ends)
+        started = time.process_time()
+        for _ in range(rounds):
+            prompt = pool.chat_prompt(MODEL, messages, session="agent-1")
+            ranked = await pool.candidates(MODEL, prompt=prompt)
+            pool.served(prompt, ranked[0], reply="done", final={"prompt_eval_count": 10})
+        out["index" if routing else "wait only"] = (time.process_time() - started) / rounds
+        await pool.aclose()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args()
+    cases: list[tuple[str, Any]] = [
+        ("short chat (3 messages)", [{"role": "user", "content": "hi"}] * 3),
+        ("agent, 20k system + 10k history", agent_messages(1, 10_000)),
+        ("agent, 20k system + 40k history", agent_messages(1, 40_000)),
+    ]
+    print(f"{args.backends} backends, CPU microseconds per request (process time)")
+    print(f"{'prompt':34} {'wait only':>10} {'with index':>11} {'index adds':>11}")
+    for label, messages in cases:
+        got = asyncio.run(measure(args.backends, args.rounds, messages))
+        wait, index = got["wait only"] * 1e6, got["index"] * 1e6
+        print(f"{label:34} {wait:10.1f} {index:11.1f} {index - wait:11.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Ranking by expected time to first token across a large fleet, on the pool itself: the
+push-out of a full cache is worked out for the best-ranked few only, and a backend with a
+free cache slot is still found behind them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from app.backends import BackendPool, parse_backend
+from app.backends.pool import DISPLACED_CANDIDATES
+
+MODEL = "qwen2.5-coder:32b"
+
+
+def conversation(tag: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": f"agent {tag} " + "rules " * 600},
+        {"role": "user", "content": f"task {tag} " + "file " * 1500},
+    ]
+
+
+async def ranked_names(free: int, backends: int = 24) -> list[str]:
+    specs = [parse_backend(f"b{i}=http://b{i}.test:11434;max=4") for i in range(backends)]
+    pool = BackendPool(specs, prefix_routing=True)
+    try:
+        for i, state in enumerate(pool.states):
+            state.models, state.loaded = [MODEL], [MODEL]
+            state.inventory_at = float("inf")
+            state.prefixes.slots = 2
+            held = 1 if i == free else 2  # live conversations in its two slots
+            for k in range(held):
+                prompt = pool.chat_prompt(MODEL, conversation(f"{i}.{k}"))
+                assert prompt is not None
+                state.prefixes.record(MODEL, prompt.keys, prompt.ends)
+        prompt = pool.chat_prompt(MODEL, conversation("new"))
+        ranked = await pool.candidates(MODEL, prompt=prompt)
+        assert prompt is not None and len(prompt.estimates) <= DISPLACED_CANDIDATES
+        return [state.spec.name for state in ranked]
+    finally:
+        await pool.aclose()
+
+
+def test_a_free_cache_slot_behind_the_few_worked_out_is_still_chosen() -> None:
+    """Every backend but one holds two live conversations in its two slots: a new one
+    goes where it pushes none out, wherever that backend stands in the fleet's order."""
+    for free in (0, DISPLACED_CANDIDATES - 1, DISPLACED_CANDIDATES + 5, 23):
+        names = asyncio.run(ranked_names(free))
+        assert names[0] == f"b{free}", (free, names[:3])
+        assert len(names) == 24
