@@ -47,8 +47,11 @@ def gateway(tmp_path: Path, **extra: Any) -> Iterator[tuple[str, list[str]]]:
         for url in emulators:  # loaded everywhere: no cold load tips the choice
             body = {"model": MODEL, "prompt": "warm up", "stream": False}
             httpx.post(f"{url}/api/generate", json=body, timeout=10).raise_for_status()
-        # a limit the load stays under: a backend at its limit is not waited for
-        backends = [f"b{i}={url};max=12" for i, url in enumerate(emulators)]
+        # a limit the load stays under (a backend at its limit is not waited for), and the
+        # emulators' 32 cached prompts: the gateway models a backend's prompt cache as one
+        # prompt per slot, so with fewer the competing runs would push the conversations
+        # out of its model of the cache while the emulators keep them
+        backends = [f"b{i}={url};max=32" for i, url in enumerate(emulators)]
         app = create_app(gateway_settings(backends, tmp_path, **extra))
         yield stack.enter_context(serving_in_thread(app)), emulators
 
