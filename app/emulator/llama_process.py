@@ -138,16 +138,7 @@ class RunnerProcess:
                 raise RunnerFailed(
                     f"the llama runner did not load its model within {timeout:.0f} s"
                 )
-            self.sock.settimeout(min(remaining, 1.0))
-            try:
-                chunk = self.sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError:
-                chunk = b""
-            if not chunk:
-                raise RunnerFailed(self.termination())
-            self._buffer += chunk
+            self._read_blocking(min(remaining, 1.0))
 
     def termination(self, wait: float = 10.0) -> str:
         """Ollama's error for this runner's end (`TERMINATED: signal: ...`), waiting up to
@@ -213,16 +204,21 @@ class RunnerProcess:
             if remaining <= 0:
                 self.kill()
                 raise RunnerFailed(f"the llama runner did not answer within {timeout:.0f} s")
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError:
-                chunk = b""
-            if not chunk:
-                raise RunnerFailed(self.termination())
-            self._buffer += chunk
+            self._read_blocking(remaining)
+
+    def _read_blocking(self, timeout: float) -> None:
+        """Add what the socket has within `timeout` seconds to the buffer (nothing when it
+        has nothing yet). RunnerFailed when the runner closed it (it died)."""
+        self.sock.settimeout(timeout)
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            raise RunnerFailed(self.termination())
+        self._buffer += chunk
 
     def _next_buffered(self) -> dict[str, Any] | None:
         end = self._buffer.find(b"\n", self._scanned)
