@@ -68,12 +68,28 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--streams", type=int, default=40, help="streams per stream row")
+    parser.add_argument(
+        "--stream-routes",
+        default="/api/generate",
+        help="comma-separated: /api/generate, /gateway/generate/stream, /v1/chat/completions",
+    )
+    parser.add_argument(
+        "--no-requests", action="store_true", help="the stream rows only (no wrk rows)"
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     generate = {"model": MODEL, "prompt": PROMPT, "options": {"max_tokens": TOKENS}}
     chat = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}],
             "stream": False, "options": {"num_predict": TOKENS}}  # fmt: skip
-    stream_body = {"model": MODEL, "prompt": PROMPT, "options": {"num_predict": STREAM_TOKENS}}
+    stream_bodies = {
+        "/api/generate": {"model": MODEL, "prompt": PROMPT,
+                          "options": {"num_predict": STREAM_TOKENS}},
+        "/gateway/generate/stream": {"model": MODEL, "prompt": PROMPT,
+                                     "options": {"max_tokens": STREAM_TOKENS}},
+        "/v1/chat/completions": {"model": MODEL, "stream": True, "max_tokens": STREAM_TOKENS,
+                                 "messages": [{"role": "user", "content": PROMPT}]},
+    }  # fmt: skip
+    stream_routes = [r for r in args.stream_routes.split(",") if r]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with ExitStack() as stack:
         emulator = stack.enter_context(
@@ -88,6 +104,8 @@ def main() -> None:
         rows = [(f"/gateway/generate stored c={c}", "/gateway/generate", generate, c)
                 for c in levels]  # fmt: skip
         rows += [(f"/api/chat relay c={c}", "/api/chat", chat, c) for c in levels]
+        if args.no_requests:
+            rows = []
         for url, key, _ in sides.values():
             for _, path, body, _ in rows:
                 wrk(url + path, body, 4, 1, key)  # warm up
@@ -102,14 +120,15 @@ def main() -> None:
                     quiesce(pid)
                     values["cpu"] = (cpu_total(pid) - before) * 1000 / max(values["requests"], 1)
                     results.setdefault((label, side), []).append(values)
-            for side, (url, key, pid) in order:
-                time.sleep(0.5)
-                before = cpu_total(pid)
-                values = asyncio.run(streams(url + "/api/generate", stream_body, 8,
-                                             args.streams, key, None))  # fmt: skip
-                quiesce(pid)
-                values["cpu"] = (cpu_total(pid) - before) * 1000 / max(values["streams"], 1)
-                results.setdefault(("/api/generate stream c=8", side), []).append(values)
+            for route in stream_routes:
+                for side, (url, key, pid) in order:
+                    time.sleep(0.5)
+                    before = cpu_total(pid)
+                    values = asyncio.run(streams(url + route, stream_bodies[route], 8,
+                                                 args.streams, key, None))  # fmt: skip
+                    quiesce(pid)
+                    values["cpu"] = (cpu_total(pid) - before) * 1000 / max(values["streams"], 1)
+                    results.setdefault((f"{route} stream c=8", side), []).append(values)
             print(f"round {round_ + 1} done", file=sys.stderr, flush=True)
     trees = ", ".join(f"{n} = {t}" for n, t in zip(names, args.tree, strict=True))
     print(f"{trees}; medians of {args.rounds} rounds, the order rotated")

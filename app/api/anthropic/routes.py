@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from app.api.anthropic.errors import error_type, status_of
 from app.api.anthropic.replies import PING, EventWriter, error_event, message, sse
@@ -43,6 +43,7 @@ from app.api.anthropic.translate import (
 from app.api.common.auth import UserDep
 from app.api.common.authorization import authorize_models
 from app.api.common.deps import RelayDep, RunnerDep, ServicesDep
+from app.api.common.direct_stream import DirectStream
 from app.api.common.errors import ApiError, ErrorInfo, failed_run_problem
 from app.api.common.quotas import admit_runs
 from app.api.common.routing import requiring_header
@@ -67,7 +68,7 @@ async def create_message(
     services: ServicesDep,
     request: Request,
     principal: UserDep,
-) -> StreamingResponse | JSONResponse:
+) -> DirectStream | JSONResponse:
     authorize_models(request, principal, [body.model])
     chat = chat_input(body)
     plan = chat_plan(body, chat.tools)
@@ -102,7 +103,7 @@ async def count_tokens(
 
 async def _streamed(
     chunks: AsyncIterator[StreamingChunk], model: str, chat: ChatInput, ending: asyncio.Event
-) -> StreamingResponse:
+) -> DirectStream:
     """Start the event stream unless the run fails at once (then a status reply)."""
     first = await first_chunk(chunks)
     rest = until_shutdown(chunks, ending)
@@ -149,7 +150,7 @@ async def _streamed(
             if aclose is not None:
                 await aclose()
 
-    return StreamingResponse(
+    return DirectStream(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
 

@@ -22,6 +22,7 @@ from fastapi import Header
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.api.common.direct_stream import SseStream, sse_frame
 from app.api.common.errors import failed_run_problem
 from app.api.common.shutdown import SHUTTING_DOWN, Shutdown, ShuttingDown, until_shutdown
 from app.api.common.streams import first_chunk
@@ -59,11 +60,18 @@ _ERROR_CODES = {
 }
 
 
-def _event(name: str, payload: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(payload, ensure_ascii=False), event=name)
+def _event(name: str, payload: dict[str, Any]) -> bytes:
+    return sse_frame(name, json.dumps(payload, ensure_ascii=False))
 
 
-def closing_event(result: ModelExecutionResult) -> ServerSentEvent:
+def _sse_stream(events: AsyncIterator[bytes]) -> SseStream:
+    """Framed events written one `send` each, a ping comment after `PING_SECONDS` of
+    silence. At SIGTERM the stream runs on for the shutdown grace (the events end with
+    `shutting_down` when it runs out: `until_shutdown`)."""
+    return SseStream(events, ping=PING_SECONDS)
+
+
+def closing_event(result: ModelExecutionResult) -> bytes:
     stored_id = (result.metadata or {}).get("result_id")
     if result.success:
         return _event("result", ResultOut.from_result(result, stored_id).model_dump(mode="json"))
@@ -80,7 +88,7 @@ async def _events(
     first: asyncio.Future[StreamingChunk],
     rest: AsyncIterator[StreamingChunk],
     ending: asyncio.Event,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     chunks = until_shutdown(rest, ending)
     try:
         chunk = await first
@@ -105,7 +113,7 @@ async def _events(
         await _close(rest)
 
 
-def _interrupted(stopped: ShuttingDown | DatabaseUnavailable) -> ServerSentEvent:
+def _interrupted(stopped: ShuttingDown | DatabaseUnavailable) -> bytes:
     """The `error` event ending a stream the gateway stopped: its shutdown grace ran out,
     or the database does not answer and the spool is full (the run is done but cannot be
     kept)."""
@@ -124,19 +132,12 @@ async def _close(items: AsyncIterator[Any]) -> None:
             await aclose()
 
 
-async def stream_response(
-    chunks: AsyncIterator[StreamingChunk], shutdown: Shutdown
-) -> EventSourceResponse:
+async def stream_response(chunks: AsyncIterator[StreamingChunk], shutdown: Shutdown) -> SseStream:
     """Start the SSE stream, unless the run fails within the early-error window. A stream
     in flight at SIGTERM runs on for the shutdown grace; when that runs out, the run stops
-    and the stream ends with a `shutting_down` error event (sse-starlette, which ends its
-    streams when the server stops listening, is told to wait that long)."""
+    and the stream ends with a `shutting_down` error event."""
     first = await first_chunk(chunks)
-    return EventSourceResponse(
-        _events(first, chunks, shutdown.ending),
-        ping=PING_SECONDS,
-        shutdown_grace_period=shutdown.grace_seconds + 1,
-    )
+    return _sse_stream(_events(first, chunks, shutdown.ending))
 
 
 COMPARISON_SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -159,7 +160,7 @@ COMPARISON_SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _comparison_events(
     events: AsyncIterator[ComparisonEvent], ending: asyncio.Event
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     try:
         async for event in until_shutdown(events, ending):
             if isinstance(event, ComparisonDone):
@@ -187,14 +188,10 @@ async def _comparison_events(
 
 def comparison_stream_response(
     events: AsyncIterator[ComparisonEvent], shutdown: Shutdown
-) -> EventSourceResponse:
+) -> SseStream:
     """A streamed comparison as SSE (see `COMPARISON_SSE_RESPONSES`); at SIGTERM it runs on
     for the shutdown grace, as a streamed run does."""
-    return EventSourceResponse(
-        _comparison_events(events, shutdown.ending),
-        ping=PING_SECONDS,
-        shutdown_grace_period=shutdown.grace_seconds + 1,
-    )
+    return _sse_stream(_comparison_events(events, shutdown.ending))
 
 
 def job_event_stream(

@@ -23,14 +23,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
 
 from app.access import Principal
 from app.api.common.auth import AdminDep, UserDep
 from app.api.common.authorization import authorize_models
 from app.api.common.deps import RelayDep, Services, SettingsDep, services_of
+from app.api.common.direct_stream import DirectStream
 from app.api.common.errors import ApiError
 from app.api.common.quotas import admit_runs
 from app.api.common.shutdown import SHUTTING_DOWN, ShuttingDown, until_shutdown
@@ -134,46 +134,7 @@ async def relayed_response(
             if on_done is not None:
                 on_done()
 
-    return RelayStream(body(), status_code=relayed.status, headers=headers)
-
-
-class RelayStream(StreamingResponse):
-    """An NDJSON reply written straight to the ASGI `send`, each backend read one `send`.
-
-    Starlette's `StreamingResponse` opens an anyio task group per response under servers
-    that speak ASGI before 2.4 (uvicorn speaks 2.3) to watch for the client leaving; here
-    one plain task waits on `receive` and cancels the stream when the client is gone, as
-    the task group did (the body's `finally` closes the backend's reply and the run is
-    stored as cancelled)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        consumer = asyncio.current_task()
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            if consumer is not None:
-                consumer.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await send(
-                {"type": "http.response.start", "status": self.status_code,
-                 "headers": self.raw_headers}
-            )  # fmt: skip
-            async for chunk in self.body_iterator:
-                body = chunk.encode(self.charset) if isinstance(chunk, str) else chunk
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if gone and consumer is not None and consumer.uncancel() == 0:
-                return  # the client left: nothing more to send
-            raise
-        finally:
-            watcher.cancel()
+    return DirectStream(body(), status_code=relayed.status, headers=headers)
 
 
 @router.api_route("/", methods=["GET", "HEAD"])

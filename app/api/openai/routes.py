@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from app.access import Principal
 from app.api.common.auth import UserDep
 from app.api.common.authorization import authorize_models
 from app.api.common.deps import ManagerDep, RelayDep, RunnerDep, Services, ServicesDep
+from app.api.common.direct_stream import DirectStream
 from app.api.common.errors import ApiError, failed_run_problem
 from app.api.common.quotas import admit_runs
 from app.api.common.shutdown import SHUTTING_DOWN, ShuttingDown, until_shutdown
@@ -57,7 +58,7 @@ async def _streamed(
     writer: ChunkWriter,
     include_usage: bool,
     ending: asyncio.Event,
-) -> StreamingResponse:
+) -> DirectStream:
     """Start the SSE stream unless the run fails at once (then a JSON error reply). When
     the gateway's shutdown grace runs out, the run stops and a last error event says so."""
     first = await first_chunk(chunks)
@@ -100,7 +101,7 @@ async def _streamed(
             if aclose is not None:
                 await aclose()
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return DirectStream(events(), media_type="text/event-stream")
 
 
 async def _run(
@@ -109,7 +110,7 @@ async def _run(
     services: Services,
     request: Request,
     principal: Principal,
-) -> StreamingResponse | JSONResponse:
+) -> DirectStream | JSONResponse:
     store = services.settings.store_openai_api
     authorize_models(request, principal, [body.model])
     chat = isinstance(body, ChatCompletionRequest)
@@ -153,7 +154,7 @@ async def chat_completions(
     services: ServicesDep,
     request: Request,
     principal: UserDep,
-) -> StreamingResponse | JSONResponse:
+) -> DirectStream | JSONResponse:
     return await _run(runner, body, services, request, principal)
 
 
@@ -164,7 +165,7 @@ async def completions(
     services: ServicesDep,
     request: Request,
     principal: UserDep,
-) -> StreamingResponse | JSONResponse:
+) -> DirectStream | JSONResponse:
     return await _run(runner, body, services, request, principal)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from sse_starlette import EventSourceResponse
 
 from app.api.common.deps import RunnerDep, ServicesDep
+from app.api.common.direct_stream import SseStream
 from app.api.common.errors import failed_run_problem
 from app.api.gateway.bodies import chat_body
 from app.api.gateway.problems import RUN_ERRORS
@@ -32,12 +32,12 @@ async def chat(body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerD
 @router.post(
     "/stream",
     operation_id="chat_stream",
-    response_class=EventSourceResponse,
+    response_class=SseStream,
     responses={**RUN_ERRORS, **SSE_RESPONSES},
 )
 async def chat_stream(
     body: Annotated[ChatRequest, Depends(chat_body)], runner: RunnerDep, services: ServicesDep
-) -> EventSourceResponse:
+) -> SseStream:
     """Stream a chat reply as server-sent events (`chunk`..., then `result` or `error`)."""
     options = execution_options(body.options)
     messages = [m.model_dump() for m in body.messages]

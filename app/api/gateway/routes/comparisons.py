@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from app.api.common.auth import UserDep
 from app.api.common.deps import RunnerDep, ServicesDep
+from app.api.common.direct_stream import SseStream
 from app.api.gateway.bodies import comparison_body, comparison_stream_body
 from app.api.gateway.problems import RUN_ERRORS
 from app.api.gateway.reports import add_report_routes
@@ -50,14 +50,14 @@ async def run_comparison(
 @router.post(
     "/stream",
     operation_id="stream_comparison",
-    response_class=EventSourceResponse,
+    response_class=SseStream,
     responses={**RUN_ERRORS, **COMPARISON_SSE_RESPONSES},
 )
 async def stream_comparison(
     body: Annotated[ComparisonStreamRequest, Depends(comparison_stream_body)],
     runner: RunnerDep,
     services: ServicesDep,
-) -> EventSourceResponse:
+) -> SseStream:
     """Run the prompt on every model at once and stream their answers side by side as
     server-sent events: `chunk` events naming their model, a `run` event as each model's
     run ends, then the stored report (`comparison`, as `POST /gateway/comparisons` returns

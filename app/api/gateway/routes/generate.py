@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from sse_starlette import EventSourceResponse
 
 from app.api.common.deps import services_of
+from app.api.common.direct_stream import SseStream
 from app.api.common.errors import failed_run_problem
 from app.api.gateway.bodies import generate_body
 from app.api.gateway.problems import RUN_ERRORS
@@ -44,12 +44,12 @@ async def generate(
 @router.post(
     "/stream",
     operation_id="generate_stream",
-    response_class=EventSourceResponse,
+    response_class=SseStream,
     responses={**RUN_ERRORS, **SSE_RESPONSES},
 )
 async def generate_stream(
     body: Annotated[GenerateRequest, Depends(generate_body)], request: Request
-) -> EventSourceResponse:
+) -> SseStream:
     """Stream a generation as server-sent events (`chunk`..., then `result` or `error`)."""
     services = services_of(request)
     runner = services.runner

@@ -24,12 +24,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from app.access import Principal
 from app.api.common.auth import UserDep
 from app.api.common.authorization import authorize_models
 from app.api.common.deps import ResponsesDep, RunnerDep, ServicesDep
+from app.api.common.direct_stream import DirectStream
 from app.api.common.errors import ApiError, failed_run_problem
 from app.api.common.ownership import may_read
 from app.api.common.quotas import admit_runs
@@ -248,7 +249,7 @@ def _session(body: ResponsesRequest, request: Request) -> str | None:
 
 async def _streamed(
     turn: Turn, chunks: AsyncIterator[StreamingChunk], ending: asyncio.Event
-) -> StreamingResponse:
+) -> DirectStream:
     """SSE events, unless the run fails at once (then an error status, see `first_chunk`)."""
     first = await first_chunk(chunks)
     rest = until_shutdown(chunks, ending)
@@ -281,7 +282,7 @@ async def _streamed(
             if aclose is not None:
                 await aclose()
 
-    return StreamingResponse(
+    return DirectStream(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
 
@@ -299,7 +300,7 @@ async def create_response(
     services: ServicesDep,
     request: Request,
     principal: UserDep,
-) -> StreamingResponse | JSONResponse:
+) -> DirectStream | JSONResponse:
     authorize_models(request, principal, [body.model])
     if body.conversation is not None:
         raise invalid(
