@@ -19,7 +19,6 @@ an `error` event (which Anthropic's SDKs raise).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -58,7 +57,6 @@ router = APIRouter(prefix="/v1", include_in_schema=False)
 
 PING_SECONDS = 10.0
 """Longest silence in a stream: a `ping` goes out when no event has for this long."""
-_END = object()
 
 
 @router.post("/messages", response_model=None)
@@ -110,26 +108,11 @@ async def _streamed(
     writer = EventWriter(model)
 
     async def events() -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
-        pump = asyncio.ensure_future(_pump(first, rest, queue))
         try:
             for event in writer.start(estimate_tokens(chat)):
                 yield sse(*event)
+            chunk = await first
             while True:
-                try:
-                    async with asyncio.timeout(PING_SECONDS):
-                        item = await queue.get()
-                except TimeoutError:
-                    yield sse(*PING)
-                    continue
-                if isinstance(item, ShuttingDown):
-                    yield sse(*error_event("overloaded_error", SHUTTING_DOWN))
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                if item is _END:
-                    return
-                chunk: StreamingChunk = item
                 if chunk.done:
                     result = chunk.result
                     if result is None or not result.success:
@@ -140,37 +123,23 @@ async def _streamed(
                     return
                 for event in writer.piece(chunk.content, chunk.thinking):
                     yield sse(*event)
+                chunk = await anext(rest)
+        except ShuttingDown:
+            yield sse(*error_event("overloaded_error", SHUTTING_DOWN))
+        except StopAsyncIteration:
+            return
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
             if not first.done():
                 first.cancel()
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
 
+    # a silence (a model loading, a long prompt read) gets a `ping` every PING_SECONDS
     return DirectStream(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
-
-
-async def _pump(
-    first: asyncio.Future[StreamingChunk],
-    rest: AsyncIterator[StreamingChunk],
-    queue: asyncio.Queue[Any],
-) -> None:
-    """The run's chunks into `queue` (one at a time: the run goes at the reader's pace),
-    then `_END`, or the exception that ended them."""
-    try:
-        await queue.put(await first)
-        async for chunk in rest:
-            await queue.put(chunk)
-        await queue.put(_END)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        await queue.put(exc)
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+        ping=PING_SECONDS, ping_bytes=sse(*PING),
+    )  # fmt: skip
 
 
 def _failure(result: Any) -> tuple[str, dict[str, Any]]:

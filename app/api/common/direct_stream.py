@@ -31,10 +31,9 @@ SSE_PING = b": ping\r\n\r\n"
 """A comment line: SSE clients ignore it; it keeps idle connections (and proxies) open."""
 
 
-def sse_frame(event: str, data: str, event_id: str | None = None) -> bytes:
+def sse_frame(event: str, data: str) -> bytes:
     """One server-sent event, CRLF-separated; `data` is one line (JSON has no newline)."""
-    head = f"id: {event_id}\r\n" if event_id is not None else ""
-    return f"{head}event: {event}\r\ndata: {data}\r\n\r\n".encode()
+    return f"event: {event}\r\ndata: {data}\r\n\r\n".encode()
 
 
 class DirectStream(StreamingResponse):
@@ -70,6 +69,7 @@ class DirectStream(StreamingResponse):
                 consumer.cancel()
 
         async def keep_alive(every: float) -> None:
+            nonlocal last_sent
             while True:
                 await asyncio.sleep(every - (time.monotonic() - last_sent))
                 if time.monotonic() - last_sent >= every:
@@ -78,11 +78,7 @@ class DirectStream(StreamingResponse):
                             {"type": "http.response.body", "body": self.ping_bytes,
                              "more_body": True}
                         )  # fmt: skip
-                    _sent()
-
-        def _sent() -> None:
-            nonlocal last_sent
-            last_sent = time.monotonic()
+                    last_sent = time.monotonic()
 
         watcher = asyncio.ensure_future(watch())
         pinger: asyncio.Task[Any] | None = None
