@@ -404,55 +404,78 @@ def slow_emulator() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         yield url, proc
 
 
-async def on_its_way(emulator: str, paths: set[str]) -> None:
-    """Wait until `emulator` has received a request on each of `paths` (and is still
-    holding them: it answers 3 s after)."""
-    async with httpx.AsyncClient(timeout=5) as http, asyncio.timeout(30):
-        while True:
-            state = (await http.get(f"{emulator}/_emulator/state")).json()
-            if paths <= {r["path"] for r in state["received"]}:
-                return
-            await asyncio.sleep(0.05)
+RUN_PATHS = {"/api/chat": "transcription", "/v1/audio/speech": "speech"}
+"""What an emulator receives for each kind of audio request."""
+
+
+async def arrived(http: httpx.AsyncClient, emulator: str) -> list[str]:
+    state = (await http.get(f"{emulator}/_emulator/state")).json()
+    return [r["path"] for r in state["received"] if r["path"] in RUN_PATHS]
 
 
 def test_a_backend_killed_before_it_answers_fails_over(tmp_path: Path) -> None:
     """Transcriptions and speech in flight on two backends, one SIGKILLed before it has
-    answered any: every request is answered by the other, each run stored once."""
+    answered any: every request is answered by the other, each run stored once.
+
+    The pool places each request by expected wait, so the first six of each kind may leave
+    one kind off the victim (the transcriptions' longer expected work there sends every
+    speech to the other): once all sent have arrived, one more of a kind the victim lacks
+    is sent, until it holds both (each goes where the wait is shorter, which is then the
+    victim)."""
     with slow_emulator() as (first, victim), slow_emulator() as (second, _):
         settings = gateway_settings([first, second], tmp_path, request_timeout=60)
         with serving_in_thread(create_app(settings)) as url:
+            sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            texts: list[asyncio.Task[Any]] = []
+            speeches: list[asyncio.Task[Any]] = []
 
-            async def scenario() -> tuple[list[str], list[bytes]]:
-                sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-                texts = [
-                    asyncio.create_task(
-                        sdk.audio.transcriptions.create(
-                            model=MODEL, file=(f"{i}.wav", wav_bytes(0.5 + i / 10), "audio/wav")
+            def send(kind: str) -> None:
+                if kind == "transcription":
+                    i = len(texts)
+                    audio = (f"{i}.wav", wav_bytes(0.5 + i / 10), "audio/wav")
+                    texts.append(
+                        asyncio.create_task(
+                            sdk.audio.transcriptions.create(model=MODEL, file=audio)
                         )
                     )
-                    for i in range(6)
-                ]
-                speeches = [
-                    asyncio.create_task(
-                        sdk.audio.speech.create(model=MODEL, input=f"line {i}", voice="alloy")
+                else:
+                    line = f"line {len(speeches)}"
+                    speeches.append(
+                        asyncio.create_task(
+                            sdk.audio.speech.create(model=MODEL, input=line, voice="alloy")
+                        )
                     )
-                    for i in range(6)
-                ]
-                await on_its_way(first, {"/api/chat", "/v1/audio/speech"})
+
+            async def scenario() -> tuple[list[str], list[bytes]]:
+                for _ in range(6):
+                    send("transcription")
+                for _ in range(6):
+                    send("speech")
+                async with httpx.AsyncClient(timeout=5) as http, asyncio.timeout(30):
+                    while True:
+                        on_victim = await arrived(http, first)
+                        missing = set(RUN_PATHS) - set(on_victim)
+                        if not missing:
+                            break
+                        everywhere = len(on_victim) + len(await arrived(http, second))
+                        if everywhere == len(texts) + len(speeches):
+                            assert everywhere < 20, f"the victim got none of {missing}"
+                            send(RUN_PATHS[min(missing)])
+                        await asyncio.sleep(0.05)
                 victim.send_signal(signal.SIGKILL)
                 done_texts = [(await t).text for t in texts]
                 done_speech = [(await s).content for s in speeches]
                 await sdk.close()
                 return done_texts, done_speech
 
-            texts, speeches = asyncio.run(scenario())
+            texts_done, spoken_audio = asyncio.run(scenario())
             transcriptions = stored(url, surface="transcription", limit=50)
             spoken = stored(url, surface="speech", limit=50)
-    assert all(t.startswith("Emulated transcript of") for t in texts)
-    assert [wav_seconds(s) for s in speeches] == [
-        pytest.approx(len(f"line {i}") * SECONDS_PER_CHARACTER) for i in range(6)
+    assert all(t.startswith("Emulated transcript of") for t in texts_done)
+    assert [wav_seconds(s) for s in spoken_audio] == [
+        pytest.approx(len(f"line {i}") * SECONDS_PER_CHARACTER) for i in range(len(speeches))
     ]
-    assert len(transcriptions) == 6 and len(spoken) == 6
+    assert len(transcriptions) == len(texts) and len(spoken) == len(speeches)
     for runs in (transcriptions, spoken):
         moved = [r for r in runs if r["metadata"].get("failed_over_from")]
         assert moved, "no request was on the killed backend"
