@@ -39,7 +39,7 @@ from app.backends.placement import Placement, PlacementRule
 from app.backends.prefix import (
     DEFAULT_BYTES_PER_TOKEN,
     BackendPrefixes,
-    BlockMemo,
+    ChatMemo,
     Estimate,
     Prompt,
     SessionHomes,
@@ -162,7 +162,7 @@ class BackendPool:
         self.prefix_entries = prefix_entries
         self.sessions = sessions if sessions is not None else SessionHomes()
         self.bytes_per_token: dict[str, float] = {}
-        self.block_memo = BlockMemo()
+        self.chat_memo = ChatMemo()
         """Long messages' block keys, so an agent's resent history is fingerprinted at C speed."""
         self._leases = 0
         """Leases handed out (numbers a run's expected work while it holds its slot)."""
@@ -566,7 +566,7 @@ class BackendPool:
             tools=tools,
             bytes_per_token=self.bytes_per_token.get(key, DEFAULT_BYTES_PER_TOKEN),
             session=session_key(key, session),
-            memo=self.block_memo,
+            memo=self.chat_memo,
         )
 
     def generate_prompt(
@@ -592,7 +592,7 @@ class BackendPool:
             raw=raw,
             bytes_per_token=self.bytes_per_token.get(key, DEFAULT_BYTES_PER_TOKEN),
             session=session_key(key, session),
-            memo=self.block_memo,
+            memo=self.chat_memo,
         )
 
     def served(

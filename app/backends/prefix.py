@@ -46,7 +46,7 @@ import threading
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,7 @@ import xxhash
 __all__ = [
     "BLOCK_BYTES",
     "BackendPrefixes",
-    "BlockMemo",
+    "ChatMemo",
     "Prompt",
     "SessionHomes",
     "chat_prompt",
@@ -100,10 +100,12 @@ class Prompt:
     """`chat` or `generate`."""
     keys: list[int] = field(default_factory=list)
     """Cumulative hashes, one at the end of each block."""
-    ends: list[float] = field(default_factory=list)
-    """Estimated prompt tokens up to the end of each key's block."""
     text_bytes: list[int] = field(default_factory=list)
-    """Bytes of text up to the end of each key's block (for learning bytes per token)."""
+    """Bytes of text up to the end of each key's block (its estimated tokens are these over
+    `bytes_per_token`, plus `id_tokens`)."""
+    id_tokens: list[float] = field(default_factory=list)
+    """Tokens counted exactly (a generate's `context` ids) up to the end of each key's block;
+    empty when there are none (a chat)."""
     session: int | None = None
     """`session_key` of the client's session name, if it gave one."""
     bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN
@@ -114,14 +116,34 @@ class Prompt:
     """The backend the run went to (set when its slot was held)."""
     sequence: int | None = None
     """The chosen backend's sequence holding this prompt (`BackendPrefixes.record`)."""
+    _ends: list[float] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ends(self) -> list[float]:
+        """Estimated prompt tokens up to the end of each key's block (worked out when first
+        asked: ranking needs only a few of them)."""
+        ends = self._ends
+        if ends is None or len(ends) != len(self.keys):
+            per_token, ids = self.bytes_per_token, self.id_tokens
+            if ids:
+                ends = [t + b / per_token for t, b in zip(ids, self.text_bytes, strict=True)]
+            else:
+                ends = [0.0 + b / per_token for b in self.text_bytes]
+            self._ends = ends
+        return ends
 
     @property
     def tokens(self) -> float:
-        return self.ends[-1] if self.ends else 0.0
+        return self.tokens_at(len(self.text_bytes))
 
     def tokens_at(self, matched: int) -> float:
         """Estimated tokens of the first `matched` keys."""
-        return self.ends[matched - 1] if matched > 0 else 0.0
+        if matched <= 0:
+            return 0.0
+        ids = self.id_tokens
+        return (ids[matched - 1] if ids else 0.0) + self.text_bytes[
+            matched - 1
+        ] / self.bytes_per_token
 
     def extended(self, role: str, content: str) -> Prompt:
         """The keys (and token counts) of one more message after this prompt: the reply, as
@@ -131,7 +153,7 @@ class Prompt:
         build = _Builder(more, seed, self.bytes_per_token)
         build.tokens = self.tokens
         build.text(role, content)
-        return more
+        return build.done()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,103 +201,142 @@ def _tools_text(tools: Any) -> str:
     return "\x1f".join(parts)
 
 
-class BlockMemo:
-    """The keys of the blocks of long messages fingerprinted lately, by the hash of the whole
-    message and everything before it: an agent sends its system prompt and its history
-    again every turn, and one hash of a message in C then replaces a step of Python per
-    block (most of a long prompt's fingerprinting). The keys are exactly those the blocks
-    would get. Bounded: at `max_entries` messages it starts again empty."""
+class ChatMemo:
+    """The keys of the blocks of long messages fingerprinted lately, by one hash of the
+    message and everything before it (its role, what it holds besides text, the cumulative
+    key it follows): an agent sends its system prompt and its history again every turn,
+    and one hash of each message in C then replaces a step of Python per block (most of a
+    long prompt's fingerprinting). Each entry keeps the message's block keys and the text
+    bytes up to each (the key it follows fixes the text before it), exactly those hashing
+    the blocks again gives. Bounded: at `max_entries` messages or `max_keys` keys in all
+    it starts again empty."""
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 262_144, max_keys: int = 262_144) -> None:
         self.max_entries = max(1, max_entries)
-        self._keys: dict[int, tuple[int, ...]] = {}
+        self.max_keys = max(1, max_keys)
+        self.keys = 0
+        """Keys held in all."""
+        self._entries: dict[int, tuple[int, tuple[int, ...], tuple[int, ...]]] = {}
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._entries)
 
-    def get(self, whole: int) -> tuple[int, ...] | None:
-        return self._keys.get(whole)
+    def get(self, whole: int, start: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """The keys and text bytes of the message hashed to `whole`, whose text starts after
+        `start` bytes."""
+        found = self._entries.get(whole)
+        if found is None or found[0] != start:
+            return None
+        return found[1], found[2]
 
-    def put(self, whole: int, keys: tuple[int, ...]) -> None:
-        if len(self._keys) >= self.max_entries:
-            self._keys = {}
-        self._keys[whole] = keys
+    def put(self, whole: int, start: int, keys: tuple[int, ...], ends: tuple[int, ...]) -> None:
+        if len(self._entries) >= self.max_entries or self.keys + len(keys) > self.max_keys:
+            self._entries = {}
+            self.keys = 0
+        self._entries[whole] = (start, keys, ends)
+        self.keys += len(keys)
 
 
 class _Builder:
-    """Keys and token counts of a prompt, block by block."""
+    """Keys and token counts of a prompt, block by block (a generate's, a reply's; a chat's
+    messages go through `_messages`)."""
 
-    __slots__ = ("bytes", "memo", "per_token", "prompt", "seed", "tokens")
+    __slots__ = ("bytes", "memo", "prompt", "seed", "tokens")
 
     def __init__(
-        self, prompt: Prompt, seed: int, bytes_per_token: float, memo: BlockMemo | None = None
+        self, prompt: Prompt, seed: int, bytes_per_token: float, memo: ChatMemo | None = None
     ) -> None:
         prompt.bytes_per_token = bytes_per_token
         self.memo = memo
         self.prompt = prompt
         self.seed = seed
-        self.per_token = bytes_per_token
         self.tokens = 0.0
         self.bytes = 0
 
-    def text(self, role: str, text: str, extra: str = "") -> None:
+    def text(self, role: str, text: str) -> None:
         """One message (or a generate's system or prompt): its content in blocks."""
-        data = text.encode("utf-8", "surrogatepass")
-        seed = (self.seed ^ _salt(role)) & _MASK
-        if extra:
-            seed = _hash(extra.encode("utf-8", "surrogatepass"), seed)
-        size = len(data)
-        done = self.bytes + MESSAGE_BYTES
-        prompt, tokens, per_token = self.prompt, self.tokens, self.per_token
-        keys, ends, text_bytes = prompt.keys, prompt.ends, prompt.text_bytes
-        if size <= BLOCK_BYTES:
-            seed = _hash(data, seed)
-            done += size
-            keys.append(seed)
-            ends.append(tokens + done / per_token)
-            text_bytes.append(done)
-        else:
-            memo, found, whole = self.memo, None, 0
-            if memo is not None:  # a message sent before: its blocks' keys, in one lookup
-                whole = _hash(data, seed)
-                found = memo.get(whole)
-            if found is not None:
-                keys.extend(found)
-                offsets = [*range(done + BLOCK_BYTES, done + size, BLOCK_BYTES), done + size]
-                text_bytes.extend(offsets)
-                ends.extend([tokens + end / per_token for end in offsets])
-                seed = found[-1]
-            else:  # the hot loop of a long prompt: no call but the hash's
-                first = len(keys)
-                view = memoryview(data)
-                for start in range(0, size, BLOCK_BYTES):
-                    seed = _hash(view[start : start + BLOCK_BYTES], seed)
-                    end = done + min(start + BLOCK_BYTES, size)
-                    keys.append(seed)
-                    ends.append(tokens + end / per_token)
-                    text_bytes.append(end)
-                if memo is not None:
-                    memo.put(whole, tuple(keys[first:]))
-            done += size
-        self.bytes = done
-        self.seed = seed
-
-    def _key(self, key: int) -> None:
         prompt = self.prompt
-        prompt.keys.append(key)
-        prompt.ends.append(self.tokens + self.bytes / self.per_token)
-        prompt.text_bytes.append(self.bytes)
+        before = len(prompt.keys)
+        message = ({"role": role, "content": text},)
+        self.seed, self.bytes = _messages(
+            prompt.keys, prompt.text_bytes, self.seed, self.bytes, message, self.memo
+        )
+        prompt.id_tokens.extend([self.tokens] * (len(prompt.keys) - before))
 
     def token_ids(self, ids: Sequence[int]) -> None:
         """A generate's `context`: token ids, counted exactly."""
         data = array("q", ids).tobytes()
         view, step = memoryview(data), CONTEXT_BLOCK * 8
         seed = (self.seed ^ _salt("context")) & _MASK
+        prompt = self.prompt
         for start in range(0, len(data), step):
             seed = _hash(view[start : start + step], seed)
             self.tokens += min(step, len(data) - start) // 8
-            self._key(seed)
+            prompt.keys.append(seed)
+            prompt.text_bytes.append(self.bytes)
+            prompt.id_tokens.append(self.tokens)
         self.seed = seed
+
+    def done(self) -> Prompt:
+        prompt = self.prompt
+        if not any(prompt.id_tokens):
+            prompt.id_tokens = []  # no token counted exactly: the text's estimate alone
+        return prompt
+
+
+def _messages(
+    keys: list[int],
+    text_bytes: list[int],
+    seed: int,
+    done: int,
+    messages: Iterable[Mapping[str, Any]],
+    memo: ChatMemo | None,
+) -> tuple[int, int]:
+    """Append the keys of `messages` (as sent: roles, text, what else they hold) after `seed`
+    and `done` bytes of text, and the text bytes up to each; the seed and bytes after them.
+    The hot loop of fingerprinting: a long message sent before comes from `memo` in one hash
+    and one lookup, a short one is one hash."""
+    roles = _ROLES
+    for message in messages:
+        text = message.get("content")
+        if not isinstance(text, str):
+            text = "" if text is None else repr(text)
+        data = text.encode("utf-8", "surrogatepass")
+        role = message.get("role")
+        salt = roles.get(role) if isinstance(role, str) else None
+        if salt is None:
+            salt = _salt(str(role or ""))
+        seed = (seed ^ salt) & _MASK
+        if len(message) > 2 and (extra := _message_extra(message)):
+            seed = _hash(extra.encode("utf-8", "surrogatepass"), seed)
+        done += MESSAGE_BYTES
+        size = len(data)
+        if size <= BLOCK_BYTES:
+            seed = _hash(data, seed)
+            done += size
+            keys.append(seed)
+            text_bytes.append(done)
+            continue
+        whole = 0
+        if memo is not None:  # a message sent before: its blocks' keys, in one lookup
+            whole = _hash(data, seed)
+            found = memo.get(whole, done)
+            if found is not None:
+                keys.extend(found[0])
+                text_bytes.extend(found[1])
+                seed = found[0][-1]
+                done += size
+                continue
+        first = len(keys)
+        view = memoryview(data)
+        for start in range(0, size, BLOCK_BYTES):
+            seed = _hash(view[start : start + BLOCK_BYTES], seed)
+            keys.append(seed)
+            text_bytes.append(done + min(start + BLOCK_BYTES, size))
+        if memo is not None:
+            memo.put(whole, done, tuple(keys[first:]), tuple(text_bytes[first:]))
+        done += size
+    return seed, done
 
 
 def chat_prompt(
@@ -285,24 +346,18 @@ def chat_prompt(
     tools: Any = None,
     bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
     session: int | None = None,
-    memo: BlockMemo | None = None,
+    memo: ChatMemo | None = None,
 ) -> Prompt:
     """A chat's prompt: its messages as sent (roles, text, images, tool calls; thinking is
     left out, as chat templates leave out earlier turns' thinking)."""
-    prompt = Prompt(model, "chat", session=session)
-    build = _Builder(prompt, _start("chat", model, tools), bytes_per_token, memo)
-    for message in messages:
-        content = message.get("content")
-        text = content if isinstance(content, str) else "" if content is None else repr(content)
-        build.text(str(message.get("role") or ""), text, _message_extra(message))
+    prompt = Prompt(model, "chat", session=session, bytes_per_token=bytes_per_token)
+    _messages(prompt.keys, prompt.text_bytes, _start("chat", model, tools), 0, messages, memo)
     return prompt
 
 
 def _message_extra(message: Mapping[str, Any]) -> str:
     """What a message holds besides its text, cheaply: tool calls, tool names, images (by
     size and ends: an image is megabytes of base64)."""
-    if len(message) <= 2:  # role and content only: the common case
-        return ""
     parts: list[str] = []
     calls = message.get("tool_calls")
     if calls:
@@ -327,7 +382,7 @@ def generate_prompt(
     raw: bool = False,
     bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
     session: int | None = None,
-    memo: BlockMemo | None = None,
+    memo: ChatMemo | None = None,
 ) -> Prompt | None:
     """A generate's prompt: its `context` (the conversation's token ids), its system prompt,
     its prompt. None for a `context` that is not token ids (the backend refuses it)."""
@@ -341,7 +396,7 @@ def generate_prompt(
     if system:
         build.text("system", system)
     build.text("user", prompt)
-    return out
+    return build.done()
 
 
 def context_keys(model: str, ids: Sequence[int]) -> Prompt | None:
@@ -352,10 +407,11 @@ def context_keys(model: str, ids: Sequence[int]) -> Prompt | None:
         return None
     out = Prompt(model, "generate")
     try:
-        _Builder(out, _start("generate", model), DEFAULT_BYTES_PER_TOKEN).token_ids(ids)
+        build = _Builder(out, _start("generate", model), DEFAULT_BYTES_PER_TOKEN)
+        build.token_ids(ids)
     except (TypeError, OverflowError):
         return None
-    return out
+    return build.done()
 
 
 @dataclass(slots=True)

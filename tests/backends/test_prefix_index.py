@@ -9,7 +9,7 @@ import tracemalloc
 from app.backends.prefix import (
     BLOCK_BYTES,
     BackendPrefixes,
-    BlockMemo,
+    ChatMemo,
     SessionHomes,
     chat_prompt,
     context_keys,
@@ -52,11 +52,11 @@ def test_the_next_turn_extends_the_reply_as_it_is_sent_back() -> None:
     assert second.ends[len(first.keys)] == reply.tokens < second.tokens
 
 
-def test_the_block_memo_gives_the_keys_the_blocks_would_get_and_stays_bounded() -> None:
+def test_the_chat_memo_gives_the_keys_the_blocks_would_get_and_stays_bounded() -> None:
     """An agent's next turn resends its long messages: their block keys come from the memo,
     exactly as hashing them again gives them (the same message after different text gets
     its own keys), and the memo holds at most its bound."""
-    memo = BlockMemo(max_entries=3)
+    memo = ChatMemo(max_entries=3)
     tool = "tool output line\n" * 400  # 6,800 bytes: four blocks
     turns = [chat(f"task {t}", "ok", tool, "fine", tool + "more") for t in range(3)]
     for messages in turns:
@@ -67,6 +67,18 @@ def test_the_block_memo_gives_the_keys_the_blocks_would_get_and_stays_bounded() 
     assert 0 < len(memo) <= 3
     generated = generate_prompt("m", tool, system=SYSTEM, memo=memo)
     assert generated == generate_prompt("m", tool, system=SYSTEM)
+
+
+def test_the_chat_memo_stays_within_its_keys_when_filled_past_them() -> None:
+    """Thousands of sessions' long messages through a memo bounded at 1,000 keys: it never
+    holds more, and what it gives stays what hashing gives."""
+    memo = ChatMemo(max_entries=10_000, max_keys=1000)
+    for i in range(2000):
+        messages = chat(f"tool {i} " * 700, "ok")  # about 5,000 bytes: three blocks
+        memoed = chat_prompt("m", messages, memo=memo)
+        assert memo.keys <= 1000 and len(memo) <= 1000
+        assert memoed.keys == chat_prompt("m", messages).keys
+    assert memo.keys > 0
 
 
 def test_a_generates_context_is_matched_as_a_next_generate_sends_it_back() -> None:
