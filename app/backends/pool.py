@@ -41,6 +41,7 @@ from app.backends.prefix import (
     BackendPrefixes,
     ChatMemo,
     Estimate,
+    PrefixHolders,
     Prompt,
     SessionHomes,
     chat_prompt,
@@ -163,6 +164,8 @@ class BackendPool:
         self.sessions = sessions if sessions is not None else SessionHomes()
         self.bytes_per_token: dict[str, float] = {}
         self.chat_memo = ChatMemo()
+        self.prefix_holders = PrefixHolders()
+        """Which backends hold each prefix key (ranking's matches for the fleet at once)."""
         """Long messages' block keys, so an agent's resent history is fingerprinted at C speed."""
         self._leases = 0
         """Leases handed out (numbers a run's expected work while it holds its slot)."""
@@ -194,6 +197,7 @@ class BackendPool:
         state = BackendState(spec, client, token_set=token is not None)
         slots = spec.max_per_model or spec.max_concurrency or UNLIMITED_SLOTS
         state.prefixes = BackendPrefixes(slots, self.prefix_entries)
+        state.prefixes.attach(self.prefix_holders)
         client.on_final = lambda model, final: self._finished(state, model, final)
         return state
 
@@ -292,6 +296,8 @@ class BackendPool:
             removed = [state for state in self.states if id(state) not in kept]
             if added or removed or [id(s) for s in states] != [id(s) for s in self.states]:
                 self.states = states
+            for state in removed:
+                state.prefixes.detach()
         return Reconciled(added, removed)
 
     def remove(self, backend: str) -> BackendState:
@@ -307,6 +313,7 @@ class BackendPool:
             if len(self.states) == 1:
                 raise ValueError(f"backend {state.spec.name!r} is the last one; add another first")
             self.states = [s for s in self.states if s is not state]
+            state.prefixes.detach()
         return state
 
     @property
@@ -476,7 +483,11 @@ class BackendPool:
         home_name = home[0] if home is not None else None
         keys, default_load = prompt.keys, self.default_load
         total = prompt.tokens
-        rows: list[tuple[float, int, float, BackendState, int, float | None, bool]] = []
+        holders = self.prefix_holders
+        # every backend's longest cached prefix, for the whole fleet at once: (bits, keys,
+        # tokens) from the longest down
+        levels = [(mask, count, prompt.tokens_at(count)) for mask, count in holders.levels(keys)]
+        rows: list[tuple[float, int, float, BackendState, int, float, float | None, bool]] = []
         best = 0
         rate_sum, rated = 0.0, 0
         for state in healthy:
@@ -485,21 +496,30 @@ class BackendPool:
                 key, loaded=loaded, batch=batch, default_load=default_load
             )
             prefixes = state.prefixes
-            matched = prefixes.matched(keys) if loaded else 0
-            if matched > best:
-                best = matched
+            matched, cached = 0, 0.0
+            if loaded and levels:
+                bit = prefixes.bit
+                if prefixes.holders is holders:
+                    for mask, count, tokens in levels:
+                        if mask & bit:
+                            matched, cached = count, tokens
+                            break
+                else:  # not one of the pool's (a test's own state): its own search
+                    matched = prefixes.matched(keys)
+                    cached = prompt.tokens_at(matched)
+                if matched > best:
+                    best = matched
             rate = state.seconds_per_token(key)
             if rate is not None:
                 rate_sum += rate
                 rated += 1
             is_home = 0 if state.spec.name == home_name else 1
-            rows.append((wait, is_home, load, state, matched, rate, prefixes.full(key)))
+            full = key in prefixes.full_models
+            rows.append((wait, is_home, load, state, matched, cached, rate, full))
         fleet = rate_sum / rated if rated else DEFAULT_PROMPT_SECONDS_PER_TOKEN
-        ends = prompt.ends
         home_cached = min(prompt.tokens_at(best), home[1]) if home is not None else 0.0
         scored: list[tuple[float, int, float, BackendState, int, float, float, bool]] = []
-        for wait, is_home, load, state, matched, rate, full in rows:
-            cached = ends[matched - 1] if matched > 0 else 0.0
+        for wait, is_home, load, state, matched, cached, rate, full in rows:
             if not is_home and matched < best and home_cached > cached:
                 cached = home_cached
             per_token = fleet if rate is None else rate

@@ -48,7 +48,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -56,6 +56,7 @@ __all__ = [
     "BLOCK_BYTES",
     "BackendPrefixes",
     "ChatMemo",
+    "PrefixHolders",
     "Prompt",
     "SessionHomes",
     "chat_prompt",
@@ -156,8 +157,7 @@ class Prompt:
         return build.done()
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+class Estimate(NamedTuple):
     """What routing expects of one backend for one request."""
 
     ttft: float
@@ -449,6 +449,82 @@ LIVE_SECONDS = 300.0
 a conversation that will be back: pushing it out of a backend's cache costs its next turn."""
 
 
+class PrefixHolders:
+    """Which of a pool's backends hold each key, one bit per backend: ranking finds every
+    backend's longest cached prefix of a request in a few lookups for the whole fleet
+    (`levels`) instead of a binary search per backend. Each `BackendPrefixes` attached to
+    it (`attach`) keeps its bit on the keys it holds; bounded by what they hold."""
+
+    def __init__(self) -> None:
+        self._bits: dict[int, int] = {}
+        self._free: list[int] = []
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def allocate(self) -> int:
+        """A bit no attached backend has."""
+        with self._lock:
+            if self._free:
+                return 1 << self._free.pop()
+            self._next += 1
+            return 1 << (self._next - 1)
+
+    def release(self, bit: int, keys: Iterable[int]) -> None:
+        """The backend with `bit` is gone: take it off `keys` (what it held) and free it."""
+        self.remove(keys, bit)
+        with self._lock:
+            self._free.append(bit.bit_length() - 1)
+            self._free.sort(reverse=True)
+
+    def add(self, keys: Iterable[int], bit: int) -> None:
+        bits = self._bits
+        with self._lock:
+            for key in keys:
+                bits[key] = bits.get(key, 0) | bit
+
+    def remove(self, keys: Iterable[int], bit: int) -> None:
+        bits, clear = self._bits, ~bit
+        with self._lock:
+            for key in keys:
+                left = bits.get(key, 0) & clear
+                if left:
+                    bits[key] = left
+                else:
+                    bits.pop(key, None)
+
+    def levels(self, keys: Sequence[int]) -> list[tuple[int, int]]:
+        """Every backend's longest cached prefix of `keys`, as (the backends' bits, how many
+        keys) from the longest down; a backend in none holds none. A backend holding a key
+        holds every key before it in the request (they hash all that comes before), so the
+        longest prefix any backend not yet placed holds is a binary search over `keys`, and
+        there are as many searches as distinct lengths held (a shared system prompt, a
+        session's history: a few)."""
+        get = self._bits.get
+        if not keys:
+            return []
+        pending = get(keys[0], 0)
+        out: list[tuple[int, int]] = []
+        high = len(keys)
+        while pending:
+            low = 1  # every pending backend holds keys[:low]; find the largest such low
+            while low < high:
+                middle = (low + high + 1) // 2
+                if get(keys[middle - 1], 0) & pending:
+                    low = middle
+                else:
+                    high = middle - 1
+            mask = get(keys[low - 1], 0) & pending
+            if not mask:  # changed meanwhile (another thread): the rest hold nothing known
+                break
+            out.append((mask, low))
+            pending &= ~mask
+            high = low - 1
+        return out
+
+
 class BackendPrefixes:
     """One backend's prompt cache as the index models it (see the module docstring).
 
@@ -456,11 +532,16 @@ class BackendPrefixes:
     all, the least recently used prompts forgotten first. Safe from several threads."""
 
     def __init__(self, slots: int = 4, max_entries: int = 4096) -> None:
-        self.slots = max(1, slots)
+        self._slots = max(1, slots)
         self.max_entries = max(1, max_entries)
         self._sequences: OrderedDict[int, _Sequence] = OrderedDict()
         self._by_model: dict[str, OrderedDict[int, _Sequence]] = {}
         self._held: dict[int, int] = {}
+        self.full_models: set[str] = set()
+        """The models whose every slot holds a prompt (`full`)."""
+        self.holders: PrefixHolders | None = None
+        self.bit = 0
+        """This backend's bit in `holders` (0: not attached)."""
         self._next = 0
         self._version = 0
         """Counts changes of the prompts held (what `displaced` worked out is kept per it)."""
@@ -472,6 +553,33 @@ class BackendPrefixes:
     def __len__(self) -> int:
         return len(self._held)
 
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @slots.setter
+    def slots(self, slots: int) -> None:
+        with self._lock:
+            self._slots = max(1, slots)
+            self.full_models = {m for m, mine in self._by_model.items() if len(mine) >= self._slots}
+
+    def attach(self, holders: PrefixHolders) -> None:
+        """Keep this backend's keys in a pool's `holders` (under a bit of its own)."""
+        with self._lock:
+            if self.holders is not None:
+                return
+            self.bit = holders.allocate()
+            self.holders = holders
+            holders.add(self._held, self.bit)
+
+    def detach(self) -> None:
+        """Leave the pool's `holders` (the backend left the pool): its keys, its bit."""
+        with self._lock:
+            holders, self.holders = self.holders, None
+            if holders is not None:
+                holders.release(self.bit, self._held)
+            self.bit = 0
+
     def matched(self, keys: Sequence[int]) -> int:
         """How many of `keys`, from the first, are cached here."""
         held = self._held
@@ -481,8 +589,7 @@ class BackendPrefixes:
 
     def full(self, model: str) -> bool:
         """Every slot of `model` holds a prompt (a new one would push one out)."""
-        mine = self._by_model.get(model)
-        return mine is not None and len(mine) >= self.slots
+        return model in self.full_models
 
     def displaced(self, model: str, keys: Sequence[int], kept: float) -> float:
         """Tokens that evaluating a prompt with `keys` here would push out of the cache and
@@ -547,11 +654,10 @@ class BackendPrefixes:
             alias = alias[: self.max_entries - len(keys)]
             entry = _Sequence(model, keys, array("f", ends[: len(keys)]), time.monotonic(), alias)
             self._sequences[self._next] = mine[self._next] = entry
-            held = self._held
-            for key in keys:
-                held[key] = held.get(key, 0) + 1
-            for key in alias:
-                held[key] = held.get(key, 0) + 1
+            if len(mine) >= self._slots:
+                self.full_models.add(model)
+            self._hold(keys)
+            self._hold(alias)
             self.entries += len(keys) + len(alias)
             self._trim()
             return self._next
@@ -566,9 +672,7 @@ class BackendPrefixes:
             entry.ends.extend(ends[: len(keys)])
             entry.used = time.monotonic()
             self._version += 1
-            held = self._held
-            for key in keys:
-                held[key] = held.get(key, 0) + 1
+            self._hold(keys)
             self.entries += len(keys)
             assert sequence is not None
             self._sequences.move_to_end(sequence)
@@ -595,11 +699,26 @@ class BackendPrefixes:
         while self.entries > self.max_entries and len(self._sequences) > 1:
             self._remove(next(iter(self._sequences)))
 
+    def _hold(self, keys: Sequence[int]) -> None:
+        held = self._held
+        new: list[int] = []
+        for key in keys:
+            count = held.get(key, 0)
+            held[key] = count + 1
+            if not count:
+                new.append(key)
+        if new and self.holders is not None:
+            self.holders.add(new, self.bit)
+
     def _remove(self, sequence: int) -> None:
         self._version += 1
         entry = self._sequences.pop(sequence)
-        del self._by_model[entry.model][sequence]
+        mine = self._by_model[entry.model]
+        del mine[sequence]
+        if len(mine) < self._slots:
+            self.full_models.discard(entry.model)
         held = self._held
+        gone: list[int] = []
         for keys in (entry.keys, entry.alias):
             for key in keys:
                 count = held.get(key, 0) - 1
@@ -607,6 +726,9 @@ class BackendPrefixes:
                     held[key] = count
                 else:
                     held.pop(key, None)
+                    gone.append(key)
+        if gone and self.holders is not None:
+            self.holders.remove(gone, self.bit)
         self.entries -= len(entry.keys) + len(entry.alias)
 
 

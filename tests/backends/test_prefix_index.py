@@ -10,6 +10,7 @@ from app.backends.prefix import (
     BLOCK_BYTES,
     BackendPrefixes,
     ChatMemo,
+    PrefixHolders,
     SessionHomes,
     chat_prompt,
     context_keys,
@@ -209,3 +210,32 @@ def test_sessions_are_bounded_and_expire() -> None:
     gone = SessionHomes(ttl=0)
     gone.remember(keys[0], "b0", 1.0)
     assert gone.home(keys[0]) is None
+
+
+def test_the_fleets_matches_at_once_are_each_backends_own() -> None:
+    """`PrefixHolders.levels` gives every backend the longest prefix its own search finds,
+    as prompts come and go (slots taken over, the index trimmed, a backend detached)."""
+    holders = PrefixHolders()
+    backends = [BackendPrefixes(slots=2, max_entries=60) for _ in range(6)]
+    for backend in backends:
+        backend.attach(holders)
+    systems = [SYSTEM, SYSTEM[:-200] + "other end", "short system"]
+    prompts = [
+        chat_prompt("m", chat(*[f"turn {s}.{t} " * 90 for t in range(turns)], system=system))
+        for s, system in enumerate(systems * 3)
+        for turns in (1, 3, 6)
+    ]
+    for i, prompt in enumerate(prompts):
+        backends[(i * 7) % len(backends)].record("m", prompt.keys, prompt.ends)
+        if i == len(prompts) // 2:
+            backends[-1].detach()
+        for probe in prompts:
+            levels = holders.levels(probe.keys)
+            for backend in backends:
+                found = next((count for mask, count in levels if mask & backend.bit), 0)
+                assert found == (backend.matched(probe.keys) if backend.bit else 0)
+    kept = sum(len(backend) for backend in backends if backend.bit)
+    assert 0 < len(holders) <= kept
+    for backend in backends:
+        backend.detach()
+    assert len(holders) == 0

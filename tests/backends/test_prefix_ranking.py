@@ -47,3 +47,30 @@ def test_a_free_cache_slot_behind_the_few_worked_out_is_still_chosen() -> None:
         names = asyncio.run(ranked_names(free))
         assert names[0] == f"b{free}", (free, names[:3])
         assert len(names) == 24
+
+
+def test_a_backend_taken_out_of_the_pool_leaves_the_fleets_holders() -> None:
+    """A backend removed from the pool takes its keys and its bit out of the pool's map of
+    holders; one added after it gets a bit of its own, and finds nothing it did not hold."""
+
+    async def run() -> None:
+        specs = [parse_backend(f"b{i}=http://b{i}.test:11434;max=4") for i in range(3)]
+        pool = BackendPool(specs, prefix_routing=True)
+        try:
+            prompt = pool.chat_prompt(MODEL, conversation("gone"))
+            assert prompt is not None
+            gone = pool.states[1]
+            gone.prefixes.record(MODEL, prompt.keys, prompt.ends)
+            assert pool.prefix_holders.levels(prompt.keys) == [
+                (gone.prefixes.bit, len(prompt.keys))
+            ]
+            pool.remove("b1")
+            assert gone.prefixes.bit == 0 and len(pool.prefix_holders) == 0
+            added = pool.add("b3=http://b3.test:11434;max=4")
+            assert added.prefixes.bit and pool.prefix_holders.levels(prompt.keys) == []
+            bits = [state.prefixes.bit for state in pool.states]
+            assert len(set(bits)) == len(bits)
+        finally:
+            await pool.aclose()
+
+    asyncio.run(run())
