@@ -487,10 +487,15 @@ class BackendPool:
         # every backend's longest cached prefix, for the whole fleet at once: (bits, keys,
         # tokens) from the longest down
         levels = [(mask, count, prompt.tokens_at(count)) for mask, count in holders.levels(keys)]
-        rows: list[tuple[float, int, float, BackendState, int, float, float | None, bool]] = []
+        # a row per backend: (ttft, is_home, load, order, state, matched, per_token, cached,
+        # full); sorted as tuples, `order` (unique) breaks what the first three leave tied
+        scored: list[tuple[float, int, float, int, BackendState, int, float, float, bool]] = []
+        late: list[tuple[int, float]] = []
+        """Rows whose time waits for the whole fleet: the session's home (the longest prefix
+        held anywhere), a backend without a prompt rate of its own (the fleet's mean)."""
         best = 0
         rate_sum, rated = 0.0, 0
-        for state in healthy:
+        for order, state in enumerate(healthy):
             loaded = any(same(m, model) for m in state.loaded)
             wait, load = state.expected_wait(
                 key, loaded=loaded, batch=batch, default_load=default_load
@@ -510,40 +515,60 @@ class BackendPool:
                 if matched > best:
                     best = matched
             rate = state.seconds_per_token(key)
-            if rate is not None:
+            is_home = 1
+            if state.spec.name == home_name:
+                is_home = 0
+                late.append((order, wait))
+            if rate is None:
+                if is_home:
+                    late.append((order, wait))
+                rate = 0.0  # worked out below
+            else:
                 rate_sum += rate
                 rated += 1
-            is_home = 0 if state.spec.name == home_name else 1
-            full = key in prefixes.full_models
-            rows.append((wait, is_home, load, state, matched, cached, rate, full))
-        fleet = rate_sum / rated if rated else DEFAULT_PROMPT_SECONDS_PER_TOKEN
-        home_cached = min(prompt.tokens_at(best), home[1]) if home is not None else 0.0
-        scored: list[tuple[float, int, float, BackendState, int, float, float, bool]] = []
-        for wait, is_home, load, state, matched, cached, rate, full in rows:
-            if not is_home and matched < best and home_cached > cached:
-                cached = home_cached
-            per_token = fleet if rate is None else rate
             uncached = total - cached
-            ttft = wait + (uncached if uncached > 1.0 else 1.0) * per_token
-            scored.append((ttft, is_home, load, state, matched, per_token, cached, full))
-        scored.sort(key=_first_three)
+            ttft = wait + (uncached if uncached > 1.0 else 1.0) * rate
+            full = key in prefixes.full_models
+            scored.append((ttft, is_home, load, order, state, matched, rate, cached, full))
+        if late:
+            fleet = rate_sum / rated if rated else DEFAULT_PROMPT_SECONDS_PER_TOKEN
+            home_cached = min(prompt.tokens_at(best), home[1]) if home is not None else 0.0
+            for order, wait in late:
+                _, is_home, load, _, state, matched, _, cached, full = scored[order]
+                if not is_home and matched < best and home_cached > cached:
+                    cached = home_cached
+                own = state.seconds_per_token(key)
+                per_token = fleet if own is None else own
+                uncached = total - cached
+                ttft = wait + (uncached if uncached > 1.0 else 1.0) * per_token
+                scored[order] = (
+                    ttft,
+                    is_home,
+                    load,
+                    order,
+                    state,
+                    matched,
+                    per_token,
+                    cached,
+                    full,
+                )
+        scored.sort()
         # what a backend would push out of its cache only adds to its cost: it is worked
         # out for the best-ranked ones until the next one's time alone cannot win
-        ranked: list[tuple[float, int, float, BackendState]] = []
+        ranked: list[tuple[float, int, float, int, BackendState]] = []
         estimates: dict[str, Estimate] = {}
         bound = least_push = float("inf")
-        for i, (ttft, is_home, load, state, matched, per_token, cached, full) in enumerate(scored):
+        for i, row in enumerate(scored):
+            ttft, is_home, load, order, state, matched, per_token, cached, full = row
             if ttft >= bound or i >= DISPLACED_CANDIDATES:
                 rest = scored[i:]
                 # past the few worked out, one whose slots are all taken is taken to push
                 # out at least the least any of them would (had one pushed out nothing,
                 # its time would have bounded the rest before the few ran out)
                 more = least_push if ttft < bound else 0.0
-                ranked.extend(
-                    (row[0] + more if row[7] else row[0], row[1], row[2], row[3]) for row in rest
-                )
-                for row in rest[: DISPLACED_CANDIDATES - len(estimates)]:
-                    estimates[row[3].spec.name] = Estimate(row[0], row[6], row[4])
+                ranked.extend((r[0] + more if r[8] else r[0], r[1], r[2], r[3], r[4]) for r in rest)
+                for r in rest[: DISPLACED_CANDIDATES - len(estimates)]:
+                    estimates[r[4].spec.name] = Estimate(r[0], r[7], r[5])
                 break
             pushed = state.prefixes.displaced(key, keys, cached) if full else 0.0
             cost = ttft + DISPLACED_WEIGHT * pushed * per_token
@@ -552,10 +577,10 @@ class BackendPool:
             if cost - ttft < least_push:
                 least_push = cost - ttft
             estimates[state.spec.name] = Estimate(ttft, cached, matched, pushed)
-            ranked.append((cost, is_home, load, state))
-        ranked.sort(key=_first_three)
+            ranked.append((cost, is_home, load, order, state))
+        ranked.sort()
         prompt.estimates = estimates
-        return [row[3] for row in ranked]
+        return [row[4] for row in ranked]
 
     def _has_free_slot(self, state: BackendState, key: str | None, batch: bool) -> bool:
         """A request would start on `state` now, not queue: a slot of its gate fits, or
