@@ -484,9 +484,15 @@ class BackendPool:
         keys, default_load = prompt.keys, self.default_load
         total = prompt.tokens
         holders = self.prefix_holders
-        # every backend's longest cached prefix, for the whole fleet at once: (bits, keys,
-        # tokens) from the longest down
-        levels = [(mask, count, prompt.tokens_at(count)) for mask, count in holders.levels(keys)]
+        # every backend's longest cached prefix, for the whole fleet at once: by its bit in
+        # the pool's holders, its keys and their tokens (none: it holds none)
+        found: dict[int, tuple[int, float]] = {}
+        for mask, count in holders.levels(keys):
+            hit = (count, prompt.tokens_at(count))
+            while mask:
+                bit = mask & -mask
+                found[bit] = hit
+                mask ^= bit
         # a row per backend: (ttft, is_home, load, order, state, matched, per_token, cached,
         # full); sorted as tuples, `order` (unique) breaks what the first three leave tied
         scored: list[tuple[float, int, float, int, BackendState, int, float, float, bool]] = []
@@ -502,19 +508,18 @@ class BackendPool:
             )
             prefixes = state.prefixes
             matched, cached = 0, 0.0
-            if loaded and levels:
-                bit = prefixes.bit
+            if loaded and found:
                 if prefixes.holders is holders:
-                    for mask, count, tokens in levels:
-                        if mask & bit:
-                            matched, cached = count, tokens
-                            break
+                    hit = found.get(prefixes.bit)
+                    if hit is not None:
+                        matched, cached = hit
                 else:  # not one of the pool's (a test's own state): its own search
                     matched = prefixes.matched(keys)
                     cached = prompt.tokens_at(matched)
                 if matched > best:
                     best = matched
-            rate = state.seconds_per_token(key)
+            rated_as = state.prompt_rate.get(key)  # `seconds_per_token`, inline: per backend
+            rate = rated_as[1] / rated_as[0] if rated_as is not None else None
             is_home = 1
             if state.spec.name == home_name:
                 is_home = 0
@@ -555,7 +560,7 @@ class BackendPool:
         scored.sort()
         # what a backend would push out of its cache only adds to its cost: it is worked
         # out for the best-ranked ones until the next one's time alone cannot win
-        ranked: list[tuple[float, int, float, int, BackendState]] = []
+        ranked: list[tuple[Any, ...]] = []
         estimates: dict[str, Estimate] = {}
         bound = least_push = float("inf")
         for i, row in enumerate(scored):
@@ -566,7 +571,10 @@ class BackendPool:
                 # out at least the least any of them would (had one pushed out nothing,
                 # its time would have bounded the rest before the few ran out)
                 more = least_push if ttft < bound else 0.0
-                ranked.extend((r[0] + more if r[8] else r[0], r[1], r[2], r[3], r[4]) for r in rest)
+                if more:
+                    ranked.extend([(r[0] + more, *r[1:5]) if r[8] else r for r in rest])
+                else:  # rows compare by their first four (`order` is unique): as they are
+                    ranked.extend(rest)
                 for r in rest[: DISPLACED_CANDIDATES - len(estimates)]:
                     estimates[r[4].spec.name] = Estimate(r[0], r[7], r[5])
                 break

@@ -231,7 +231,7 @@ class ChatMemo:
 
     def put(self, whole: int, start: int, keys: tuple[int, ...], ends: tuple[int, ...]) -> None:
         if len(self._entries) >= self.max_entries or self.keys + len(keys) > self.max_keys:
-            self._entries = {}
+            self._entries.clear()
             self.keys = 0
         self._entries[whole] = (start, keys, ends)
         self.keys += len(keys)
@@ -297,6 +297,7 @@ def _messages(
     The hot loop of fingerprinting: a long message sent before comes from `memo` in one hash
     and one lookup, a short one is one hash."""
     roles = _ROLES
+    memoed = memo._entries if memo is not None else None
     for message in messages:
         text = message.get("content")
         if not isinstance(text, str):
@@ -306,7 +307,7 @@ def _messages(
         salt = roles.get(role) if isinstance(role, str) else None
         if salt is None:
             salt = _salt(str(role or ""))
-        seed = (seed ^ salt) & _MASK
+        seed ^= salt  # both 64 bits
         if len(message) > 2 and (extra := _message_extra(message)):
             seed = _hash(extra.encode("utf-8", "surrogatepass"), seed)
         done += MESSAGE_BYTES
@@ -318,13 +319,13 @@ def _messages(
             text_bytes.append(done)
             continue
         whole = 0
-        if memo is not None:  # a message sent before: its blocks' keys, in one lookup
+        if memoed is not None:  # a message sent before: its blocks' keys, in one lookup
             whole = _hash(data, seed)
-            found = memo.get(whole, done)
-            if found is not None:
-                keys.extend(found[0])
-                text_bytes.extend(found[1])
-                seed = found[0][-1]
+            found = memoed.get(whole)
+            if found is not None and found[0] == done:
+                keys.extend(found[1])
+                text_bytes.extend(found[2])
+                seed = found[1][-1]
                 done += size
                 continue
         first = len(keys)
