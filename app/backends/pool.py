@@ -496,9 +496,9 @@ class BackendPool:
         # a row per backend: (ttft, is_home, load, order, state, matched, per_token, cached,
         # full); sorted as tuples, `order` (unique) breaks what the first three leave tied
         scored: list[tuple[float, int, float, int, BackendState, int, float, float, bool]] = []
+        # rows (and their wait) whose time waits for the whole fleet: the session's home (the
+        # longest prefix held anywhere), a backend without a prompt rate (the fleet's mean)
         late: list[tuple[int, float]] = []
-        """Rows whose time waits for the whole fleet: the session's home (the longest prefix
-        held anywhere), a backend without a prompt rate of its own (the fleet's mean)."""
         best = 0
         rate_sum, rated = 0.0, 0
         for order, state in enumerate(healthy):
@@ -508,14 +508,17 @@ class BackendPool:
             )
             prefixes = state.prefixes
             matched, cached = 0, 0.0
-            if loaded and found:
-                if prefixes.holders is holders:
-                    hit = found.get(prefixes.bit)
-                    if hit is not None:
-                        matched, cached = hit
-                else:  # not one of the pool's (a test's own state): its own search
-                    matched = prefixes.matched(keys)
-                    cached = prompt.tokens_at(matched)
+            if not loaded:
+                pass
+            elif prefixes.holders is holders:
+                held_here = found.get(prefixes.bit) if found else None
+                if held_here is not None:
+                    matched, cached = held_here
+                    if matched > best:
+                        best = matched
+            else:  # not one of the pool's holders (a state set up on its own): its search
+                matched = prefixes.matched(keys)
+                cached = prompt.tokens_at(matched)
                 if matched > best:
                     best = matched
             rated_as = state.prompt_rate.get(key)  # `seconds_per_token`, inline: per backend
