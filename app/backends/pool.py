@@ -104,6 +104,13 @@ conversation than a backend has slots costs again on the turns after (agent sess
 tens of turns). Counted twice, a backend holding as many live conversations as slots takes
 a new one only when elsewhere is clearly slower."""
 
+HOME_TIE_SECONDS = 0.005
+HOME_TIE_SHARE = 0.02
+"""A session's home backend counts as tied with the best-ranked one, and is chosen, when its
+expected cost is within `HOME_TIE_SECONDS` or `HOME_TIE_SHARE` of the best's (whichever is
+more): the estimates are not that precise (each backend's prompt rate is a running mean of
+noisy runs), so a session does not move for microseconds of it."""
+
 
 class BackendPool:
     """The configured Ollama servers, one `OllamaClient` each.
@@ -474,7 +481,8 @@ class BackendPool:
         keeps one prompt per parallel slot, and a backend that takes every new session
         because it holds their shared system prompt would make them all evaluate their
         histories again). The session's home counts as holding at least the longest
-        prefix held anywhere (up to what its last turn left there) and wins ties.
+        prefix held anywhere (up to what its last turn left there) and wins ties, within
+        the estimates' noise (`HOME_TIE_SECONDS`, `HOME_TIE_SHARE`).
 
         Asked for every request of every backend: one pass over the backends with the
         fewest calls, the push-out worked out only for the best-ranked few
@@ -590,6 +598,8 @@ class BackendPool:
             estimates[state.spec.name] = Estimate(ttft, cached, matched, pushed)
             ranked.append((cost, is_home, load, order, state))
         ranked.sort()
+        if home_name is not None and ranked[0][1]:  # the home, if in the race, is not first
+            _home_first(ranked)
         prompt.estimates = estimates
         return [row[4] for row in ranked]
 
@@ -822,6 +832,20 @@ class BackendPool:
         await self.keep_warm.aclose()
         for state in self.states:
             await state.client.aclose()
+
+
+def _home_first(ranked: list[tuple[Any, ...]]) -> None:
+    """Put the session's home (the row whose second field is 0) first when its cost (the
+    first field) is within the tie margins of the best's (`HOME_TIE_SECONDS`,
+    `HOME_TIE_SHARE`)."""
+    best = ranked[0][0]
+    margin = max(HOME_TIE_SECONDS, HOME_TIE_SHARE * best)
+    for i, row in enumerate(ranked):
+        if row[0] - best > margin:
+            return
+        if not row[1]:
+            ranked.insert(0, ranked.pop(i))
+            return
 
 
 def _number(value: Any) -> TypeGuard[int | float]:

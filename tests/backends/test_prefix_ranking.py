@@ -74,3 +74,36 @@ def test_a_backend_taken_out_of_the_pool_leaves_the_fleets_holders() -> None:
             await pool.aclose()
 
     asyncio.run(run())
+
+
+def test_a_sessions_home_wins_within_the_estimates_noise_only() -> None:
+    """A session's next turn stays on its home when another backend is expected faster by
+    less than the tie margins (its prompt rate a hair better); it moves when the other is
+    clearly faster."""
+
+    async def chosen(other_rate: float) -> str:
+        specs = [parse_backend(f"b{i}=http://b{i}.test:11434;max=4") for i in range(3)]
+        pool = BackendPool(specs, prefix_routing=True)
+        try:
+            for state, rate in zip(pool.states, (0.25e-3, other_rate, 1e-3), strict=True):
+                state.models, state.loaded = [MODEL], [MODEL]
+                state.inventory_at = float("inf")
+                state.record_prompt(MODEL, 4000, 4000 * rate)
+            first = pool.chat_prompt(MODEL, conversation("s"), session="s")
+            await pool.candidates(MODEL, prompt=first)
+            pool.served(first, pool.states[0], reply="done")  # its home: b0
+            turn = [*conversation("s"), {"role": "assistant", "content": "done"}]
+            turn.append({"role": "user", "content": "and now?"})
+            again = pool.chat_prompt(MODEL, turn, session="s")
+            assert again is not None
+            ranked = await pool.candidates(MODEL, prompt=again)
+            home, other = again.estimates["b0"].ttft, again.estimates["b1"].ttft
+            if other_rate < 0.25e-3:
+                assert other < home, "the other is expected faster"
+            return ranked[0].spec.name
+        finally:
+            await pool.aclose()
+
+    assert asyncio.run(chosen(0.2499e-3)) == "b0", "a hair faster: the home stays"
+    assert asyncio.run(chosen(0.25e-3)) == "b0", "tied: the home"
+    assert asyncio.run(chosen(0.15e-3)) == "b1", "clearly faster: the session moves"
