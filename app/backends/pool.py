@@ -494,13 +494,16 @@ class BackendPool:
         holders = self.prefix_holders
         # every backend's longest cached prefix, for the whole fleet at once: by its bit in
         # the pool's holders, its keys and their tokens (none: it holds none)
-        found: dict[int, tuple[int, float]] = {}
+        found: dict[int, tuple[int, float, float]] = {}
         for mask, count in holders.levels(keys):
-            hit = (count, prompt.tokens_at(count))
+            cached = prompt.tokens_at(count)
+            uncached = total - cached
+            hit = (count, cached, uncached if uncached > 1.0 else 1.0)
             while mask:
                 bit = mask & -mask
                 found[bit] = hit
                 mask ^= bit
+        everything = total if total > 1.0 else 1.0
         # a row per backend: (ttft, is_home, load, order, state, matched, per_token, cached,
         # full); sorted as tuples, `order` (unique) breaks what the first three leave tied
         scored: list[tuple[float, int, float, int, BackendState, int, float, float, bool]] = []
@@ -508,46 +511,44 @@ class BackendPool:
         # longest prefix held anywhere), a backend without a prompt rate (the fleet's mean)
         late: list[tuple[int, float]] = []
         best = 0
-        rate_sum, rated = 0.0, 0
+        found_get, nothing = found.get, (0, 0.0, everything)
         for order, state in enumerate(healthy):
             loaded = any(same(m, model) for m in state.loaded)
             wait, load = state.expected_wait(
                 key, loaded=loaded, batch=batch, default_load=default_load
             )
             prefixes = state.prefixes
-            matched, cached = 0, 0.0
             if not loaded:
-                pass
-            elif prefixes.holders is holders:
-                held_here = found.get(prefixes.bit) if found else None
-                if held_here is not None:
-                    matched, cached = held_here
-                    if matched > best:
-                        best = matched
-            else:  # not one of the pool's holders (a state set up on its own): its search
+                matched, cached, uncached = nothing
+            elif bit := prefixes.bit:  # one of the pool's: in `found` when it holds any
+                matched, cached, uncached = found_get(bit, nothing)
+                if matched > best:
+                    best = matched
+            else:  # a state set up on its own, outside the pool's holders: its own search
                 matched = prefixes.matched(keys)
                 cached = prompt.tokens_at(matched)
+                uncached = total - cached
+                if uncached < 1.0:
+                    uncached = 1.0
                 if matched > best:
                     best = matched
             rated_as = state.prompt_rate.get(key)  # `seconds_per_token`, inline: per backend
-            rate = rated_as[1] / rated_as[0] if rated_as is not None else None
             is_home = 1
-            if state.spec.name == home_name:
-                is_home = 0
+            if rated_as is None or state.spec.name == home_name:
+                is_home = 0 if state.spec.name == home_name else 1
                 late.append((order, wait))
-            if rate is None:
-                if is_home:
-                    late.append((order, wait))
                 rate = 0.0  # worked out below
             else:
-                rate_sum += rate
-                rated += 1
-            uncached = total - cached
-            ttft = wait + (uncached if uncached > 1.0 else 1.0) * rate
+                rate = rated_as[1] / rated_as[0]
             full = key in prefixes.full_models
-            scored.append((ttft, is_home, load, order, state, matched, rate, cached, full))
+            scored.append(
+                (wait + uncached * rate, is_home, load, order, state, matched, rate, cached, full)
+            )
         if late:
-            fleet = rate_sum / rated if rated else DEFAULT_PROMPT_SECONDS_PER_TOKEN
+            fleet = DEFAULT_PROMPT_SECONDS_PER_TOKEN
+            if any(scored[order][4].prompt_rate.get(key) is None for order, _ in late):
+                known = [r for r in (s.seconds_per_token(key) for s in healthy) if r is not None]
+                fleet = sum(known) / len(known) if known else fleet
             home_cached = min(prompt.tokens_at(best), home[1]) if home is not None else 0.0
             for order, wait in late:
                 _, is_home, load, _, state, matched, _, cached, full = scored[order]

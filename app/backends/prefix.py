@@ -600,7 +600,7 @@ class BackendPrefixes:
         backend's prompts is worked out once per change of them (ranking asks it of every
         backend for every request)."""
         mine = self._by_model.get(model)
-        if not mine or len(mine) < self.slots:
+        if not mine or len(mine) < self._slots:
             return 0.0
         victim = self._victims.get(model)
         if victim is None or victim.version != self._version:
@@ -648,7 +648,7 @@ class BackendPrefixes:
                     alias = alias or entry.alias
                     self._remove(i)  # it goes on in that slot
                     break
-            while len(mine) >= self.slots:
+            while len(mine) >= self._slots:
                 self._remove(next(iter(mine)))
             self._next += 1
             self._version += 1
