@@ -296,31 +296,31 @@ def _messages(
     and `done` bytes of text, and the text bytes up to each; the seed and bytes after them.
     The hot loop of fingerprinting: a long message sent before comes from `memo` in one hash
     and one lookup, a short one is one hash."""
-    roles = _ROLES
+    roles, hash_, block, framing = _ROLES, _hash, BLOCK_BYTES, MESSAGE_BYTES
     memoed = memo._entries if memo is not None else None
     for message in messages:
         text = message.get("content")
         if not isinstance(text, str):
             text = "" if text is None else repr(text)
         data = text.encode("utf-8", "surrogatepass")
-        role = message.get("role")
-        salt = roles.get(role) if isinstance(role, str) else None
-        if salt is None:
-            salt = _salt(str(role or ""))
-        seed ^= salt  # both 64 bits
+        role: Any = message.get("role")
+        try:
+            seed ^= roles[role]  # both 64 bits
+        except (KeyError, TypeError):
+            seed ^= _salt(str(role or ""))
         if len(message) > 2 and (extra := _message_extra(message)):
-            seed = _hash(extra.encode("utf-8", "surrogatepass"), seed)
-        done += MESSAGE_BYTES
+            seed = hash_(extra.encode("utf-8", "surrogatepass"), seed)
+        done += framing
         size = len(data)
-        if size <= BLOCK_BYTES:
-            seed = _hash(data, seed)
+        if size <= block:
+            seed = hash_(data, seed)
             done += size
             keys.append(seed)
             text_bytes.append(done)
             continue
         whole = 0
         if memoed is not None:  # a message sent before: its blocks' keys, in one lookup
-            whole = _hash(data, seed)
+            whole = hash_(data, seed)
             found = memoed.get(whole)
             if found is not None and found[0] == done:
                 keys.extend(found[1])
