@@ -492,17 +492,16 @@ class BackendPool:
         keys, default_load = prompt.keys, self.default_load
         total = prompt.tokens
         holders = self.prefix_holders
-        # every backend's longest cached prefix, for the whole fleet at once: by its bit in
-        # the pool's holders, its keys and their tokens (none: it holds none)
-        found: dict[int, tuple[int, float, float]] = {}
+        # every backend's longest cached prefix, for the whole fleet at once: the bits of the
+        # backends holding each length (longest first), with its keys and tokens cached and
+        # uncached; `anywhere`: the bits of all that hold any
+        levels: list[tuple[int, tuple[int, float, float]]] = []
+        anywhere = 0
         for mask, count in holders.levels(keys):
             cached = prompt.tokens_at(count)
             uncached = total - cached
-            hit = (count, cached, uncached if uncached > 1.0 else 1.0)
-            while mask:
-                bit = mask & -mask
-                found[bit] = hit
-                mask ^= bit
+            levels.append((mask, (count, cached, uncached if uncached > 1.0 else 1.0)))
+            anywhere |= mask
         everything = total if total > 1.0 else 1.0
         # a row per backend: (ttft, is_home, load, order, state, matched, per_token, cached,
         # full); sorted as tuples, `order` (unique) breaks what the first three leave tied
@@ -511,7 +510,7 @@ class BackendPool:
         # longest prefix held anywhere), a backend without a prompt rate (the fleet's mean)
         late: list[tuple[int, float]] = []
         best = 0
-        found_get, nothing = found.get, (0, 0.0, everything)
+        nothing = (0, 0.0, everything)
         for order, state in enumerate(healthy):
             loaded = any(same(m, model) for m in state.loaded)
             wait, load = state.expected_wait(
@@ -520,10 +519,15 @@ class BackendPool:
             prefixes = state.prefixes
             if not loaded:
                 matched, cached, uncached = nothing
-            elif bit := prefixes.bit:  # one of the pool's: in `found` when it holds any
-                matched, cached, uncached = found_get(bit, nothing)
-                if matched > best:
-                    best = matched
+            elif bit := prefixes.bit:  # one of the pool's: in a level's bits when it holds any
+                matched, cached, uncached = nothing
+                if bit & anywhere:
+                    for mask, hit in levels:
+                        if mask & bit:
+                            matched, cached, uncached = hit
+                            break
+                    if matched > best:
+                        best = matched
             else:  # a state set up on its own, outside the pool's holders: its own search
                 matched = prefixes.matched(keys)
                 cached = prompt.tokens_at(matched)
