@@ -642,11 +642,19 @@ class BackendPrefixes:
                 alias = old.alias or old.keys
                 self._remove(replaces)
             mine = self._by_model.setdefault(model, OrderedDict())
+            # the prompt this one goes on from, in its slot: its keys stay held and only the
+            # new ones are counted (an agent's next turn resends hundreds of keys)
+            kept: _Sequence | None = None
             for i, entry in mine.items():
                 n = len(entry.keys)
                 if n <= len(keys) and keys[n - 1] == entry.keys[-1]:
                     alias = alias or entry.alias
-                    self._remove(i)  # it goes on in that slot
+                    if keys[:n] == entry.keys:  # it goes on in that slot
+                        kept = entry
+                        del mine[i], self._sequences[i]
+                        self._version += 1
+                    else:
+                        self._remove(i)
                     break
             while len(mine) >= self._slots:
                 self._remove(next(iter(mine)))
@@ -657,8 +665,17 @@ class BackendPrefixes:
             self._sequences[self._next] = mine[self._next] = entry
             if len(mine) >= self._slots:
                 self.full_models.add(model)
-            self._hold(keys)
-            self._hold(alias)
+            else:
+                self.full_models.discard(model)
+            if kept is None:
+                self._hold(keys)
+                self._hold(alias)
+            else:
+                self._hold(keys[len(kept.keys) :])
+                if alias != kept.alias:
+                    self._release(kept.alias)
+                    self._hold(alias)
+                self.entries -= len(kept.keys) + len(kept.alias)
             self.entries += len(keys) + len(alias)
             self._trim()
             return self._next
@@ -718,19 +735,22 @@ class BackendPrefixes:
         del mine[sequence]
         if len(mine) < self._slots:
             self.full_models.discard(entry.model)
+        self._release(entry.keys)
+        self._release(entry.alias)
+        self.entries -= len(entry.keys) + len(entry.alias)
+
+    def _release(self, keys: Sequence[int]) -> None:
         held = self._held
         gone: list[int] = []
-        for keys in (entry.keys, entry.alias):
-            for key in keys:
-                count = held.get(key, 0) - 1
-                if count > 0:
-                    held[key] = count
-                else:
-                    held.pop(key, None)
-                    gone.append(key)
+        for key in keys:
+            count = held.get(key, 0) - 1
+            if count > 0:
+                held[key] = count
+            else:
+                held.pop(key, None)
+                gone.append(key)
         if gone and self.holders is not None:
             self.holders.remove(gone, self.bit)
-        self.entries -= len(entry.keys) + len(entry.alias)
 
 
 def _leading(keys: Sequence[int], held: Mapping[int, int], least: int) -> int:
