@@ -588,7 +588,9 @@ class BackendPool:
                 # its time would have bounded the rest before the few ran out)
                 more = least_push if ttft < bound else 0.0
                 if more:
-                    ranked.extend([(r[0] + more, *r[1:5]) if r[8] else r for r in rest])
+                    ranked.extend(
+                        [(r[0] + more, r[1], r[2], r[3], r[4]) if r[8] else r for r in rest]
+                    )
                 else:  # rows compare by their first four (`order` is unique): as they are
                     ranked.extend(rest)
                 for r in rest[: DISPLACED_CANDIDATES - len(estimates)]:
