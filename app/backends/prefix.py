@@ -19,7 +19,9 @@ Each backend's `BackendPrefixes` models its cache as Ollama keeps it: per model,
 lists of the last `slots` prompts it evaluated (a prompt that extends one goes on in its
 slot, as Ollama's runner does; otherwise the least recently used is replaced), every key
 counted once however many prompts hold it. The longest prefix of a request cached there is
-then a binary search over the request's keys (a key held means every key before it is).
+then a binary search over the request's keys (a key held means every key before it is); a
+pool keeps one map of each key to the backends holding it (`PrefixHolders`), so ranking
+finds every backend's longest prefix from a few searches for the whole fleet.
 It also tells what a request would push out (`displaced`): with every slot taken, the
 least recently used prompt's tokens that no other prompt there shares, when its
 conversation is live; Ollama keeps one prompt per parallel slot, so a backend that takes
@@ -33,10 +35,11 @@ A client may name its session (`RunSpec.session`: OpenAI's `prompt_cache_key`, a
 `x-session-affinity` header, ...). `SessionHomes` remembers, per model and session, the
 backend its last turn ran on and how many tokens it left cached there: that backend is
 taken to hold at least the longest prefix of the request any backend holds (up to that
-count), and wins ties. A routing signal only, chosen by the client: it grants nothing.
+count), and wins ties (within the estimates' noise: `app.backends.pool.HOME_TIE_SECONDS`).
+A routing signal only, chosen by the client: it grants nothing.
 
 Everything here is in-process and bounded (`max_entries` keys per backend, `max_sessions`
-sessions): a cache of what this process sent, which each replica learns on its own; a
+sessions, `ChatMemo`'s entries and keys): a cache of what this process sent, which each replica learns on its own; a
 process that does not know a prefix only routes less well.
 """
 
