@@ -8,6 +8,9 @@ Run by hand; prints a table of CPU microseconds per request (`time.process_time`
 short chat and for agent prompts (a 20,000-token system prompt shared by every session,
 then a history of tool results), with every backend's index holding prompts of other
 sessions (`slots` prompts per backend, a fifth of them sharing the system prompt).
+Each request is a session's next turn (the one before, its reply and a tool result), a new
+session every 20 turns; each is leased (the index records the prompt where it runs) and
+served (the reply extends it there), as a run through the gateway is.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from app.backends.pool import BackendPool
 from app.backends.spec import parse_backend
 
 MODEL = "qwen2.5-coder:32b"
+TURNS = 20
+"""Turns of a session: each request extends the one before (its reply, a tool result), a
+new session every `TURNS` requests."""
 SYSTEM = ("You are a coding agent with these tools and rules. " * 1600)[:80_000]
 
 
@@ -55,13 +61,42 @@ async def measure(backends: int, rounds: int, messages: list[dict[str, str]]) ->
                 if prompt is not None:
                     state.prefixes.record(MODEL, prompt.keys, prompt.ends)
         started = time.process_time()
-        for _ in range(rounds):
-            prompt = pool.chat_prompt(MODEL, messages, session="agent-1")
+        turn, session = messages, ""
+        for r in range(rounds):
+            if r % TURNS == 0:  # a new session: the same prompt, its first turn
+                turn, session = list(messages), f"agent-{r}"
+            prompt = pool.chat_prompt(MODEL, turn, session=session)
             ranked = await pool.candidates(MODEL, prompt=prompt)
-            pool.served(prompt, ranked[0], reply="done", final={"prompt_eval_count": 10})
+            async with pool.lease(ranked[0], MODEL, prompt=prompt) as state:
+                pass  # the slot held: the index records the prompt as evaluated there
+            pool.served(prompt, state, reply=f"done {r}", final={"prompt_eval_count": 10})
+            turn = [
+                *turn,
+                {"role": "assistant", "content": f"done {r}"},
+                {"role": "user", "content": f"tool result {r} " + "z " * 40},
+            ]
         out["index" if routing else "wait only"] = (time.process_time() - started) / rounds
         await pool.aclose()
     return out
+
+
+def report(backends: int = 64, rounds: int = 300) -> list[str]:
+    """The table's lines."""
+    cases: list[tuple[str, Any]] = [
+        ("short chat (3 messages)", [{"role": "user", "content": "hi"}] * 3),
+        ("agent, 20k system + 10k history", agent_messages(1, 10_000)),
+        ("agent, 20k system + 40k history", agent_messages(1, 40_000)),
+    ]
+    lines = [
+        f"prefix index, {backends} backends: CPU microseconds per request (process time; "
+        "fingerprint, rank, lease and record; target: the index adds at most 100)",
+        f"{'prompt':34} {'wait only':>10} {'with index':>11} {'index adds':>11}",
+    ]
+    for label, messages in cases:
+        got = asyncio.run(measure(backends, rounds, messages))
+        wait, index = got["wait only"] * 1e6, got["index"] * 1e6
+        lines.append(f"{label:34} {wait:10.1f} {index:11.1f} {index - wait:11.1f}")
+    return lines
 
 
 def main() -> None:
@@ -69,17 +104,7 @@ def main() -> None:
     parser.add_argument("--backends", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=300)
     args = parser.parse_args()
-    cases: list[tuple[str, Any]] = [
-        ("short chat (3 messages)", [{"role": "user", "content": "hi"}] * 3),
-        ("agent, 20k system + 10k history", agent_messages(1, 10_000)),
-        ("agent, 20k system + 40k history", agent_messages(1, 40_000)),
-    ]
-    print(f"{args.backends} backends, CPU microseconds per request (process time)")
-    print(f"{'prompt':34} {'wait only':>10} {'with index':>11} {'index adds':>11}")
-    for label, messages in cases:
-        got = asyncio.run(measure(args.backends, args.rounds, messages))
-        wait, index = got["wait only"] * 1e6, got["index"] * 1e6
-        print(f"{label:34} {wait:10.1f} {index:11.1f} {index - wait:11.1f}")
+    print("\n".join(report(args.backends, args.rounds)))
 
 
 if __name__ == "__main__":

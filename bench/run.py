@@ -34,8 +34,9 @@ The gateway's rows for a route are left out, with a note, when it does not serve
 prints where the gateway's CPU goes (by package, by function, and the inclusive time of
 the gateway's functions and of the library calls they make).
 At its end it prints `bench/ledger_cost.py`'s table: the usage ledger's CPU per stored run,
-and bench/quota_cost.py's table: the CPU per request of the quota check and charge (no
-quotas, token quotas, requests_per_day).
+bench/quota_cost.py's table: the CPU per request of the quota check and charge (no
+quotas, token quotas, requests_per_day), and bench/prefix_cost.py's: what the prefix index
+adds to a request's routing at 64 backends (fingerprint, ranking, lease and record).
 Quote ratios from one run: these machines are noisy.
 """
 
@@ -67,6 +68,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import ledger_cost
+from bench.prefix_cost import report as prefix_cost_report
 from bench.proc import cpu_seconds, cpu_total, loaded, quiesce, rss_mb
 from bench.quota_cost import report as quota_cost_report
 from tests.support.servers import free_port, running_emulator, running_process
@@ -430,7 +432,9 @@ def main() -> None:
     parser.add_argument("--profile", type=int, help="py-spy each gateway case at this concurrency")
     parser.add_argument("--profile-dir", type=Path, help="keep py-spy's collapsed stacks here")
     parser.add_argument(
-        "--no-extras", action="store_true", help="leave out the ledger and quota cost tables"
+        "--no-extras",
+        action="store_true",
+        help="leave out the ledger, quota and prefix index cost tables",
     )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -712,9 +716,12 @@ def main() -> None:
         return
     # What the usage ledger adds to each stored run (in process, SQLite and PostgreSQL).
     ledger_cost.report()
-    # Last, in this process: what quotas cost per request (bench/quota_cost.py).
+    # In this process: what quotas cost per request (bench/quota_cost.py).
     print()
     print("\n".join(quota_cost_report()))
+    # Last: what the prefix index adds to a request's routing at 64 backends.
+    print()
+    print("\n".join(prefix_cost_report()))
 
 
 if __name__ == "__main__":
