@@ -287,8 +287,8 @@ class Settings(BaseSettings):
     )
     http_transport: Literal["httpx", "aiohttp"] = Field(
         default="aiohttp",
-        description="How the gateway talks to backends: httpx's own transport, or aiohttp "
-        "under httpx's API (`httpx-aiohttp`); see bench/RESULTS.md.",
+        description="How the gateway talks to backends: on aiohttp directly, or on httpx's "
+        "own transport; see bench/RESULTS.md.",
     )
     health_interval: float = Field(
         default=10.0, gt=0, description="Seconds between background backend health checks."

@@ -34,6 +34,7 @@ __all__ = [
     "current_span_context",
     "enable",
     "enabled",
+    "end_http_client_span",
     "end_span",
     "ending",
     "inject",
@@ -42,6 +43,7 @@ __all__ = [
     "monotonic_to_ns",
     "set_attributes",
     "span",
+    "start_http_client_span",
     "start_span",
     "suppressed",
     "use_span",
@@ -91,8 +93,9 @@ def content_enabled() -> bool:
 
 
 def instrument_http_client(client: Any) -> None:
-    """Trace an `httpx.AsyncClient` (its transport, whichever it is): a span per request
-    and `traceparent` sent along. Nothing when tracing is off."""
+    """Trace an `httpx.AsyncClient`: a span per request and `traceparent` sent along.
+    Nothing when tracing is off. (Calls made on aiohttp directly make theirs with
+    `start_http_client_span`.)"""
     if _http_client_hook is not None:
         _http_client_hook(client)
 
@@ -202,6 +205,41 @@ def ending(current: Span | None) -> Iterator[None]:
         raise
     finally:
         end_span(current)
+
+
+def start_http_client_span(method: str, url: str, headers: dict[str, str]) -> Span | None:
+    """The client span of an HTTP request about to be sent by code no instrumentation wraps
+    (the backend calls on aiohttp), under the current span, with its `traceparent` (and
+    `tracestate`) put into `headers`; the same name and attributes as httpx's
+    instrumentation gives its spans. None when tracing is off or suppressed (`suppressed`).
+    `end_http_client_span` ends it once the reply's status is known or the request failed."""
+    if _tracer is None:
+        return None
+    from opentelemetry import propagate, trace
+    from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
+
+    if not is_http_instrumentation_enabled():
+        return None
+    current = _tracer.start_span(
+        method, kind=_kind("client"), attributes={"http.method": method, "http.url": url}
+    )
+    propagate.inject(headers, context=trace.set_span_in_context(current))
+    return current
+
+
+def end_http_client_span(
+    current: Span | None, status: int | None = None, error: BaseException | None = None
+) -> None:
+    """End a span of `start_http_client_span`: with the reply's status (an error from 400
+    up, as httpx's instrumentation has it), or with the error the request failed with."""
+    if current is None:
+        return
+    if status is not None:
+        current.set_attribute("http.status_code", status)
+    end_span(
+        current,
+        error if error is not None else (f"HTTP {status}" if (status or 0) >= 400 else None),
+    )
 
 
 def set_attributes(attributes: Mapping[str, AttributeValue | None], on: Span | None = None) -> None:

@@ -12,7 +12,8 @@ processor: spans are exported in batches from its own thread, off the request pa
 
 Instrumented: FastAPI (the server span of every request, continuing an incoming
 `traceparent`), the backends' httpx clients (a client span per request, `traceparent`
-sent to the backend, with either transport), the SQLAlchemy engines and Redis. The
+sent to the backend; the calls on aiohttp make the same span themselves,
+`telemetry.start_http_client_span`), the SQLAlchemy engines and Redis. The
 gateway's own spans (key check, rate limit, pool choice, the GenAI run span, storage) are
 made through `app.observability.telemetry`.
 

@@ -7,7 +7,7 @@ the request's sampling parameters, then `gen_ai.response.model`,
 `gen_ai.response.finish_reasons`, `gen_ai.usage.input_tokens` and
 `gen_ai.usage.output_tokens` (Ollama's `prompt_eval_count` and `eval_count`, as stored),
 and a `gen_ai.first_token` event at the first token. The HTTP request to the backend
-(httpx's instrumentation) is its child, so the `traceparent` the backend receives names
+(its client span: httpx's instrumentation, or the aiohttp calls' own) is its child, so the `traceparent` the backend receives names
 it. Prompts and answers (`gen_ai.input.messages`, `gen_ai.output.messages`) only with
 `GATEWAY_TRACE_CONTENT=true`.
 

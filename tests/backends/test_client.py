@@ -21,7 +21,7 @@ from app.backends.client import TRANSPORTS
 
 @pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
-    """Every client test runs on httpx's own transport and on aiohttp's (httpx-aiohttp)."""
+    """Every client test runs on httpx's own transport and on aiohttp directly."""
     return str(request.param)
 
 
