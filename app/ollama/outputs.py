@@ -102,7 +102,7 @@ class OutputManager(DatabaseUser):
             ensure=ensure_schema_on_first_use,
         )
         self.base_output_dir = Path(base_output_dir) if base_output_dir else None
-        self._committers: dict[asyncio.AbstractEventLoop, GroupCommit] = {}
+        self._committers: dict[asyncio.AbstractEventLoop, GroupCommit[Execution]] = {}
         self.escaped_rows = 0
         """Rows of reports stored only after their text was escaped (see `escaped_count`)."""
         self.spool: RowSpool | None = None
@@ -168,7 +168,7 @@ class OutputManager(DatabaseUser):
         """Rows stored only after their text was escaped (runs and reports)."""
         return self.escaped_rows + sum(c.escaped for c in self._committers.values())
 
-    def _group_commit(self) -> GroupCommit:
+    def _group_commit(self) -> GroupCommit[Execution]:
         """This loop's group commit (concurrent runs share a transaction)."""
         loop = asyncio.get_running_loop()
         committer = self._committers.get(loop)

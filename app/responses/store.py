@@ -12,6 +12,8 @@ Responses API itself are the API layer's (`app.api.openai.responses`).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 from sqlalchemy import Row
 
 from app.storage.database_user import DatabaseUser
+from app.storage.group_commit import GroupCommit
+from app.storage.repositories import insert_rows
 from app.storage.response_repository import ResponseRows
 from app.storage.tables import StoredResponse
 
@@ -108,30 +112,47 @@ class StoredResponses(DatabaseUser):
 
     def __init__(self, database_url: str) -> None:
         super().__init__(database_url, name="stored-responses")
+        self._committers: dict[asyncio.AbstractEventLoop, GroupCommit[StoredResponse]] = {}
+
+    def _group_commit(self) -> GroupCommit[StoredResponse]:
+        """This loop's group commit: responses saved at the same time share a transaction
+        (as runs do), instead of a session and a commit each beside the runs'."""
+        loop = asyncio.get_running_loop()
+        committer = self._committers.get(loop)
+        if committer is None:
+            for stale in [lp for lp in self._committers if lp.is_closed()]:
+                del self._committers[stale]
+
+            async def write_rows(rows: Sequence[StoredResponse]) -> None:
+                async with self.db.engine().begin() as connection:  # Core: no ORM session
+                    await insert_rows(connection, rows)
+
+            committer = self._committers[loop] = GroupCommit(write_rows)
+        return committer
 
     async def asave(self, record: ResponseRecord) -> None:
-        """Store a response (its run must be stored already). The write runs to its end
-        even when the caller is cancelled (a client that left as the answer ended)."""
+        """Store a response (its run must be stored already); returns once it is committed.
+        The write runs to its end even when the caller is cancelled (a client that left as
+        the answer ended)."""
 
         async def write() -> None:
             await self._prepare()
-            async with self.db.session() as session:
-                await ResponseRows(session).add(
-                    StoredResponse(
-                        id=record.id,
-                        principal=record.principal,
-                        previous_response_id=record.previous_response_id,
-                        depth=record.depth,
-                        execution_id=record.execution_id,
-                        model=record.model,
-                        status=record.status,
-                        input_items=record.input_items,
-                        output_items=record.output_items,
-                        params=record.params,
-                        created_at=record.created_at,
-                        completed_at=record.completed_at,
-                    )
+            await self._group_commit().add(
+                StoredResponse(
+                    id=record.id,
+                    principal=record.principal,
+                    previous_response_id=record.previous_response_id,
+                    depth=record.depth,
+                    execution_id=record.execution_id,
+                    model=record.model,
+                    status=record.status,
+                    input_items=record.input_items,
+                    output_items=record.output_items,
+                    params=record.params,
+                    created_at=record.created_at,
+                    completed_at=record.completed_at,
                 )
+            )
 
         await self._shielded(write())
 

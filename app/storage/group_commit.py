@@ -20,39 +20,44 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from app.observability import telemetry
 from app.storage.escaping import escape_row
 from app.storage.outage import DatabaseUnavailable, is_outage
 from app.storage.spool import RowSpool
-from app.storage.tables import Execution
+from app.storage.tables import Base
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
 __all__ = ["GroupCommit"]
 
-WriteRows = Callable[[Sequence[Execution]], Awaitable[None]]
+
+RowT = TypeVar("RowT", bound=Base)
 
 
-class GroupCommit:
-    """One per event loop (futures belong to their loop)."""
+class GroupCommit(Generic[RowT]):
+    """One per event loop (futures belong to their loop), for rows of one table with an `id`
+    (runs, stored responses)."""
 
     def __init__(
-        self, write: WriteRows, spool: RowSpool | None = None, max_batch: int = 500
+        self,
+        write: Callable[[Sequence[RowT]], Awaitable[None]],
+        spool: RowSpool | None = None,
+        max_batch: int = 500,
     ) -> None:
         self._write = write
         self.spool = spool
         self.max_batch = max_batch
-        self._pending: list[tuple[Execution, asyncio.Future[str]]] = []
+        self._pending: list[tuple[RowT, asyncio.Future[str]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._links: dict[asyncio.Future[str], SpanContext] = {}
         """Tracing on: the span each pending row was stored from (the commit links them)."""
         self.escaped = 0
         """Rows stored only after their text was escaped."""
 
-    async def add(self, row: Execution) -> str:
+    async def add(self, row: RowT) -> str:
         """Store `row`; returns its id once its transaction has committed."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
@@ -83,7 +88,7 @@ class GroupCommit:
             else:
                 await self._write_batch(batch)
 
-    async def _write_batch(self, batch: Sequence[tuple[Execution, asyncio.Future[str]]]) -> None:
+    async def _write_batch(self, batch: Sequence[tuple[RowT, asyncio.Future[str]]]) -> None:
         """Store one batch (see the module doc): together, else each on its own."""
         if batch:
             try:
@@ -99,9 +104,9 @@ class GroupCommit:
                     await self._write_alone(row, future)
             else:
                 for row, future in batch:
-                    _settle(future, value=row.id)
+                    _settle(future, value=_id(row))
 
-    async def _to_spool(self, batch: Sequence[tuple[Execution, asyncio.Future[str]]]) -> None:
+    async def _to_spool(self, batch: Sequence[tuple[RowT, asyncio.Future[str]]]) -> None:
         """Spool the rows (one entry each); their callers get their ids, or `SpoolFull`."""
         assert self.spool is not None
         try:
@@ -111,10 +116,10 @@ class GroupCommit:
                 _settle(future, error=exc)
             return
         for row, future in batch:
-            _settle(future, value=row.id)
+            _settle(future, value=_id(row))
 
     async def _write_alone(
-        self, row: Execution, future: asyncio.Future[str], first_error: Exception | None = None
+        self, row: RowT, future: asyncio.Future[str], first_error: Exception | None = None
     ) -> None:
         """Store one row of a failed batch: as it is (unless it already failed alone, with
         `first_error`), then escaped."""
@@ -125,7 +130,7 @@ class GroupCommit:
             except Exception as exc:
                 error = exc
             else:
-                _settle(future, value=row.id)
+                _settle(future, value=_id(row))
                 return
         if self.spool is not None and error is not None and is_outage(error):
             await self._to_spool([(row, future)])
@@ -139,7 +144,11 @@ class GroupCommit:
             _settle(future, error=exc)
         else:
             self.escaped += 1
-            _settle(future, value=row.id)
+            _settle(future, value=_id(row))
+
+
+def _id(row: Base) -> str:
+    return str(row.id)  # type: ignore[attr-defined]  # every table it writes has one
 
 
 def _settle(

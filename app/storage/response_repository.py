@@ -41,10 +41,6 @@ class ResponseRows:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(self, row: StoredResponse) -> None:
-        self.session.add(row)
-        await self.session.flush()
-
     async def get(self, response_id: str) -> Row[Any] | None:
         """One response with its run's parts (see `_with_run`), or None."""
         query = _with_run().where(StoredResponse.id == response_id)
