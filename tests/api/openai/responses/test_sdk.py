@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -296,3 +297,26 @@ def test_errors_are_the_sdks_own(gateway: Gateway, emulator_url: str) -> None:
     denied = gateway.admin_get("/gateway/audit", surface="responses", outcome="denied")["items"]
     assert {(e["actor"], e["status"]) for e in denied} >= {("alice", 403), ("anonymous", 401)}
     assert {e["action"] for e in denied} == {"POST /v1/responses"}
+
+
+def test_concurrent_stored_responses_are_each_committed_before_their_reply(
+    gateway: Gateway,
+) -> None:
+    """Stored responses saved at the same time share a transaction: each is readable and
+    can be continued the moment its reply arrives, whichever batch it went in."""
+    def turn(i: int) -> tuple[str, str, str, str]:
+        first = gateway.user.responses.create(model=MODEL, input=f"question {i}")
+        read = gateway.user.responses.retrieve(first.id)  # at once: committed before the reply
+        second = gateway.user.responses.create(
+            model=MODEL, input=f"and then {i}?", previous_response_id=first.id
+        )
+        return first.id, first.output_text, read.output_text, second.id
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        turns = list(pool.map(turn, range(24)))
+    assert len({first for first, _, _, _ in turns}) == 24
+    for first, text, read, second in turns:
+        assert text and read == text
+        chained = gateway.user.responses.input_items.list(second)
+        said = json.dumps([item.model_dump() for item in chained.data])
+        assert second != first and "question" in said  # the chain reaches the first turn
