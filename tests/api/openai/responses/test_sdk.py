@@ -304,6 +304,7 @@ def test_concurrent_stored_responses_are_each_committed_before_their_reply(
 ) -> None:
     """Stored responses saved at the same time share a transaction: each is readable and
     can be continued the moment its reply arrives, whichever batch it went in."""
+
     def turn(i: int) -> tuple[str, str, str, str]:
         first = gateway.user.responses.create(model=MODEL, input=f"question {i}")
         read = gateway.user.responses.retrieve(first.id)  # at once: committed before the reply
