@@ -39,7 +39,7 @@ from app.ollama.usage import run_principal
 from app.settings import Settings
 from app.storage.database_user import DatabaseUser
 from app.storage.db import masked
-from app.storage.group_commit import GroupCommit
+from app.storage.group_commit import GroupCommit, loop_group_commit
 from app.storage.report_writes import write_report
 from app.storage.repositories import (
     CURSOR_PATTERN,
@@ -170,18 +170,12 @@ class OutputManager(DatabaseUser):
 
     def _group_commit(self) -> GroupCommit[Execution]:
         """This loop's group commit (concurrent runs share a transaction)."""
-        loop = asyncio.get_running_loop()
-        committer = self._committers.get(loop)
-        if committer is None:
-            for stale in [lp for lp in self._committers if lp.is_closed()]:
-                del self._committers[stale]
 
-            async def write_rows(rows: Sequence[Execution]) -> None:
-                async with self.db.engine().begin() as connection:  # Core: no ORM session
-                    await Executions.insert(connection, rows)
+        async def write_rows(rows: Sequence[Execution]) -> None:
+            async with self.db.engine().begin() as connection:  # Core: no ORM session
+                await Executions.insert(connection, rows)
 
-            committer = self._committers[loop] = GroupCommit(write_rows, self.spool)
-        return committer
+        return loop_group_commit(self._committers, lambda: GroupCommit(write_rows, self.spool))
 
     async def asave_execution_result(
         self, result: ModelExecutionResult, output_dir: str | None = None

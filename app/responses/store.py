@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from app.storage.database_user import DatabaseUser
-from app.storage.group_commit import GroupCommit
+from app.storage.group_commit import GroupCommit, loop_group_commit
 from app.storage.repositories import insert_rows
 from app.storage.response_repository import ResponseRows
 from app.storage.tables import StoredResponse
@@ -117,18 +117,12 @@ class StoredResponses(DatabaseUser):
     def _group_commit(self) -> GroupCommit[StoredResponse]:
         """This loop's group commit: responses saved at the same time share a transaction
         (as runs do), instead of a session and a commit each beside the runs'."""
-        loop = asyncio.get_running_loop()
-        committer = self._committers.get(loop)
-        if committer is None:
-            for stale in [lp for lp in self._committers if lp.is_closed()]:
-                del self._committers[stale]
 
-            async def write_rows(rows: Sequence[StoredResponse]) -> None:
-                async with self.db.engine().begin() as connection:  # Core: no ORM session
-                    await insert_rows(connection, rows)
+        async def write_rows(rows: Sequence[StoredResponse]) -> None:
+            async with self.db.engine().begin() as connection:  # Core: no ORM session
+                await insert_rows(connection, rows)
 
-            committer = self._committers[loop] = GroupCommit(write_rows)
-        return committer
+        return loop_group_commit(self._committers, lambda: GroupCommit(write_rows))
 
     async def asave(self, record: ResponseRecord) -> None:
         """Store a response (its run must be stored already); returns once it is committed.

@@ -31,7 +31,7 @@ from app.storage.tables import Base
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "loop_group_commit"]
 
 
 RowT = TypeVar("RowT", bound=Base)
@@ -145,6 +145,21 @@ class GroupCommit(Generic[RowT]):
         else:
             self.escaped += 1
             _settle(future, value=_id(row))
+
+
+def loop_group_commit(
+    committers: dict[asyncio.AbstractEventLoop, GroupCommit[RowT]],
+    make: Callable[[], GroupCommit[RowT]],
+) -> GroupCommit[RowT]:
+    """The running loop's group commit in `committers` (made by `make` on first use there);
+    those of closed loops are dropped."""
+    loop = asyncio.get_running_loop()
+    committer = committers.get(loop)
+    if committer is None:
+        for stale in [lp for lp in committers if lp.is_closed()]:
+            del committers[stale]
+        committer = committers[loop] = make()
+    return committer
 
 
 def _id(row: Base) -> str:
