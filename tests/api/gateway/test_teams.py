@@ -98,6 +98,15 @@ def test_team_errors(admin: Admin) -> None:
     assert bad_name.status_code == 422 and "name" in bad_name.text
     unknown_field = admin.call("POST", "/gateway/teams", {"name": "b", "budget": 3})
     assert unknown_field.status_code == 422 and "budget" in unknown_field.text
+    # Model globs are printable ASCII without spaces, as the spec's pattern says in terms
+    # every regex engine reads alike (U+0085 is a space to some, not to others).
+    for models in (["llama 3"], ["qwen\u0085"], ["modèle"], [""]):
+        bad_models = admin.call("POST", "/gateway/teams", {"name": "c", "models": models})
+        assert bad_models.status_code == 422 and "models" in bad_models.text, models
+        key = admin.call("POST", "/gateway/keys", {"name": "k", "models": models})
+        assert key.status_code == 422 and "models" in key.text, models
+    globbed = admin.call("POST", "/gateway/teams", {"name": "c", "models": ["hf.co/a/b:Q4_[KM]*"]})
+    assert globbed.status_code == 201, globbed.text
 
     # A team that still has keys is not deleted, and says so.
     admin.new_key("member", team="a")

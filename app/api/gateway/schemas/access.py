@@ -12,7 +12,11 @@ from app.api.gateway.schemas.common import NUMBER
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
 QuotaInt = Annotated[int, Field(ge=0, le=10**15), NUMBER]
 QuotaFloat = Annotated[float, Field(ge=0, le=10**15), NUMBER]
-ModelPatterns = list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S+$")]]
+# Model names are ASCII (Ollama's own names: letters, digits, `_-.:/`), and globs add `*?[]`:
+# printable ASCII without spaces, a class every regex engine reads the same way (`\S` is not:
+# Python and the Rust engine count U+0085 as a space, generators of schema-valid data may not).
+ModelPattern = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+ModelPatterns = list[ModelPattern]
 
 
 class QuotasIn(BaseModel):
@@ -40,13 +44,11 @@ class QuotasIn(BaseModel):
 class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
     scope: Literal["admin", "user"] = "user"
-    models: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S+$")]] | None = (
-        Field(
-            default=None,
-            min_length=1,
-            max_length=100,
-            description="Glob patterns of the models the key may use (`llama3*`); null: any.",
-        )
+    models: ModelPatterns | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Glob patterns of the models the key may use (`llama3*`); null: any.",
     )
     requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     tokens_per_minute: int | None = Field(default=None, ge=1, le=1_000_000_000)
