@@ -4,19 +4,23 @@ ranking by expected wait alone (what the pool did without the index).
 
     python bench/prefix_cost.py [--backends 64] [--rounds 300]
 
-Run by hand; prints a table of CPU microseconds per request (`time.process_time`) for a
+Run by hand; prints a table of CPU microseconds per request (`time.process_time`, the median) for a
 short chat and for agent prompts (a 20,000-token system prompt shared by every session,
 then a history of tool results), with every backend's index holding prompts of other
 sessions (`slots` prompts per backend, a fifth of them sharing the system prompt).
 Each request is a session's next turn (the one before, its reply and a tool result), a new
-session every 20 turns; each is leased (the index records the prompt where it runs) and
-served (the reply extends it there), as a run through the gateway is.
+session every 20 turns, its messages new objects as a parsed request's are (not timed);
+each is leased (the index records the prompt where it runs) and served (the reply extends
+it there), as a run through the gateway is. The session is named, as agents name theirs
+(Claude Code's `X-Claude-Code-Session-Id`, Codex's `prompt_cache_key`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,40 +48,67 @@ def agent_messages(session: int, history_tokens: int) -> list[dict[str, str]]:
     return messages
 
 
-async def measure(backends: int, rounds: int, messages: list[dict[str, str]]) -> dict[str, float]:
+def fleet(backends: int, routing: bool) -> BackendPool:
+    """A pool of `backends`, each with the model loaded and other sessions' prompts cached."""
     specs = [parse_backend(f"b{i}=http://b{i}.bench:11434;max=4") for i in range(backends)]
-    out: dict[str, float] = {}
-    for routing in (False, True):
-        pool = BackendPool(specs, prefix_routing=routing)
-        for i, state in enumerate(pool.states):
-            state.models, state.loaded = [MODEL], [MODEL]
-            state.inventory_at = float("inf")
-            state.record_prompt(MODEL, 4000, 1.0)
-            for k in range(4):  # other sessions' prompts cached there
-                other = agent_messages(1000 + i * 4 + k, 20_000)
-                if (i + k) % 5:
-                    other[0] = {"role": "system", "content": f"other agent {i} {k}"}
-                prompt = pool.chat_prompt(MODEL, other)
-                if prompt is not None:
-                    state.prefixes.record(MODEL, prompt.keys, prompt.ends)
-        started = time.process_time()
-        turn, session = messages, ""
-        for r in range(rounds):
-            if r % TURNS == 0:  # a new session: the same prompt, its first turn
-                turn, session = list(messages), f"agent-{r}"
-            prompt = pool.chat_prompt(MODEL, turn, session=session)
+    pool = BackendPool(specs, prefix_routing=routing)
+    for i, state in enumerate(pool.states):
+        state.models, state.loaded = [MODEL], [MODEL]
+        state.inventory_at = float("inf")
+        state.record_prompt(MODEL, 4000, 1.0)
+        for k in range(4):  # other sessions' prompts cached there
+            other = agent_messages(1000 + i * 4 + k, 20_000)
+            if (i + k) % 5:
+                other[0] = {"role": "system", "content": f"other agent {i} {k}"}
+            prompt = pool.chat_prompt(MODEL, other)
+            if prompt is not None:
+                state.prefixes.record(MODEL, prompt.keys, prompt.ends)
+    return pool
+
+
+async def measure(backends: int, rounds: int, messages: list[dict[str, str]]) -> dict[str, float]:
+    """Median CPU seconds per request of each pool, the two served turn by turn (the same
+    machine state for both: each timed just after its body was parsed, as in a server; the
+    median leaves out the turns a garbage collection fell in)."""
+    pools = {"wait only": fleet(backends, False), "index": fleet(backends, True)}
+    spent: dict[str, list[list[float]]] = {name: [] for name in pools}
+    turn, session = messages, ""
+    clock = time.process_time
+    for r in range(rounds):
+        if r % TURNS == 0:  # a new session: the same prompt, its first turn
+            turn, session = list(messages), f"agent-{r}"
+        for name, pool in pools.items():
+            sent = json.loads(json.dumps(turn))  # as a request's body is parsed: new objects
+            started = clock()
+            prompt = pool.chat_prompt(MODEL, sent, session=session)
+            fingerprinted = clock()
             ranked = await pool.candidates(MODEL, prompt=prompt)
+            chosen = clock()
             async with pool.lease(ranked[0], MODEL, prompt=prompt) as state:
                 pass  # the slot held: the index records the prompt as evaluated there
+            leased = clock()
             pool.served(prompt, state, reply=f"done {r}", final={"prompt_eval_count": 10})
-            turn = [
-                *turn,
-                {"role": "assistant", "content": f"done {r}"},
-                {"role": "user", "content": f"tool result {r} " + "z " * 40},
-            ]
-        out["index" if routing else "wait only"] = (time.process_time() - started) / rounds
+            done = clock()
+            spent[name].append(
+                [done - started, fingerprinted - started, chosen - fingerprinted,
+                 leased - chosen, done - leased]
+            )  # fmt: skip
+        turn = [
+            *turn,
+            {"role": "assistant", "content": f"done {r}"},
+            {"role": "user", "content": f"tool result {r} " + "z " * 40},
+        ]
+    for pool in pools.values():
         await pool.aclose()
-    return out
+    return {
+        f"{name} {part}": statistics.median(row[i] for row in rows)
+        for name, rows in spent.items()
+        for i, part in enumerate(PARTS)
+    }
+
+
+PARTS = ("whole", "fingerprint", "rank", "lease", "served")
+"""What `measure` times of each request: the whole, then each step."""
 
 
 def report(backends: int = 64, rounds: int = 300) -> list[str]:
@@ -88,14 +119,18 @@ def report(backends: int = 64, rounds: int = 300) -> list[str]:
         ("agent, 20k system + 40k history", agent_messages(1, 40_000)),
     ]
     lines = [
-        f"prefix index, {backends} backends: CPU microseconds per request (process time; "
-        "fingerprint, rank, lease and record; target: the index adds at most 100)",
-        f"{'prompt':34} {'wait only':>10} {'with index':>11} {'index adds':>11}",
+        f"prefix index, {backends} backends: CPU microseconds per request (process time, median; "
+        "fingerprint, rank, lease and record, served; target: the index adds at most 100)",
+        f"{'prompt':34} {'wait only':>10} {'with index':>11} {'index adds':>11}   "
+        "(of which: fingerprint, rank, lease, served)",
     ]
     for label, messages in cases:
         got = asyncio.run(measure(backends, rounds, messages))
-        wait, index = got["wait only"] * 1e6, got["index"] * 1e6
-        lines.append(f"{label:34} {wait:10.1f} {index:11.1f} {index - wait:11.1f}")
+        wait, index = got["wait only whole"] * 1e6, got["index whole"] * 1e6
+        parts = ", ".join(
+            f"{(got[f'index {part}'] - got[f'wait only {part}']) * 1e6:.0f}" for part in PARTS[1:]
+        )
+        lines.append(f"{label:34} {wait:10.1f} {index:11.1f} {index - wait:11.1f}   ({parts})")
     return lines
 
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import difflib
 import logging
+import operator
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from app.backends.prefix import (
     PrefixHolders,
     Prompt,
     SessionHomes,
+    SessionPrompts,
     chat_prompt,
     context_keys,
     generate_prompt,
@@ -91,6 +93,15 @@ DISPLACED_CANDIDATES = 8
 """Backends, best-ranked first, for which ranking works out what a request would push out
 of their caches (the others keep their time to first token alone: a fleet of tens of
 backends with every slot taken would otherwise cost that work for each, per request)."""
+
+
+Hit = tuple[int, float, float]
+"""A backend's longest cached prefix of a request: its keys, its tokens, the tokens left to
+evaluate (at least one)."""
+_OWN: Hit = (-1, 0.0, 0.0)
+_HIT = operator.itemgetter(5)
+"""A ranking row's `Hit`."""
+"""Marks a backend outside the pool's holders map (it searches its own)."""
 
 
 def _first_three(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -171,6 +182,8 @@ class BackendPool:
         self.sessions = sessions if sessions is not None else SessionHomes()
         self.bytes_per_token: dict[str, float] = {}
         self.chat_memo = ChatMemo()
+        self.session_prompts = SessionPrompts()
+        """Each named session's last chat prompt: its next turn hashes only what is new."""
         self.prefix_holders = PrefixHolders()
         """Which backends hold each prefix key (ranking's matches for the fleet at once)."""
         """Long messages' block keys, so an agent's resent history is fingerprinted at C speed."""
@@ -488,90 +501,73 @@ class BackendPool:
         fewest calls, the push-out worked out only for the best-ranked few
         (`DISPLACED_CANDIDATES`) and estimates kept for them."""
         home = self.sessions.home(prompt.session)
-        home_name = home[0] if home is not None else None
+        home_state: BackendState | None = None
+        if home is not None:
+            home_state = next((s for s in healthy if s.spec.name == home[0]), None)
         keys, default_load = prompt.keys, self.default_load
         total = prompt.tokens
-        holders = self.prefix_holders
-        # every backend's longest cached prefix, for the whole fleet at once: the bits of the
-        # backends holding each length (longest first), with its keys and tokens cached and
-        # uncached; `anywhere`: the bits of all that hold any
-        levels: list[tuple[int, tuple[int, float, float]]] = []
-        anywhere = 0
-        for mask, count in holders.levels(keys):
+        everything = total if total > 1.0 else 1.0
+        nothing: Hit = (0, 0.0, everything)
+        # every backend's longest cached prefix, for the whole fleet at once: what each
+        # backend's bit holds (keys, tokens cached and uncached); bit 0, a state set up on
+        # its own outside the pool's holders, searches its own
+        hits: dict[int, Hit] = {0: _OWN}
+        for mask, count in self.prefix_holders.levels(keys):
             cached = prompt.tokens_at(count)
             uncached = total - cached
-            levels.append((mask, (count, cached, uncached if uncached > 1.0 else 1.0)))
-            anywhere |= mask
-        everything = total if total > 1.0 else 1.0
-        # a row per backend: (ttft, is_home, load, order, state, matched, per_token, cached,
-        # full); sorted as tuples, `order` (unique) breaks what the first three leave tied
-        scored: list[tuple[float, int, float, int, BackendState, int, float, float, bool]] = []
+            hit = (count, cached, uncached if uncached > 1.0 else 1.0)
+            while mask:
+                low = mask & -mask
+                hits[low] = hit
+                mask ^= low
+        # a row per backend: (ttft, is_home, load, order, state, hit, per_token); sorted as
+        # tuples, `order` (unique) breaks what the first three leave tied
+        scored: list[tuple[float, int, float, int, BackendState, Hit, float]] = []
         # rows (and their wait) whose time waits for the whole fleet: the session's home (the
         # longest prefix held anywhere), a backend without a prompt rate (the fleet's mean)
         late: list[tuple[int, float]] = []
-        best = 0
-        nothing = (0, 0.0, everything)
+        get_hit = hits.get
         for order, state in enumerate(healthy):
             loaded = any(same(m, model) for m in state.loaded)
             wait, load = state.expected_wait(
                 key, loaded=loaded, batch=batch, default_load=default_load
             )
-            prefixes = state.prefixes
-            if not loaded:
-                matched, cached, uncached = nothing
-            elif bit := prefixes.bit:  # one of the pool's: in a level's bits when it holds any
-                matched, cached, uncached = nothing
-                if bit & anywhere:
-                    for mask, hit in levels:
-                        if mask & bit:
-                            matched, cached, uncached = hit
-                            break
-                    if matched > best:
-                        best = matched
-            else:  # a state set up on its own, outside the pool's holders: its own search
-                matched = prefixes.matched(keys)
+            hit = get_hit(state.prefixes.bit, nothing) if loaded else nothing
+            if hit is _OWN:
+                matched = state.prefixes.matched(keys)
                 cached = prompt.tokens_at(matched)
-                uncached = total - cached
-                if uncached < 1.0:
-                    uncached = 1.0
-                if matched > best:
-                    best = matched
+                hit = (matched, cached, max(total - cached, 1.0))
             rated_as = state.prompt_rate.get(key)  # `seconds_per_token`, inline: per backend
-            is_home = 1
-            if rated_as is None or state.spec.name == home_name:
-                is_home = 0 if state.spec.name == home_name else 1
+            if rated_as is None or state is home_state:
                 late.append((order, wait))
-                rate = 0.0  # worked out below
+                scored.append((0.0, state is not home_state, load, order, state, hit, 0.0))
             else:
                 rate = rated_as[1] / rated_as[0]
-            full = key in prefixes.full_models
-            scored.append(
-                (wait + uncached * rate, is_home, load, order, state, matched, rate, cached, full)
-            )
+                scored.append((wait + hit[2] * rate, 1, load, order, state, hit, rate))
         if late:
             fleet = DEFAULT_PROMPT_SECONDS_PER_TOKEN
             if any(scored[order][4].prompt_rate.get(key) is None for order, _ in late):
                 known = [r for r in (s.seconds_per_token(key) for s in healthy) if r is not None]
                 fleet = sum(known) / len(known) if known else fleet
-            home_cached = min(prompt.tokens_at(best), home[1]) if home is not None else 0.0
+            best, home_cached = 0, 0.0
+            if home is not None:
+                best = max(map(_HIT, scored))[0]
+                home_cached = min(prompt.tokens_at(best), home[1])
             for order, wait in late:
-                _, is_home, load, _, state, matched, _, cached, full = scored[order]
-                if not is_home and matched < best and home_cached > cached:
-                    cached = home_cached
+                _, is_home, load, _, state, hit, _ = scored[order]
+                if not is_home and hit[0] < best and home_cached > hit[1]:
+                    uncached = total - home_cached
+                    hit = (hit[0], home_cached, uncached if uncached > 1.0 else 1.0)
                 own = state.seconds_per_token(key)
                 per_token = fleet if own is None else own
-                uncached = total - cached
-                ttft = wait + (uncached if uncached > 1.0 else 1.0) * per_token
                 scored[order] = (
-                    ttft,
+                    wait + hit[2] * per_token,
                     is_home,
                     load,
                     order,
                     state,
-                    matched,
+                    hit,
                     per_token,
-                    cached,
-                    full,
                 )
         scored.sort()
         # what a backend would push out of its cache only adds to its cost: it is worked
@@ -580,7 +576,7 @@ class BackendPool:
         estimates: dict[str, Estimate] = {}
         bound = least_push = float("inf")
         for i, row in enumerate(scored):
-            ttft, is_home, load, order, state, matched, per_token, cached, full = row
+            ttft, is_home, load, order, state, hit, per_token = row
             if ttft >= bound or i >= DISPLACED_CANDIDATES:
                 rest = scored[i:]
                 # past the few worked out, one whose slots are all taken is taken to push
@@ -589,14 +585,21 @@ class BackendPool:
                 more = least_push if ttft < bound else 0.0
                 if more:
                     ranked.extend(
-                        [(r[0] + more, r[1], r[2], r[3], r[4]) if r[8] else r for r in rest]
+                        [
+                            (r[0] + more, r[1], r[2], r[3], r[4])
+                            if key in r[4].prefixes.full_models
+                            else r
+                            for r in rest
+                        ]
                     )
                 else:  # rows compare by their first four (`order` is unique): as they are
                     ranked.extend(rest)
                 for r in rest[: DISPLACED_CANDIDATES - len(estimates)]:
-                    estimates[r[4].spec.name] = Estimate(r[0], r[7], r[5])
+                    estimates[r[4].spec.name] = Estimate(r[0], r[5][1], r[5][0])
                 break
-            pushed = state.prefixes.displaced(key, keys, cached) if full else 0.0
+            matched, cached, _ = hit
+            prefixes = state.prefixes
+            pushed = prefixes.displaced(key, keys, cached) if key in prefixes.full_models else 0.0
             cost = ttft + DISPLACED_WEIGHT * pushed * per_token
             if cost < bound:
                 bound = cost
@@ -605,7 +608,7 @@ class BackendPool:
             estimates[state.spec.name] = Estimate(ttft, cached, matched, pushed)
             ranked.append((cost, is_home, load, order, state))
         ranked.sort()
-        if home_name is not None and ranked[0][1]:  # the home, if in the race, is not first
+        if home_state is not None and ranked[0][1]:  # the home, if in the race, is not first
             _home_first(ranked)
         prompt.estimates = estimates
         return [row[4] for row in ranked]
@@ -640,6 +643,7 @@ class BackendPool:
             bytes_per_token=self.bytes_per_token.get(key, DEFAULT_BYTES_PER_TOKEN),
             session=session_key(key, session),
             memo=self.chat_memo,
+            last=self.session_prompts,
         )
 
     def generate_prompt(
@@ -784,7 +788,7 @@ class BackendPool:
         cold = key is not None and not self._is_loaded(state, key)
         if prompt is not None:
             prompt.chosen = state.spec.name
-            prompt.sequence = state.prefixes.record(prompt.model, prompt.keys, prompt.ends)
+            prompt.sequence = state.prefixes.record(prompt.model, prompt.keys, prompt.ends_view())
         started = time.monotonic()
         self._leases += 1
         held = (self._leases, work) if work is not None else None

@@ -38,8 +38,12 @@ taken to hold at least the longest prefix of the request any backend holds (up t
 count), and wins ties (within the estimates' noise: `app.backends.pool.HOME_TIE_SECONDS`).
 A routing signal only, chosen by the client: it grants nothing.
 
+A named session's last chat prompt is kept too (`SessionPrompts`: its messages and keys),
+so that its next turn, the same messages and a few more, is fingerprinted by comparing the
+messages and hashing only the new ones.
+
 Everything here is in-process and bounded (`max_entries` keys per backend, `max_sessions`
-sessions, `ChatMemo`'s entries and keys): a cache of what this process sent, which each replica learns on its own; a
+sessions, `ChatMemo`'s entries and keys, `SessionPrompts`' sessions and bytes): a cache of what this process sent, which each replica learns on its own; a
 process that does not know a prefix only routes less well.
 """
 
@@ -51,7 +55,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import xxhash
 
@@ -62,6 +66,7 @@ __all__ = [
     "PrefixHolders",
     "Prompt",
     "SessionHomes",
+    "SessionPrompts",
     "chat_prompt",
     "generate_prompt",
     "session_key",
@@ -92,6 +97,13 @@ def _salt(text: str) -> int:
         if len(_ROLES) < 64:  # roles are few; anything else is not kept
             _ROLES[text] = salt
     return salt
+
+
+class Ends(Protocol):
+    """Estimated prompt tokens up to the end of each key's block, as far as asked (a list,
+    or a prompt's `ends_view`)."""
+
+    def __getitem__(self, part: slice, /) -> Sequence[float]: ...
 
 
 @dataclass(slots=True)
@@ -136,6 +148,11 @@ class Prompt:
             self._ends = ends
         return ends
 
+    def ends_view(self) -> Ends:
+        """`ends` worked out for the part asked only (recording a turn that goes on in its
+        slot needs its new keys' alone)."""
+        return _EndsView(self)
+
     @property
     def tokens(self) -> float:
         return self.tokens_at(len(self.text_bytes))
@@ -158,6 +175,24 @@ class Prompt:
         build.tokens = self.tokens
         build.text(role, content)
         return build.done()
+
+
+class _EndsView:
+    __slots__ = ("prompt",)
+
+    def __init__(self, prompt: Prompt) -> None:
+        self.prompt = prompt
+
+    def __getitem__(self, part: slice, /) -> list[float]:
+        prompt = self.prompt
+        if prompt._ends is not None and len(prompt._ends) == len(prompt.keys):
+            return prompt._ends[part]
+        per_token, ids = prompt.bytes_per_token, prompt.id_tokens
+        if ids:
+            return [
+                t + b / per_token for t, b in zip(ids[part], prompt.text_bytes[part], strict=True)
+            ]
+        return [0.0 + b / per_token for b in prompt.text_bytes[part]]
 
 
 class Estimate(NamedTuple):
@@ -343,6 +378,97 @@ def _messages(
     return seed, done
 
 
+@dataclass(slots=True)
+class _LastPrompt:
+    model: str
+    tools: Any
+    messages: list[Mapping[str, Any]]
+    keys: list[int]
+    text_bytes: list[int]
+    seed: int
+    """The cumulative hash after the last message."""
+    done: int
+    """Text bytes of all its messages."""
+    size: int
+    """What it is counted as against `SessionPrompts.max_bytes`."""
+
+
+class SessionPrompts:
+    """Each client-named session's last chat prompt: its messages as sent and their keys. An
+    agent's next turn sends the same messages again and a few more, so it is fingerprinted
+    by one comparison of the messages (in C: the same lengths, then the same bytes) and
+    hashing the new ones only, where hashing them all again costs a step of Python a
+    message (an agent's history is hundreds). A turn whose messages differ (a client that
+    rewrote its history, compacted it, changed its tools) is fingerprinted whole, as any
+    request. Bounded: `max_sessions` sessions and `max_bytes` of the text they hold (the
+    messages are kept as the requests sent them), least recently used forgotten first."""
+
+    PER_MESSAGE = 256
+    """Bytes a kept message is counted as besides its text (its mapping)."""
+
+    def __init__(self, max_sessions: int = 1024, max_bytes: int = 64 << 20) -> None:
+        self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """What the kept prompts are counted as, in all."""
+        self._last: OrderedDict[int, _LastPrompt] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def resume(
+        self, session: int, model: str, tools: Any, messages: Sequence[Mapping[str, Any]]
+    ) -> _LastPrompt | None:
+        """The session's last prompt when `messages` start with its messages (same model and
+        tools), else None."""
+        last = self._last.get(session)
+        if last is None:
+            return None
+        count = len(last.messages)
+        if (
+            count > len(messages)
+            or last.model != model
+            or (last.tools is not tools and last.tools != tools)
+            or messages[:count] != last.messages
+        ):
+            return None
+        return last
+
+    def keep(
+        self,
+        session: int,
+        model: str,
+        tools: Any,
+        messages: Sequence[Mapping[str, Any]],
+        keys: list[int],
+        text_bytes: list[int],
+        seed: int,
+        done: int,
+    ) -> None:
+        """Remember the session's prompt (the lists are kept: the caller hands them over)."""
+        size = done + self.PER_MESSAGE * len(messages)
+        if self.max_sessions <= 0 or size > self.max_bytes:
+            self.forget(session)
+            return
+        last = _LastPrompt(model, tools, list(messages), keys, text_bytes, seed, done, size)
+        with self._lock:
+            old = self._last.pop(session, None)
+            if old is not None:
+                self.bytes -= old.size
+            self._last[session] = last
+            self.bytes += size
+            while len(self._last) > self.max_sessions or self.bytes > self.max_bytes:
+                _, gone = self._last.popitem(last=False)
+                self.bytes -= gone.size
+
+    def forget(self, session: int) -> None:
+        with self._lock:
+            old = self._last.pop(session, None)
+            if old is not None:
+                self.bytes -= old.size
+
+
 def chat_prompt(
     model: str,
     messages: Sequence[Mapping[str, Any]],
@@ -351,11 +477,28 @@ def chat_prompt(
     bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
     session: int | None = None,
     memo: ChatMemo | None = None,
+    last: SessionPrompts | None = None,
 ) -> Prompt:
     """A chat's prompt: its messages as sent (roles, text, images, tool calls; thinking is
-    left out, as chat templates leave out earlier turns' thinking)."""
+    left out, as chat templates leave out earlier turns' thinking). With `last` and a
+    `session`, a turn that extends the session's last prompt hashes only its new
+    messages."""
     prompt = Prompt(model, "chat", session=session, bytes_per_token=bytes_per_token)
-    _messages(prompt.keys, prompt.text_bytes, _start("chat", model, tools), 0, messages, memo)
+    keys, text_bytes = prompt.keys, prompt.text_bytes
+    before = None
+    if last is not None and session is not None:
+        before = last.resume(session, model, tools, messages)
+    if before is None:
+        seed, done = _messages(keys, text_bytes, _start("chat", model, tools), 0, messages, memo)
+    else:
+        keys.extend(before.keys)
+        text_bytes.extend(before.text_bytes)
+        seed, done = before.seed, before.done
+        if len(messages) > len(before.messages):
+            new = messages[len(before.messages) :]
+            seed, done = _messages(keys, text_bytes, seed, done, new, memo)
+    if last is not None and session is not None:
+        last.keep(session, model, tools, messages, list(keys), list(text_bytes), seed, done)
     return prompt
 
 
@@ -629,7 +772,7 @@ class BackendPrefixes:
         )
 
     def record(
-        self, model: str, keys: Sequence[int], ends: Sequence[float], *, replaces: int | None = None
+        self, model: str, keys: Sequence[int], ends: Ends, *, replaces: int | None = None
     ) -> int | None:
         """The backend evaluated a prompt with `keys` (`ends`: tokens up to each) for
         `model`: it now holds it, in the slot of a prompt it extends, else in place of the
@@ -638,7 +781,7 @@ class BackendPrefixes:
         alias. Returns the prompt's id (for `extend`, `drop`)."""
         if not keys:
             return None
-        keys = list(keys[: self.max_entries])
+        limit = min(len(keys), self.max_entries)
         with self._lock:
             alias: list[int] = []
             if replaces is not None and (old := self._sequences.get(replaces)) is not None:
@@ -646,16 +789,15 @@ class BackendPrefixes:
                 self._remove(replaces)
             mine = self._by_model.setdefault(model, OrderedDict())
             # the prompt this one goes on from, in its slot: its keys stay held and only the
-            # new ones are counted (an agent's next turn resends hundreds of keys)
+            # new ones are added (an agent's next turn resends hundreds of keys)
             kept: _Sequence | None = None
             for i, entry in mine.items():
                 n = len(entry.keys)
-                if n <= len(keys) and keys[n - 1] == entry.keys[-1]:
+                if n <= limit and keys[n - 1] == entry.keys[-1]:
                     alias = alias or entry.alias
                     if keys[:n] == entry.keys:  # it goes on in that slot
                         kept = entry
                         del mine[i], self._sequences[i]
-                        self._version += 1
                     else:
                         self._remove(i)
                     break
@@ -663,27 +805,35 @@ class BackendPrefixes:
                 self._remove(next(iter(mine)))
             self._next += 1
             self._version += 1
-            alias = alias[: self.max_entries - len(keys)]
-            entry = _Sequence(model, keys, array("f", ends[: len(keys)]), time.monotonic(), alias)
+            alias = alias[: self.max_entries - limit]
+            if kept is None:
+                entry = _Sequence(
+                    model, list(keys[:limit]), array("f", ends[:limit]), time.monotonic(), alias
+                )
+                self._hold(entry.keys)
+                self._hold(alias)
+            else:
+                entry, held = kept, len(kept.keys)
+                new = keys[held:limit]
+                entry.keys.extend(new)
+                entry.ends.extend(ends[held:limit])
+                entry.used = time.monotonic()
+                self._hold(new)
+                if alias != entry.alias:
+                    self._release(entry.alias)
+                    self._hold(alias)
+                self.entries -= held + len(entry.alias)
+                entry.alias = alias
             self._sequences[self._next] = mine[self._next] = entry
             if len(mine) >= self._slots:
                 self.full_models.add(model)
             else:
                 self.full_models.discard(model)
-            if kept is None:
-                self._hold(keys)
-                self._hold(alias)
-            else:
-                self._hold(keys[len(kept.keys) :])
-                if alias != kept.alias:
-                    self._release(kept.alias)
-                    self._hold(alias)
-                self.entries -= len(kept.keys) + len(kept.alias)
-            self.entries += len(keys) + len(alias)
+            self.entries += limit + len(alias)
             self._trim()
             return self._next
 
-    def extend(self, sequence: int | None, keys: Sequence[int], ends: Sequence[float]) -> None:
+    def extend(self, sequence: int | None, keys: Sequence[int], ends: Ends) -> None:
         """The prompt `sequence` went on (its reply): `keys` follow it."""
         with self._lock:
             entry = self._sequences.get(sequence) if sequence is not None else None

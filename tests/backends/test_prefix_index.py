@@ -12,6 +12,7 @@ from app.backends.prefix import (
     ChatMemo,
     PrefixHolders,
     SessionHomes,
+    SessionPrompts,
     chat_prompt,
     context_keys,
     generate_prompt,
@@ -80,6 +81,52 @@ def test_the_chat_memo_stays_within_its_keys_when_filled_past_them() -> None:
         assert memo.keys <= 1000 and len(memo) <= 1000
         assert memoed.keys == chat_prompt("m", messages).keys
     assert memo.keys > 0
+
+
+def test_a_sessions_next_turn_gets_the_keys_hashing_it_whole_gives() -> None:
+    """A named session's turns through `SessionPrompts`: a turn that extends the last is
+    resumed from it, and one that rewrote its history (compacted, edited a tool result to
+    the same length, changed its tools or model) is hashed whole; either way the keys are
+    exactly those of hashing the turn whole, and each turn is what the next resumes."""
+    last, memo = SessionPrompts(), ChatMemo()
+    tool = "tool output line\n" * 400
+    tools = [{"type": "function", "function": {"name": "bash", "description": "Run it"}}]
+    turns = [
+        chat("task", "ok", tool),
+        chat("task", "ok", tool, "done", "next"),  # grows: resumed
+        chat("task", "ok", tool, "done", "next"),  # the same again
+        chat("task", "ok", tool.replace("tool", "TOOL", 1), "done", "next", "x"),  # edited
+        chat("summary of the task so far"),  # compacted: shorter
+        chat("summary of the task so far", "ok"),
+    ]
+    for i, messages in enumerate(turns):
+        sent = [dict(m) for m in messages]  # new objects, as a parsed body's
+        got = chat_prompt("m", sent, session=7, memo=memo, last=last)
+        whole = chat_prompt("m", messages, session=7)
+        assert got.keys == whole.keys and got.text_bytes == whole.text_bytes, i
+    resumed = last.resume(7, "m", None, turns[-1] + [{"role": "user", "content": "and?"}])
+    assert resumed is not None and resumed.keys == whole.keys
+    assert last.resume(7, "m", tools, turns[-1]) is None, "other tools"
+    assert last.resume(7, "n", None, turns[-1]) is None, "another model"
+    assert last.resume(8, "m", None, turns[-1]) is None, "another session"
+    with_tools = chat_prompt("m", turns[-1], tools=tools, session=7, last=last)
+    assert with_tools.keys == chat_prompt("m", turns[-1], tools=tools).keys
+
+
+def test_session_prompts_stay_within_their_sessions_and_bytes() -> None:
+    """Thousands of sessions' prompts through `SessionPrompts` bounded at 50 sessions and
+    200,000 bytes: it never holds more, keeps the most recent, and a prompt larger than the
+    whole bound is not kept."""
+    last = SessionPrompts(max_sessions=50, max_bytes=200_000)
+    for i in range(2000):
+        messages = chat(f"session {i} " * (i % 400), "ok")
+        chat_prompt("m", messages, session=i, last=last)
+        assert len(last) <= 50 and last.bytes <= 200_000
+    assert last.resume(1999, "m", None, messages) is not None
+    assert last.resume(0, "m", None, chat("session 0 " * 0, "ok")) is None, "forgotten"
+    huge = chat("x" * 300_000)
+    chat_prompt("m", huge, session=5000, last=last)
+    assert last.resume(5000, "m", None, huge) is None and last.bytes <= 200_000
 
 
 def test_a_generates_context_is_matched_as_a_next_generate_sends_it_back() -> None:
