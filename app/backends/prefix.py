@@ -403,8 +403,9 @@ class SessionPrompts:
     request. Bounded: `max_sessions` sessions and `max_bytes` of the text they hold (the
     messages are kept as the requests sent them), least recently used forgotten first."""
 
-    PER_MESSAGE = 256
-    """Bytes a kept message is counted as besides its text (its mapping)."""
+    PER_MESSAGE = 320
+    """Bytes a kept message is counted as besides its text (its mapping, its role, the
+    headers of its strings)."""
 
     def __init__(self, max_sessions: int = 1024, max_bytes: int = 64 << 20) -> None:
         self.max_sessions = max_sessions

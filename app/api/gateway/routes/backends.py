@@ -116,8 +116,10 @@ class BackendAdd(BaseModel):
     backend: str = Field(
         min_length=1,
         max_length=2048,
-        pattern=r"^([^=;\s]+=)?https?://[^;\s]+"
-        r"(;(max|max_per_model|weight)=[0-9.]+|;tags=[A-Za-z0-9_.,-]+|;token_env=\w+)*$",
+        # ASCII classes only: regex engines disagree on what `\s` and `\w` hold beyond it
+        pattern=r"^([^=; \t\n\r\f\v]+=)?https?://[^; \t\n\r\f\v]+"
+        r"(;(max|max_per_model|weight)=[0-9.]+|;tags=[A-Za-z0-9_.,-]+"
+        r"|;token_env=[A-Za-z_][A-Za-z0-9_]*)*$",
         description="As in GATEWAY_BACKENDS: `[name=]url[;max=N][;max_per_model=N]"
         "[;weight=W][;tags=a,b][;token_env=NAME]`. Through the API, `token_env` must name a "
         "variable set in the gateway's environment whose name starts with `BACKEND_TOKEN_` "
