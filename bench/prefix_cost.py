@@ -48,14 +48,20 @@ def agent_messages(session: int, history_tokens: int) -> list[dict[str, str]]:
     return messages
 
 
-def fleet(backends: int, routing: bool) -> BackendPool:
-    """A pool of `backends`, each with the model loaded and other sessions' prompts cached."""
+def fleet(backends: int, routing: bool, mixed: bool = False) -> BackendPool:
+    """A pool of `backends`, each with the model loaded and other sessions' prompts cached.
+    `mixed`: prompt rates differing by up to 2.5x, a quarter of the backends with the model
+    not loaded, a third with 4-6 runs queued (seconds of wait)."""
     specs = [parse_backend(f"b{i}=http://b{i}.bench:11434;max=4") for i in range(backends)]
     pool = BackendPool(specs, prefix_routing=routing)
     for i, state in enumerate(pool.states):
         state.models, state.loaded = [MODEL], [MODEL]
         state.inventory_at = float("inf")
-        state.record_prompt(MODEL, 4000, 1.0)
+        state.record_prompt(MODEL, 4000, 0.5 + (i * 7 % 13) / 8 if mixed else 1.0)
+        if mixed and i % 4 == 3:
+            state.loaded = []
+        if mixed and i % 3 == 0:  # queued runs the gate does not hold: waits, no blocking
+            state.count_waiting(MODEL, False, 4 + i % 3, 1.5)
         for k in range(4):  # other sessions' prompts cached there
             other = agent_messages(1000 + i * 4 + k, 20_000)
             if (i + k) % 5:
@@ -66,11 +72,13 @@ def fleet(backends: int, routing: bool) -> BackendPool:
     return pool
 
 
-async def measure(backends: int, rounds: int, messages: list[dict[str, str]]) -> dict[str, float]:
+async def measure(
+    backends: int, rounds: int, messages: list[dict[str, str]], mixed: bool = False
+) -> dict[str, float]:
     """Median CPU seconds per request of each pool, the two served turn by turn (the same
     machine state for both: each timed just after its body was parsed, as in a server; the
     median leaves out the turns a garbage collection fell in)."""
-    pools = {"wait only": fleet(backends, False), "index": fleet(backends, True)}
+    pools = {"wait only": fleet(backends, False, mixed), "index": fleet(backends, True, mixed)}
     spent: dict[str, list[list[float]]] = {name: [] for name in pools}
     turn, session = messages, ""
     clock = time.process_time
@@ -113,10 +121,11 @@ PARTS = ("whole", "fingerprint", "rank", "lease", "served")
 
 def report(backends: int = 64, rounds: int = 300) -> list[str]:
     """The table's lines."""
-    cases: list[tuple[str, Any]] = [
-        ("short chat (3 messages)", [{"role": "user", "content": "hi"}] * 3),
-        ("agent, 20k system + 10k history", agent_messages(1, 10_000)),
-        ("agent, 20k system + 40k history", agent_messages(1, 40_000)),
+    cases: list[tuple[str, Any, bool]] = [
+        ("short chat (3 messages)", [{"role": "user", "content": "hi"}] * 3, False),
+        ("agent, 20k system + 10k history", agent_messages(1, 10_000), False),
+        ("agent, 20k system + 40k history", agent_messages(1, 40_000), False),
+        ("the same, mixed busy fleet", agent_messages(1, 40_000), True),
     ]
     lines = [
         f"prefix index, {backends} backends: CPU microseconds per request (process time, median; "
@@ -124,8 +133,8 @@ def report(backends: int = 64, rounds: int = 300) -> list[str]:
         f"{'prompt':34} {'wait only':>10} {'with index':>11} {'index adds':>11}   "
         "(of which: fingerprint, rank, lease, served)",
     ]
-    for label, messages in cases:
-        got = asyncio.run(measure(backends, rounds, messages))
+    for label, messages, mixed in cases:
+        got = asyncio.run(measure(backends, rounds, messages, mixed))
         wait, index = got["wait only whole"] * 1e6, got["index whole"] * 1e6
         parts = ", ".join(
             f"{(got[f'index {part}'] - got[f'wait only {part}']) * 1e6:.0f}" for part in PARTS[1:]

@@ -22,8 +22,10 @@ are loaded in the health rounds (`app.backends.warm`).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import difflib
+import heapq
 import logging
 import operator
 import threading
@@ -497,9 +499,16 @@ class BackendPool:
         prefix held anywhere (up to what its last turn left there) and wins ties, within
         the estimates' noise (`HOME_TIE_SECONDS`, `HOME_TIE_SHARE`).
 
-        Asked for every request of every backend: one pass over the backends with the
-        fewest calls, the push-out worked out only for the best-ranked few
-        (`DISPLACED_CANDIDATES`) and estimates kept for them."""
+        Asked for every request: a cheap pass bounds each backend's row from below (its
+        uncached tokens at its rate, as if nothing waited there and its model were
+        loaded); rows are then worked out in the bounds' order (the wait, the load, the
+        home's share), each placed once no bound left is below it, until the first
+        `DISPLACED_CANDIDATES` are known. Those, their push-out and their estimates are
+        exactly what ranking every backend would give; the backends never worked out (a
+        session's next turn: most of them) follow in the order of their bounds. An idle,
+        even fleet asks about `DISPLACED_CANDIDATES` waits, a busy or mixed one more, a
+        new session's first turn on a fleet holding its system prompt everywhere about
+        all of them."""
         home = self.sessions.home(prompt.session)
         home_state: BackendState | None = None
         if home is not None:
@@ -512,7 +521,8 @@ class BackendPool:
         # backend's bit holds (keys, tokens cached and uncached); bit 0, a state set up on
         # its own outside the pool's holders, searches its own
         hits: dict[int, Hit] = {0: _OWN}
-        for mask, count in self.prefix_holders.levels(keys):
+        levels = self.prefix_holders.levels(keys)
+        for mask, count in levels:
             cached = prompt.tokens_at(count)
             uncached = total - cached
             hit = (count, cached, uncached if uncached > 1.0 else 1.0)
@@ -520,82 +530,98 @@ class BackendPool:
                 low = mask & -mask
                 hits[low] = hit
                 mask ^= low
-        # a row per backend: (ttft, is_home, load, order, state, hit, per_token); sorted as
-        # tuples, `order` (unique) breaks what the first three leave tied
-        scored: list[tuple[float, int, float, int, BackendState, Hit, float]] = []
-        # rows (and their wait) whose time waits for the whole fleet: the session's home (the
-        # longest prefix held anywhere), a backend without a prompt rate (the fleet's mean)
-        late: list[tuple[int, float]] = []
         get_hit = hits.get
+
+        # A bound below each backend's row, from what is known without its wait: its
+        # tokens not cached (were its model loaded) at its prompt rate, its load were
+        # nothing ahead of it. Rows are worked out in the bounds' order, and one is
+        # placed once no bound left is below it: the best-ranked few exactly as a pass
+        # over every backend ranks them, the wait asked of a few backends, not of all.
+        # The session's home and backends without a rate of their own are bounded by 0.
+        bounds: list[tuple[float, int, float, int, BackendState, Hit, float]] = []
+        unrated = False
+        by_bit: dict[int, BackendState] = {}
+        outside: list[tuple[BackendState, int]] = []
         for order, state in enumerate(healthy):
+            bit = state.prefixes.bit
+            hit = get_hit(bit, nothing)
+            if hit is _OWN:
+                hit = self._own_hit(state, prompt, nothing)
+                outside.append((state, hit[0]))
+            else:
+                by_bit[bit] = state
+            spec = state.spec
+            floor = 1 / ((spec.max_concurrency or UNLIMITED_SLOTS) * spec.weight)
+            rated_as = state.prompt_rate.get(key)  # `seconds_per_token`, inline: per backend
+            if rated_as is None:
+                unrated = True
+                is_home = 0 if state is home_state else 1
+                bounds.append((0.0, is_home, floor, order, state, hit, -1.0))
+                continue
+            rate = rated_as[1] / rated_as[0]
+            if state is home_state:
+                bounds.append((0.0, 0, floor, order, state, hit, rate))
+            else:
+                bounds.append((hit[2] * rate, 1, floor, order, state, hit, rate))
+        fleet = DEFAULT_PROMPT_SECONDS_PER_TOKEN  # the rate of a backend without its own
+        if unrated:
+            known = [r for r in (s.seconds_per_token(key) for s in healthy) if r is not None]
+            fleet = sum(known) / len(known) if known else fleet
+        home_cached = 0.0
+        best = 0
+        if home_state is not None and home is not None:
+            best = _longest_loaded(levels, by_bit, outside, model, same)
+            home_cached = min(prompt.tokens_at(best), home[1])
+        bounds.sort()
+        bounds.reverse()  # popped from the end: the least first
+
+        def exact(
+            row: tuple[float, int, float, int, BackendState, Hit, float],
+        ) -> tuple[float, int, float, int, BackendState, Hit, float]:
+            _, is_home, _, order, state, hit, per_token = row
             loaded = any(same(m, model) for m in state.loaded)
             wait, load = state.expected_wait(
                 key, loaded=loaded, batch=batch, default_load=default_load
             )
-            hit = get_hit(state.prefixes.bit, nothing) if loaded else nothing
-            if hit is _OWN:
-                matched = state.prefixes.matched(keys)
-                cached = prompt.tokens_at(matched)
-                hit = (matched, cached, max(total - cached, 1.0))
-            rated_as = state.prompt_rate.get(key)  # `seconds_per_token`, inline: per backend
-            if rated_as is None or state is home_state:
-                late.append((order, wait))
-                scored.append((0.0, state is not home_state, load, order, state, hit, 0.0))
-            else:
-                rate = rated_as[1] / rated_as[0]
-                scored.append((wait + hit[2] * rate, 1, load, order, state, hit, rate))
-        if late:
-            fleet = DEFAULT_PROMPT_SECONDS_PER_TOKEN
-            if any(scored[order][4].prompt_rate.get(key) is None for order, _ in late):
-                known = [r for r in (s.seconds_per_token(key) for s in healthy) if r is not None]
-                fleet = sum(known) / len(known) if known else fleet
-            best, home_cached = 0, 0.0
-            if home is not None:
-                best = max(map(_HIT, scored))[0]
-                home_cached = min(prompt.tokens_at(best), home[1])
-            for order, wait in late:
-                _, is_home, load, _, state, hit, _ = scored[order]
-                if not is_home and hit[0] < best and home_cached > hit[1]:
-                    uncached = total - home_cached
-                    hit = (hit[0], home_cached, uncached if uncached > 1.0 else 1.0)
-                own = state.seconds_per_token(key)
-                per_token = fleet if own is None else own
-                scored[order] = (
-                    wait + hit[2] * per_token,
-                    is_home,
-                    load,
-                    order,
-                    state,
-                    hit,
-                    per_token,
-                )
-        scored.sort()
+            if not loaded:
+                hit = nothing
+            if not is_home and hit[0] < best and home_cached > hit[1]:
+                uncached = total - home_cached
+                hit = (hit[0], home_cached, uncached if uncached > 1.0 else 1.0)
+            if per_token < 0.0:
+                per_token = fleet
+            return (wait + hit[2] * per_token, is_home, load, order, state, hit, per_token)
+
+        worked: list[tuple[float, int, float, int, BackendState, Hit, float]] = []
+
+        def pull() -> tuple[float, int, float, int, BackendState, Hit, float] | None:
+            """The next row in rank order (None: none left)."""
+            while bounds and (not worked or bounds[-1] < worked[0]):
+                heapq.heappush(worked, exact(bounds.pop()))
+            return heapq.heappop(worked) if worked else None
+
         # what a backend would push out of its cache only adds to its cost: it is worked
         # out for the best-ranked ones until the next one's time alone cannot win
         ranked: list[tuple[Any, ...]] = []
         estimates: dict[str, Estimate] = {}
         bound = least_push = float("inf")
-        for i, row in enumerate(scored):
+        more = 0.0
+        while (row := pull()) is not None:
             ttft, is_home, load, order, state, hit, per_token = row
-            if ttft >= bound or i >= DISPLACED_CANDIDATES:
-                rest = scored[i:]
-                # past the few worked out, one whose slots are all taken is taken to push
-                # out at least the least any of them would (had one pushed out nothing,
-                # its time would have bounded the rest before the few ran out)
+            if ttft >= bound or len(estimates) >= DISPLACED_CANDIDATES:
+                # the rest, by their time: the next few get estimates; past the few worked
+                # out, one whose slots are all taken is taken to push out at least the
+                # least any of them would (had one pushed out nothing, its time would have
+                # bounded the rest before the few ran out)
                 more = least_push if ttft < bound else 0.0
-                if more:
-                    ranked.extend(
-                        [
-                            (r[0] + more, r[1], r[2], r[3], r[4])
-                            if key in r[4].prefixes.full_models
-                            else r
-                            for r in rest
-                        ]
-                    )
-                else:  # rows compare by their first four (`order` is unique): as they are
-                    ranked.extend(rest)
+                rest = [row]
+                while len(rest) < DISPLACED_CANDIDATES - len(estimates):
+                    if (next_row := pull()) is None:
+                        break
+                    rest.append(next_row)
                 for r in rest[: DISPLACED_CANDIDATES - len(estimates)]:
                     estimates[r[4].spec.name] = Estimate(r[0], r[5][1], r[5][0])
+                ranked.extend([_pushing(r, more, key) for r in rest])
                 break
             matched, cached, _ = hit
             prefixes = state.prefixes
@@ -608,10 +634,37 @@ class BackendPool:
             estimates[state.spec.name] = Estimate(ttft, cached, matched, pushed)
             ranked.append((cost, is_home, load, order, state))
         ranked.sort()
+        # any backend not worked out whose bound is below the last of the first few could
+        # rank among them: work it out; the others follow by their bounds (their order
+        # among themselves is the bounds', as they are all below whatever ranks first)
+        top = DISPLACED_CANDIDATES
+        while worked or bounds:
+            if len(ranked) >= top:
+                last = ranked[top - 1]
+                if not (worked and worked[0][:4] < last[:4]) and not (
+                    bounds and bounds[-1][:4] < last[:4]
+                ):
+                    break
+            row = pull()
+            if row is None:
+                break
+            bisect.insort(ranked, _pushing(row, more, key))
+        ranked.extend(_pushing(r, more, key) for r in worked)
+        ranked.extend(_pushing(r, more, key) for r in reversed(bounds))
+        ranked.sort()
         if home_state is not None and ranked[0][1]:  # the home, if in the race, is not first
             _home_first(ranked)
         prompt.estimates = estimates
         return [row[4] for row in ranked]
+
+    @staticmethod
+    def _own_hit(state: BackendState, prompt: Prompt, nothing: Hit) -> Hit:
+        """The longest cached prefix of `prompt` on a backend outside the pool's holders."""
+        matched = state.prefixes.matched(prompt.keys)
+        if not matched:
+            return nothing
+        cached = prompt.tokens_at(matched)
+        return (matched, cached, max(prompt.tokens - cached, 1.0))
 
     def _has_free_slot(self, state: BackendState, key: str | None, batch: bool) -> bool:
         """A request would start on `state` now, not queue: a slot of its gate fits, or
@@ -843,6 +896,42 @@ class BackendPool:
         await self.keep_warm.aclose()
         for state in self.states:
             await state.client.aclose()
+
+
+def _pushing(row: tuple[Any, ...], more: float, key: str) -> tuple[Any, ...]:
+    """A ranking row past the few whose push-out was worked out: `more` added to its time
+    when every cache slot of the model is taken there."""
+    if more and key in row[4].prefixes.full_models:
+        return (row[0] + more, row[1], row[2], row[3], row[4])
+    return row
+
+
+def _longest_loaded(
+    levels: list[tuple[int, int]],
+    by_bit: dict[int, BackendState],
+    outside: list[tuple[BackendState, int]],
+    model: str,
+    same: SameModel,
+) -> int:
+    """The longest prefix of a prompt held by a healthy backend with the model loaded:
+    `levels` are the holders' bits by length, longest first (`PrefixHolders.levels`),
+    `by_bit` the healthy backends by bit, `outside` those outside the holders map with
+    what they hold."""
+    found = 0
+    for mask, count in levels:
+        while mask:
+            low = mask & -mask
+            mask ^= low
+            state = by_bit.get(low)
+            if state is not None and any(same(m, model) for m in state.loaded):
+                found = count
+                break
+        if found:
+            break
+    for state, matched in outside:
+        if matched > found and any(same(m, model) for m in state.loaded):
+            found = matched
+    return found
 
 
 def _home_first(ranked: list[tuple[Any, ...]]) -> None:
