@@ -184,6 +184,10 @@ class BackendPool:
         self.sessions = sessions if sessions is not None else SessionHomes()
         self.bytes_per_token: dict[str, float] = {}
         self.chat_memo = ChatMemo()
+        self.exhaustive_ranking = False
+        """Work out every backend's row when ranking by time to first token, not only
+        until the best few are known (the same first `DISPLACED_CANDIDATES`; every row
+        after them in order too): for checking the shortcut."""
         self.session_prompts = SessionPrompts()
         """Each named session's last chat prompt: its next turn hashes only what is new."""
         self.prefix_holders = PrefixHolders()
@@ -637,7 +641,7 @@ class BackendPool:
         # any backend not worked out whose bound is below the last of the first few could
         # rank among them: work it out; the others follow by their bounds (their order
         # among themselves is the bounds', as they are all below whatever ranks first)
-        top = DISPLACED_CANDIDATES
+        top = len(healthy) if self.exhaustive_ranking else DISPLACED_CANDIDATES
         while worked or bounds:
             if len(ranked) >= top:
                 last = ranked[top - 1]

@@ -1,10 +1,12 @@
 """Ranking by expected time to first token across a large fleet, on the pool itself: the
-push-out of a full cache is worked out for the best-ranked few only, and a backend with a
-free cache slot is still found behind them."""
+push-out of a full cache is worked out for the best-ranked few only, a backend with a free
+cache slot is still found behind them, and the best few are those that working out every
+backend's row gives."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 
 from app.backends import BackendPool, parse_backend
 from app.backends.pool import DISPLACED_CANDIDATES
@@ -107,3 +109,64 @@ def test_a_sessions_home_wins_within_the_estimates_noise_only() -> None:
     assert asyncio.run(chosen(0.2499e-3)) == "b0", "a hair faster: the home stays"
     assert asyncio.run(chosen(0.25e-3)) == "b0", "tied: the home"
     assert asyncio.run(chosen(0.15e-3)) == "b1", "clearly faster: the session moves"
+
+
+async def compare_with_every_row_worked_out(seed: int) -> int:
+    """Random fleets (limits, weights, prompt rates or none, models loaded or not, queued
+    runs, cached prompts, sessions with homes) and requests: the ranking that works out
+    rows in the bounds' order ranks the best `DISPLACED_CANDIDATES` exactly as working out
+    every row does, with the same estimates; returns the requests compared."""
+    rnd = random.Random(seed)
+    backends = rnd.choice([2, 5, 9, 16, 24])
+    specs = [
+        parse_backend(
+            f"b{i}=http://b{i}.test:11434"
+            + (f";max={rnd.randint(1, 4)}" if rnd.random() < 0.7 else "")
+            + (f";weight={rnd.choice([0.5, 2, 3])}" if rnd.random() < 0.3 else "")
+        )
+        for i in range(backends)
+    ]
+    pool = BackendPool(specs, prefix_routing=True)
+    systems = [f"system {k} " + "rules " * rnd.randint(50, 2000) for k in range(3)]
+    sessions: dict[int, list[dict[str, str]]] = {}
+    compared = 0
+    try:
+        for state in pool.states:
+            state.models = [MODEL]
+            state.loaded = [MODEL] if rnd.random() < 0.75 else []
+            state.inventory_at = float("inf")
+            if rnd.random() < 0.8:
+                state.record_prompt(MODEL, 4000, rnd.uniform(0.2, 3.0))
+            if rnd.random() < 0.3:  # queued runs (the gate is not held: nothing blocks)
+                state.count_waiting(MODEL, False, rnd.randint(1, 8), rnd.uniform(0.1, 3.0))
+        for turn in range(80):
+            sid = rnd.randint(0, 15)
+            messages = sessions.get(sid) or [{"role": "system", "content": rnd.choice(systems)}]
+            messages = [
+                *messages,
+                {"role": "user", "content": f"{turn} " + "x" * rnd.randint(1, 5000)},
+            ]
+            prompt = pool.chat_prompt(MODEL, messages, session=f"s{sid}")
+            assert prompt is not None
+            pool.exhaustive_ranking = True
+            every = [s.spec.name for s in await pool.candidates(MODEL, prompt=prompt)]
+            every_estimates = dict(prompt.estimates)
+            pool.exhaustive_ranking = False
+            chosen = await pool.candidates(MODEL, prompt=prompt)
+            names = [s.spec.name for s in chosen]
+            assert names[:DISPLACED_CANDIDATES] == every[:DISPLACED_CANDIDATES], (seed, turn)
+            assert sorted(names) == sorted(every)
+            assert prompt.estimates == every_estimates, (seed, turn)
+            compared += 1
+            async with pool.lease(chosen[0], MODEL, prompt=prompt) as state:
+                pass
+            reply = "ok " * rnd.randint(1, 500)
+            pool.served(prompt, state, reply=reply, final={"prompt_eval_count": 100})
+            sessions[sid] = [*messages, {"role": "assistant", "content": reply}]
+    finally:
+        await pool.aclose()
+    return compared
+
+
+def test_the_best_few_are_ranked_as_working_out_every_backend_ranks_them() -> None:
+    assert sum(asyncio.run(compare_with_every_row_worked_out(seed)) for seed in range(40)) == 3200
