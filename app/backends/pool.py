@@ -543,19 +543,13 @@ class BackendPool:
         # over every backend ranks them, the wait asked of a few backends, not of all.
         # The session's home and backends without a rate of their own are bounded by 0.
         bounds: list[tuple[float, int, float, int, BackendState, Hit, float]] = []
-        unrated = False
-        by_bit: dict[int, BackendState] = {}
-        outside: list[tuple[BackendState, int]] = []
+        unrated = outside = False
         for order, state in enumerate(healthy):
-            bit = state.prefixes.bit
-            hit = get_hit(bit, nothing)
+            hit = get_hit(state.prefixes.bit, nothing)
             if hit is _OWN:
                 hit = self._own_hit(state, prompt, nothing)
-                outside.append((state, hit[0]))
-            else:
-                by_bit[bit] = state
-            spec = state.spec
-            floor = 1 / ((spec.max_concurrency or UNLIMITED_SLOTS) * spec.weight)
+                outside = True
+            floor = state.load_floor
             rated_as = state.prompt_rate.get(key)  # `seconds_per_token`, inline: per backend
             if rated_as is None:
                 unrated = True
@@ -574,7 +568,7 @@ class BackendPool:
         home_cached = 0.0
         best = 0
         if home_state is not None and home is not None:
-            best = _longest_loaded(levels, by_bit, outside, model, same)
+            best = _longest_loaded(levels, healthy, prompt if outside else None, model, same)
             home_cached = min(prompt.tokens_at(best), home[1])
         bounds.sort()
         bounds.reverse()  # popped from the end: the least first
@@ -653,8 +647,12 @@ class BackendPool:
             if row is None:
                 break
             bisect.insort(ranked, _pushing(row, more, key))
-        ranked.extend(_pushing(r, more, key) for r in worked)
-        ranked.extend(_pushing(r, more, key) for r in reversed(bounds))
+        if more:
+            ranked.extend([_pushing(r, more, key) for r in worked])
+            ranked.extend([_pushing(r, more, key) for r in reversed(bounds)])
+        else:
+            ranked.extend(worked)
+            ranked.extend(reversed(bounds))
         ranked.sort()
         if home_state is not None and ranked[0][1]:  # the home, if in the race, is not first
             _home_first(ranked)
@@ -912,29 +910,27 @@ def _pushing(row: tuple[Any, ...], more: float, key: str) -> tuple[Any, ...]:
 
 def _longest_loaded(
     levels: list[tuple[int, int]],
-    by_bit: dict[int, BackendState],
-    outside: list[tuple[BackendState, int]],
+    healthy: list[BackendState],
+    outside: Prompt | None,
     model: str,
     same: SameModel,
 ) -> int:
-    """The longest prefix of a prompt held by a healthy backend with the model loaded:
-    `levels` are the holders' bits by length, longest first (`PrefixHolders.levels`),
-    `by_bit` the healthy backends by bit, `outside` those outside the holders map with
-    what they hold."""
+    """The longest prefix of a prompt held by a backend of `healthy` with the model loaded
+    (`levels`: the pool's holders' bits by length, longest first, as
+    `PrefixHolders.levels` gives them); with `outside` (the prompt: some backend is
+    outside the holders map), those search their own."""
     found = 0
     for mask, count in levels:
-        while mask:
-            low = mask & -mask
-            mask ^= low
-            state = by_bit.get(low)
-            if state is not None and any(same(m, model) for m in state.loaded):
+        for state in healthy:
+            if state.prefixes.bit & mask and any(same(m, model) for m in state.loaded):
                 found = count
                 break
         if found:
             break
-    for state, matched in outside:
-        if matched > found and any(same(m, model) for m in state.loaded):
-            found = matched
+    if outside is not None:
+        for state in healthy:
+            if not state.prefixes.bit and any(same(m, model) for m in state.loaded):
+                found = max(found, state.prefixes.matched(outside.keys))
     return found
 
 

@@ -137,6 +137,11 @@ class BackendState:
     """Sum of the start times of the runs in flight (their mean age is a lower bound on
     how long a run takes here: finished short runs must not hide long ones running)."""
 
+    def __post_init__(self) -> None:
+        spec = self.spec
+        self.load_floor = 1 / ((spec.max_concurrency or UNLIMITED_SLOTS) * spec.weight)
+        """The least load `expected_wait` gives here: nothing ahead (a ranking's bound)."""
+
     def in_flight_age(self) -> float:
         """Mean seconds the runs now in flight have been running (0 when none)."""
         if self.outstanding <= 0:
