@@ -767,9 +767,11 @@ class BackendPool:
             return
         text_before = prompt.text_bytes[matched - 1] if matched > 0 else 0
         text = prompt.text_bytes[-1] - text_before
+        if text < RATIO_SAMPLE_BYTES:
+            return
         ids = (prompt.tokens - prompt.tokens_at(matched)) - text / prompt.bytes_per_token
         tokens = evaluated - max(0.0, ids)
-        if text < RATIO_SAMPLE_BYTES or tokens <= 0:
+        if tokens <= 0:
             return
         sample = min(16.0, max(1.0, text / tokens))
         old = self.bytes_per_token.get(prompt.model)
