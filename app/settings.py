@@ -143,7 +143,8 @@ class Settings(BaseSettings):
         "plus the prompt tokens not cached there (a per-backend index of the prompt "
         "prefixes each evaluated lately, kept per process) times its observed prompt "
         "evaluation time per token, plus the model's load time where it is not loaded; "
-        "`false` routes by expected wait alone.",
+        "`false` routes by expected wait alone. With one backend there is nothing to "
+        "choose and the index is not kept.",
     )
     prefix_index_max_entries: int = Field(
         default=4096,

@@ -687,8 +687,9 @@ class BackendPool:
         tools: Any = None,
         session: str | None = None,
     ) -> Prompt | None:
-        """A chat's prompt for ranking by time to first token (None: the index is off)."""
-        if not self.prefix_routing or not messages:
+        """A chat's prompt for ranking by time to first token (None: the index is off, or
+        the pool has one backend: there is nothing to choose)."""
+        if not self.prefix_routing or not messages or len(self.states) < 2:
             return None
         key = self._key_of(model)
         return chat_prompt(
@@ -712,8 +713,8 @@ class BackendPool:
         session: str | None = None,
     ) -> Prompt | None:
         """A generate's prompt (its `context` first) for ranking (None: the index is off,
-        or a `context` that is not token ids)."""
-        if not self.prefix_routing:
+        or a `context` that is not token ids, or one backend)."""
+        if not self.prefix_routing or len(self.states) < 2:
             return None
         key = self._key_of(model)
         return generate_prompt(
