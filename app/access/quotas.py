@@ -152,11 +152,21 @@ class QuotaService(DatabaseUser):
         """Until then a check does not wait for the database (it failed a read just now)."""
         self._syncer: asyncio.Task[None] | None = None
         self._sync_lock: asyncio.Lock | None = None
+        self._day: tuple[datetime, Windows] | None = None
+        """The day last asked about: when it starts, and its windows."""
 
     # -- the windows and what was used in them -------------------------------------------
 
     def windows(self) -> Windows:
-        return Windows.at(self.clock(), self.zone)
+        """The day and month `now` falls in (worked out again when the day changes: the
+        calendar arithmetic in the zone is most of a check's cost)."""
+        now = self.clock()
+        day = self._day
+        if day is None or not day[0] <= now < day[1].day_ends:
+            found = Windows.at(now, self.zone)
+            self._day = day = (found.day_ends - timedelta(days=1), found)
+        calendar = day[1]
+        return Windows(calendar.day, calendar.month, calendar.day_ends, calendar.month_ends, now)
 
     def _used(self, pair: tuple[str, str]) -> Used:
         total = Used()
