@@ -283,6 +283,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry layer off: the gateway's tracing (`app.observability`)
+        # makes the server spans, and the layer asked the global providers (reading the
+        # environment) on every request, tracing on or off
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(
         app,
