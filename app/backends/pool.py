@@ -27,7 +27,6 @@ import contextlib
 import difflib
 import heapq
 import logging
-import operator
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -101,8 +100,6 @@ Hit = tuple[int, float, float]
 """A backend's longest cached prefix of a request: its keys, its tokens, the tokens left to
 evaluate (at least one)."""
 _OWN: Hit = (-1, 0.0, 0.0)
-_HIT = operator.itemgetter(5)
-"""A ranking row's `Hit`."""
 """Marks a backend outside the pool's holders map (it searches its own)."""
 
 
@@ -184,6 +181,7 @@ class BackendPool:
         self.sessions = sessions if sessions is not None else SessionHomes()
         self.bytes_per_token: dict[str, float] = {}
         self.chat_memo = ChatMemo()
+        """Long messages' block keys, so an agent's resent history is fingerprinted at C speed."""
         self.exhaustive_ranking = False
         """Work out every backend's row when ranking by time to first token, not only
         until the best few are known (the same first `DISPLACED_CANDIDATES`; every row
@@ -192,7 +190,6 @@ class BackendPool:
         """Each named session's last chat prompt: its next turn hashes only what is new."""
         self.prefix_holders = PrefixHolders()
         """Which backends hold each prefix key (ranking's matches for the fleet at once)."""
-        """Long messages' block keys, so an agent's resent history is fingerprinted at C speed."""
         self._leases = 0
         """Leases handed out (numbers a run's expected work while it holds its slot)."""
         """Per model key, the running mean of prompt text bytes per token (from the
@@ -633,8 +630,8 @@ class BackendPool:
             ranked.append((cost, is_home, load, order, state))
         ranked.sort()
         # any backend not worked out whose bound is below the last of the first few could
-        # rank among them: work it out; the others follow by their bounds (their order
-        # among themselves is the bounds', as they are all below whatever ranks first)
+        # rank among them: work it out; the others follow in their bounds' order (each
+        # bound, and so each row, no better than the last of the first few)
         top = len(healthy) if self.exhaustive_ranking else DISPLACED_CANDIDATES
         while worked or bounds:
             if len(ranked) >= top:
