@@ -406,6 +406,9 @@ class SessionPrompts:
     PER_MESSAGE = 320
     """Bytes a kept message is counted as besides its text (its mapping, its role, the
     headers of its strings)."""
+    PER_TOOL = 4096
+    """Bytes a kept tool is counted as (its name, description and JSON schema, as agents
+    send them: one to three kilobytes of JSON, more as Python objects)."""
 
     def __init__(self, max_sessions: int = 1024, max_bytes: int = 64 << 20) -> None:
         self.max_sessions = max_sessions
@@ -449,6 +452,8 @@ class SessionPrompts:
     ) -> None:
         """Remember the session's prompt (the lists are kept: the caller hands them over)."""
         size = done + self.PER_MESSAGE * len(messages)
+        if isinstance(tools, list):
+            size += self.PER_TOOL * len(tools)
         if self.max_sessions <= 0 or size > self.max_bytes:
             self.forget(session)
             return
