@@ -225,7 +225,11 @@ def test_sessions_sharing_a_system_prompt_reuse_it(
         with gateway(tmp_path / str(routing), four, prefix_routing=routing) as url:
             counted[routing] = asyncio.run(sessions_sharing_a_system_prompt(url, surface))
     print(surface, counted)
-    assert counted[True] <= counted[False] / 2
+    # Without routing every backend evaluates the 4,000-token prompt (about 16,300 tokens
+    # in all); with it, once (about 4,300), or twice when, on a loaded machine, a session
+    # arrived as the first backend's queue looked longer than a fresh evaluation elsewhere
+    # (8,320 seen in CI): at most two evaluations' worth, never the control's four.
+    assert counted[True] <= counted[False] * 0.6
 
 
 async def agent_sessions(url: str, n: int = 20, turns: int = 5) -> list[float]:
