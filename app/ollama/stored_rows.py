@@ -19,7 +19,15 @@ from typing import Any
 from app.ollama.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, normalize_model_name
 from app.ollama.types import ModelExecutionResult
 from app.storage.repositories import json_size, new_id
-from app.storage.tables import Batch, BenchmarkReport, Comparison, Execution, ModelConfig, ReportRow
+from app.storage.tables import (
+    Batch,
+    BenchmarkReport,
+    Comparison,
+    Execution,
+    ModelConfig,
+    ReportRow,
+    built_row,
+)
 
 __all__ = [
     "batch_row",
@@ -61,7 +69,7 @@ def execution_row(
         status = "cancelled"
     else:
         status = "failed"
-    row = Execution(
+    values = dict(
         id=new_id(),
         kind=kind,
         surface=str(meta.get("surface") or "gateway"),
@@ -88,9 +96,9 @@ def execution_row(
         benchmark_id=benchmark_id,
         comparison_id=comparison_id,
         created_at=datetime.now(UTC),
+        size_bytes=result_size(result, meta_text if result.metadata is not None else None),
     )
-    row.size_bytes = result_size(result, meta_text if result.metadata is not None else None)
-    return row
+    return built_row(Execution, values)
 
 
 def result_size(result: ModelExecutionResult, meta_text: str | None) -> int:
