@@ -14,7 +14,7 @@ from typing import Any
 from app.storage.database_user import DatabaseUser
 from app.storage.escaping import escape_row
 from app.storage.repositories import Audit, AuditFilter, new_id
-from app.storage.tables import AuditEntry
+from app.storage.tables import AuditEntry, built_row
 
 __all__ = ["AuditStore", "audit_dict"]
 
@@ -28,18 +28,21 @@ def audit_row(entry: AuditFields) -> AuditEntry:
         value = entry.get(key)
         return None if value is None or value == "" else str(value)[:limit]
 
-    return AuditEntry(
-        id=new_id(),
-        actor=text("actor", 200) or "anonymous",
-        action=text("action", 100) or "unknown",
-        target=text("target", 512),
-        outcome=text("outcome", 32) or "failed",
-        duration_ms=entry.get("duration_ms"),
-        detail=dict(entry["detail"]) if entry.get("detail") else None,
-        surface=text("surface", 16),
-        status=entry.get("status"),
-        client=text("client", 64),
-        created_at=entry.get("created_at") or datetime.now(UTC),
+    return built_row(
+        AuditEntry,
+        dict(
+            id=new_id(),
+            actor=text("actor", 200) or "anonymous",
+            action=text("action", 100) or "unknown",
+            target=text("target", 512),
+            outcome=text("outcome", 32) or "failed",
+            duration_ms=entry.get("duration_ms"),
+            detail=dict(entry["detail"]) if entry.get("detail") else None,
+            surface=text("surface", 16),
+            status=entry.get("status"),
+            client=text("client", 64),
+            created_at=entry.get("created_at") or datetime.now(UTC),
+        ),
     )
 
 
